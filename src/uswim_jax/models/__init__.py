@@ -1,0 +1,178 @@
+"""Flax models of the papers, exposed as a pure ``apply_fn(params, x) -> logits``
+plus their params pytree.
+
+``params`` is the whole Flax variables dict: ``{"params": ...}`` and, for
+ResNet-18, ``"batch_stats"`` (batch-norm running statistics; evaluation uses them,
+i.e. batch-norm in inference mode). The core treats it like any pytree: only the
+conv and dense ``kernel`` leaves go on the crossbar.
+
+Example:
+    >>> import jax
+    >>> from uswim_jax.models import build_model
+    >>> model = build_model("lenet")
+    >>> params = model.init(jax.random.key(0))
+    >>> model.apply_fn(params, jax.numpy.zeros((2, 28, 28, 1))).shape
+    (2, 10)
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from uswim_jax._tree import crossbar_size, map_crossbar
+from uswim_jax.models._layers import QUANT_SCHEMES, quantize, quantize_ste
+from uswim_jax.models.convnet import ConvNet
+from uswim_jax.models.lenet import LeNet
+from uswim_jax.models.resnet import ResNet18
+
+__all__ = [
+    "MODELS",
+    "DEFAULT_WEIGHT_BITS",
+    "Model",
+    "build_model",
+    "LeNet",
+    "ConvNet",
+    "ResNet18",
+    "quantize",
+    "quantize_ste",
+]
+
+_CLASSES = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18}
+MODELS = tuple(_CLASSES)
+
+#: The authors' bit widths for the quantized models (QLeNet, QCIFAR, QRes18).
+DEFAULT_WEIGHT_BITS = {"lenet": 4, "convnet": 6, "resnet18": 8}
+
+_DEFAULT_INPUT = {"lenet": (28, 28, 1), "convnet": (32, 32, 3), "resnet18": (32, 32, 3)}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A Flax module with the shapes it expects.
+
+    Attributes:
+        name: ``lenet``, ``convnet`` or ``resnet18``.
+        module: the Flax linen module.
+        input_shape: (H, W, C) of one image.
+        num_classes: number of logits.
+    """
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    @property
+    def weight_bits(self) -> int | None:
+        return self.module.weight_bits
+
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        """Fresh params (the variables dict). The key is consumed."""
+        x = jnp.zeros((1, *self.input_shape), jnp.float32)
+        return dict(self.module.init(key, x, train=False))
+
+    def check_input(self, x: Any) -> None:
+        """Raises ``ValueError`` unless ``x`` is a batch of images of the right
+        shape."""
+        shape = tuple(jnp.shape(x))
+        if len(shape) != 4 or shape[1:] != self.input_shape:
+            raise ValueError(
+                f"x has shape {shape}, but {self.name} expects (N, "
+                f"{', '.join(map(str, self.input_shape))}) NHWC images"
+            )
+
+    def apply_fn(self, params: Any, x: jax.Array) -> jax.Array:
+        """Logits in inference mode (batch-norm uses its running statistics)."""
+        self.check_input(x)
+        return self.module.apply(params, x, train=False)
+
+    def train_apply(self, params: Any, x: jax.Array) -> tuple[jax.Array, Any]:
+        """Logits in training mode, and the updated batch-norm statistics (the
+        old ones, or ``{}``, where the model has none)."""
+        self.check_input(x)
+        if "batch_stats" not in params:
+            return self.module.apply(params, x, train=True), {}
+        logits, updates = self.module.apply(
+            params, x, train=True, mutable=["batch_stats"]
+        )
+        return logits, updates["batch_stats"]
+
+    def num_weights(self, params: Any) -> int:
+        """Number of conv and dense weights (the crossbar), biases excluded."""
+        return crossbar_size(params)
+
+    def export(self, params: Any) -> tuple["Model", Any]:
+        """For quantized models: the float model and params holding Q(W).
+
+        Device noise is added to the quantized weights (method.md §3.1:
+        ``W_eff = Q(W) + dW``), so Monte Carlo evaluation uses the exported pair;
+        for float models this returns ``(self, params)``.
+        """
+        bits = self.module.weight_bits
+        if bits is None:
+            return self, params
+        scheme = self.module.quant_scheme
+        qparams = map_crossbar(lambda w: quantize(w, bits, scheme), params)
+        float_model = dataclasses.replace(
+            self, module=self.module.clone(weight_bits=None)
+        )
+        return float_model, qparams
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] | None = None,
+    weight_bits: int | None = None,
+    quantized: bool = False,
+    quant_scheme: str = "swim",
+) -> Model:
+    """Builds one of the papers' models.
+
+    Args:
+        name: ``lenet``, ``convnet`` or ``resnet18``.
+        num_classes: number of logits.
+        input_shape: (H, W, C); default 28x28x1 for LeNet, 32x32x3 otherwise
+            (ResNet-18 takes 64x64x3 for Tiny ImageNet).
+        weight_bits: quantize conv and dense weights to this many bits (straight
+            through estimator in training).
+        quantized: use the authors' bit width (LeNet 4, ConvNet 6, ResNet-18 8)
+            when ``weight_bits`` is not given.
+        quant_scheme: ``"swim"`` (the authors' step) or ``"signed"``; see
+            :func:`quantize`.
+
+    Raises:
+        ValueError: unknown model, bad bits or scheme.
+    """
+    if name not in _CLASSES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if quantized and weight_bits is None:
+        weight_bits = DEFAULT_WEIGHT_BITS[name]
+    if weight_bits is not None and (
+        not isinstance(weight_bits, int) or not 2 <= weight_bits <= 16
+    ):
+        raise ValueError(
+            f"weight_bits must be an integer in [2, 16], got {weight_bits}"
+        )
+    if quant_scheme not in QUANT_SCHEMES:
+        raise ValueError(
+            f"quant_scheme must be one of {QUANT_SCHEMES}, got {quant_scheme!r}"
+        )
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    input_shape = tuple(input_shape or _DEFAULT_INPUT[name])
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (H, W, C), got {input_shape}")
+    if name in ("lenet", "convnet") and input_shape[:2] != _DEFAULT_INPUT[name][:2]:
+        raise ValueError(
+            f"{name} needs {_DEFAULT_INPUT[name][0]}x{_DEFAULT_INPUT[name][1]} "
+            f"images (its dense layer size is fixed), got {input_shape}"
+        )
+    module = _CLASSES[name](
+        num_classes=num_classes, weight_bits=weight_bits, quant_scheme=quant_scheme
+    )
+    return Model(name, module, input_shape, num_classes)
