@@ -21,6 +21,78 @@ from uswim_jax._tree import (
 )
 
 # --- device and programming models (issue 3) ---
+from uswim_jax.device import (
+    DEFAULT_SIGMA as DEFAULT_SIGMA,
+)
+from uswim_jax.device import (
+    DEFAULT_SIGMA_VERIFIED as DEFAULT_SIGMA_VERIFIED,
+)
+from uswim_jax.device import (
+    DEFAULT_VERIFY_CYCLES as DEFAULT_VERIFY_CYCLES,
+)
+from uswim_jax.device import (
+    GaussianVariation as GaussianVariation,
+)
+from uswim_jax.device import (
+    LevelTableVariation as LevelTableVariation,
+)
+from uswim_jax.device import (
+    StateDependentVariation as StateDependentVariation,
+)
+from uswim_jax.device import (
+    UniformVariation as UniformVariation,
+)
+from uswim_jax.device import (
+    WriteCycles as WriteCycles,
+)
+from uswim_jax.device import (
+    gaussian_write_cycles as gaussian_write_cycles,
+)
+from uswim_jax.device import (
+    noise_like as noise_like,
+)
+from uswim_jax.device import (
+    perturb as perturb,
+)
+from uswim_jax.device import (
+    place_values as place_values,
+)
+from uswim_jax.device import (
+    slicing_factor as slicing_factor,
+)
+from uswim_jax.programming import (
+    ProgramInfo as ProgramInfo,
+)
+from uswim_jax.programming import (
+    ProgramResult as ProgramResult,
+)
+from uswim_jax.programming import (
+    ProgramState as ProgramState,
+)
+from uswim_jax.programming import (
+    PulseModel as PulseModel,
+)
+from uswim_jax.programming import (
+    program as program,
+)
+from uswim_jax.programming import (
+    program_devices as program_devices,
+)
+from uswim_jax.programming import (
+    program_init as program_init,
+)
+from uswim_jax.programming import (
+    program_loop as program_loop,
+)
+from uswim_jax.programming import (
+    program_step as program_step,
+)
+from uswim_jax.programming import (
+    pulse_write_cycles as pulse_write_cycles,
+)
+from uswim_jax.programming import (
+    write_cycles as write_cycles,
+)
 
 # --- curvature and selection (issue 4) ---
 
