@@ -95,5 +95,57 @@ from uswim_jax.programming import (
 )
 
 # --- curvature and selection (issue 4) ---
+# isort: split
+from uswim_jax.curvature import (
+    exact_diagonal as exact_diagonal,
+)
+from uswim_jax.curvature import (
+    fisher_diagonal as fisher_diagonal,
+)
+from uswim_jax.curvature import (
+    ggn_diagonal as ggn_diagonal,
+)
+from uswim_jax.curvature import (
+    hutchinson_diagonal as hutchinson_diagonal,
+)
+from uswim_jax.curvature import (
+    make_loss_fn as make_loss_fn,
+)
+from uswim_jax.curvature import (
+    obd_diagonal as obd_diagonal,
+)
+from uswim_jax.curvature import (
+    obd_over_dataset as obd_over_dataset,
+)
+from uswim_jax.selection import (
+    expected_loss_score as expected_loss_score,
+)
+from uswim_jax.selection import (
+    global_order as global_order,
+)
+from uswim_jax.selection import (
+    magnitude_score as magnitude_score,
+)
+from uswim_jax.selection import (
+    mask_from_order as mask_from_order,
+)
+from uswim_jax.selection import (
+    normalized_derivatives as normalized_derivatives,
+)
+from uswim_jax.selection import (
+    random_score as random_score,
+)
+from uswim_jax.selection import (
+    select as select,
+)
+from uswim_jax.selection import (
+    state_multiplier as state_multiplier,
+)
+from uswim_jax.selection import (
+    swim_score as swim_score,
+)
+from uswim_jax.selection import (
+    uswim_score as uswim_score,
+)
 
 __version__ = "0.1.0"

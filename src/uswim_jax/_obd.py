@@ -1,0 +1,541 @@
+"""The paper's one-pass diagonal second derivative, for any JAX function.
+
+A small interpreter over the jaxpr of ``apply_fn``: a forward pass that keeps every
+primal value, then a backward pass that carries the *second-order cotangent* ``h``
+(the running diagonal of the loss Hessian with respect to each value, Becker–LeCun
+/ Optimal Brain Damage) from the outputs back to every input, with one rule per
+class of primitive (architecture.md, "The paper's one-pass second derivative";
+method.md §4.3):
+
+- **bilinear** (``dot_general``, ``conv_general_dilated``): for each active operand,
+  the transpose of the primitive with every *other* operand squared, applied to
+  ``h``;
+- **elementwise** (``add``, ``mul``, ``tanh``, ``max``, ``div``, ``select_n``, ...,
+  and calls whose body is elementwise, such as ``jax.nn.relu`` or ``jax.nn.silu``):
+  ``d**2 * h`` with ``d`` the local derivative from a JVP with a ones tangent,
+  summed back over broadcast axes. Connected elementwise primitives whose
+  intermediate values are used only by each other are fused into one region, and
+  ``d`` is the derivative of the whole region, so an activation written inline
+  (``x * sigmoid(x)``, Flax's tanh-approximate GELU) gets its exact ``f'(x)**2``
+  rather than a sum of squared paths;
+- **structural**, whose Jacobian entries are 0 or 1 (``reshape``, ``transpose``,
+  ``broadcast_in_dim``, ``reduce_sum``, ``pad``, ``gather``, ``reduce_window_max``
+  (max-pool), ``reduce_window_sum``, ...): the plain VJP;
+- **calls** (``jit``/``pjit``, ``closed_call``, ``custom_jvp_call``,
+  ``custom_vjp_call``, ``remat``): recurse into the inner jaxpr;
+- ``stop_gradient`` passes nothing. Anything else that lies on a path from the
+  params to the outputs raises ``NotImplementedError`` naming the primitive
+  (control flow: ``scan``, ``while``, ``cond``).
+
+Where a value fans out to several consumers whose paths re-merge through a
+non-elementwise primitive (a residual add), the contributions are summed and the
+cross term is dropped, exactly as Becker–LeCun and the authors' code do.
+
+Only values that depend on a float input marked *active* (the params) carry ``h``;
+the input data never does, so the first layer costs what it costs in a gradient.
+Everything happens at trace time: the pass is jit-compilable and, compiled, costs
+about one forward and one backward pass.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+#: Call-like primitives whose inner jaxpr is interpreted recursively.
+CALL_PRIMITIVES = frozenset(
+    {
+        "pjit",
+        "jit",
+        "closed_call",
+        "core_call",
+        "custom_jvp_call",
+        "custom_vjp_call",
+        "custom_vjp_call_jaxpr",
+        "remat",
+        "remat2",
+        "checkpoint",
+    }
+)
+# custom_vjp functions cannot be differentiated forward, so they are never fused.
+_NO_JVP_CALLS = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+#: Elementwise primitives: the rule is d**2 * h with d from a ones-tangent JVP.
+ELEMENTWISE_PRIMITIVES = frozenset(
+    {
+        "add",
+        "add_any",
+        "sub",
+        "mul",
+        "div",
+        "neg",
+        "max",
+        "min",
+        "abs",
+        "sign",
+        "floor",
+        "ceil",
+        "round",
+        "exp",
+        "exp2",
+        "log",
+        "log1p",
+        "expm1",
+        "tanh",
+        "logistic",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "atan2",
+        "sinh",
+        "cosh",
+        "asinh",
+        "acosh",
+        "atanh",
+        "sqrt",
+        "rsqrt",
+        "cbrt",
+        "square",
+        "integer_pow",
+        "pow",
+        "erf",
+        "erfc",
+        "erf_inv",
+        "lgamma",
+        "digamma",
+        "rem",
+        "clamp",
+        "select_n",
+        "convert_element_type",
+        "copy",
+        "copy_p",
+        "reduce_precision",
+        "optimization_barrier",
+    }
+)
+
+#: Bilinear primitives: transpose with the other operand squared.
+BILINEAR_PRIMITIVES = frozenset({"dot_general", "conv_general_dilated"})
+
+#: Primitives with 0/1 Jacobian entries: the plain VJP.
+STRUCTURAL_PRIMITIVES = frozenset(
+    {
+        "reshape",
+        "transpose",
+        "broadcast_in_dim",
+        "squeeze",
+        "expand_dims",
+        "reduce_sum",
+        "reduce_max",
+        "reduce_min",
+        "slice",
+        "dynamic_slice",
+        "dynamic_update_slice",
+        "pad",
+        "concatenate",
+        "split",
+        "gather",
+        "scatter",
+        "scatter-add",
+        "scatter_add",
+        "reduce_window_sum",
+        "reduce_window_max",
+        "reduce_window_min",
+        "rev",
+        "cumsum",
+    }
+)
+
+#: Primitives through which no second-order information flows.
+BLOCKING_PRIMITIVES = frozenset({"stop_gradient"})
+
+SUPPORTED_PRIMITIVES = (
+    CALL_PRIMITIVES
+    | ELEMENTWISE_PRIMITIVES
+    | BILINEAR_PRIMITIVES
+    | STRUCTURAL_PRIMITIVES
+    | BLOCKING_PRIMITIVES
+)
+
+# Numerators after which a division by a constant is an average pool, for the
+# authors' ``h/k`` quirk (method.md §4.3).
+_POOL_SUMS = frozenset({"reduce_window_sum", "reduce_sum"})
+
+
+def _is_float(aval: Any) -> bool:
+    dtype = getattr(aval, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _is_var(v: Any) -> bool:
+    return not isinstance(v, (jcore.Literal, jcore.DropVar))
+
+
+def _read(env: dict, v: Any) -> Any:
+    return v.val if isinstance(v, jcore.Literal) else env[v]
+
+
+def _active(active: set, v: Any) -> bool:
+    return _is_var(v) and v in active
+
+
+def _inner(eqn: Any) -> tuple[Any, Sequence[Any]]:
+    params = eqn.params
+    inner = params.get("jaxpr", params.get("call_jaxpr"))
+    if isinstance(inner, jcore.ClosedJaxpr):
+        return inner.jaxpr, inner.consts
+    return inner, ()
+
+
+def _bind(eqn: Any, invals: Sequence[Any]) -> list[Any]:
+    params = eqn.primitive.get_bind_params(eqn.params)
+    with eqn.ctx.manager:
+        ans = eqn.primitive.bind(*invals, **params)
+    return list(ans) if eqn.primitive.multiple_results else [ans]
+
+
+def _unbroadcast(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sums ``x`` back to ``shape`` over the axes an elementwise op broadcast."""
+    if x.shape == tuple(shape):
+        return x
+    if len(shape) == 0:
+        return jnp.sum(x)
+    axes = tuple(
+        i
+        for i, (a, b) in enumerate(zip(x.shape, shape, strict=True))
+        if b == 1 and a != 1
+    )
+    return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
+
+
+def _elementwise_body(jaxpr: Any, in_active: Sequence[bool]) -> bool:
+    """True if every primitive of ``jaxpr`` touching an active input is
+    elementwise (recursively through calls)."""
+    active = {v for v, a in zip(jaxpr.invars, in_active, strict=True) if a}
+    for eqn in jaxpr.eqns:
+        acts = [_active(active, v) for v in eqn.invars]
+        if not any(acts):
+            continue
+        name = eqn.primitive.name
+        if name in BLOCKING_PRIMITIVES:
+            continue
+        if name in ELEMENTWISE_PRIMITIVES:
+            pass
+        elif name in CALL_PRIMITIVES and name not in _NO_JVP_CALLS:
+            if not _elementwise_body(_inner(eqn)[0], acts):
+                return False
+        else:
+            return False
+        active.update(v for v in eqn.outvars if _is_var(v) and _is_float(v.aval))
+    return True
+
+
+class _Record:
+    """What the forward pass keeps for one jaxpr: values, activity, sub-records."""
+
+    def __init__(self, jaxpr: Any) -> None:
+        self.jaxpr = jaxpr
+        self.env: dict = {}
+        self.active: set = set()
+        self.subs: dict[int, _Record] = {}
+        self.fused_calls: set[int] = set()
+
+
+def forward(
+    jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], in_active: Sequence[bool]
+) -> _Record:
+    """Evaluates ``jaxpr`` keeping every value and which ones depend on an active
+    input."""
+    rec = _Record(jaxpr)
+    env, active = rec.env, rec.active
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = c
+    for v, a, act in zip(jaxpr.invars, args, in_active, strict=True):
+        env[v] = a
+        if act and _is_float(v.aval):
+            active.add(v)
+    for i, eqn in enumerate(jaxpr.eqns):
+        invals = [_read(env, v) for v in eqn.invars]
+        acts = [_active(active, v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if any(acts) and name in CALL_PRIMITIVES:
+            if name not in _NO_JVP_CALLS and _elementwise_body(_inner(eqn)[0], acts):
+                rec.fused_calls.add(i)
+                outs = _bind(eqn, invals)
+                out_act = [True] * len(eqn.outvars)
+            else:
+                inner, inner_consts = _inner(eqn)
+                if len(inner.invars) != len(invals):
+                    raise NotImplementedError(
+                        f"obd_diagonal: cannot match the operands of primitive "
+                        f"'{name}' to its inner jaxpr"
+                    )
+                sub = forward(inner, inner_consts, invals, acts)
+                rec.subs[i] = sub
+                outs = [_read(sub.env, v) for v in inner.outvars]
+                out_act = [_active(sub.active, v) for v in inner.outvars]
+        else:
+            outs = _bind(eqn, invals)
+            live = any(acts) and name not in BLOCKING_PRIMITIVES
+            out_act = [live] * len(eqn.outvars)
+        for v, o, a in zip(eqn.outvars, outs, out_act, strict=True):
+            if isinstance(v, jcore.DropVar):
+                continue
+            env[v] = o
+            if a and _is_float(v.aval):
+                active.add(v)
+    return rec
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _plan(rec: _Record, fuse: bool, avg_pool: str) -> list[tuple[str, list[int]]]:
+    """Groups the active equations into units and orders them for the backward
+    pass (reverse topological order). A unit is ``(kind, [eqn indices])``."""
+    jaxpr, active = rec.jaxpr, rec.active
+    eqns = jaxpr.eqns
+    kinds: dict[int, str] = {}
+    producer: dict[Any, int] = {}
+    consumers: dict[Any, list[int]] = {}
+    for i, eqn in enumerate(eqns):
+        ins = [v for v in eqn.invars if _active(active, v)]
+        outs = [v for v in eqn.outvars if _active(active, v)]
+        if not ins or not outs:
+            continue
+        name = eqn.primitive.name
+        if i in rec.subs:
+            kind = "call"
+        elif i in rec.fused_calls:
+            kind = "ew"
+        elif name in ELEMENTWISE_PRIMITIVES:
+            kind = "ew"
+            if (
+                avg_pool == "authors"
+                and name == "div"
+                and _active(active, eqn.invars[0])
+                and not _active(active, eqn.invars[1])
+                and eqn.invars[0] in producer
+                and eqns[producer[eqn.invars[0]]].primitive.name in _POOL_SUMS
+            ):
+                kind = "avgdiv"
+        elif name in BILINEAR_PRIMITIVES:
+            kind = "bilinear"
+        elif name in STRUCTURAL_PRIMITIVES:
+            kind = "structural"
+        else:
+            kind = "unknown"
+        kinds[i] = kind
+        for v in outs:
+            producer[v] = i
+        for v in ins:
+            consumers.setdefault(v, []).append(i)
+
+    outvars = {id(v) for v in jaxpr.outvars if _is_var(v)}
+
+    # Union-find over elementwise equations joined by a value used only by
+    # elementwise equations.
+    parent = {i: i for i in kinds}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if fuse:
+        for v, p in producer.items():
+            if kinds[p] != "ew" or id(v) in outvars:
+                continue
+            users = consumers.get(v, [])
+            if users and all(kinds[u] == "ew" for u in users):
+                for u in users:
+                    parent[find(u)] = find(p)
+
+    def order(groups: dict[int, list[int]]) -> list[int] | None:
+        unit_of = {i: r for r, members in groups.items() for i in members}
+        deps: dict[int, set[int]] = {r: set() for r in groups}
+        for r, members in groups.items():
+            for i in members:
+                for v in eqns[i].invars:
+                    if _active(active, v) and v in producer:
+                        q = unit_of[producer[v]]
+                        if q != r:
+                            deps[r].add(q)
+        done: list[int] = []
+        placed: set[int] = set()
+        pending = sorted(groups, key=lambda r: max(groups[r]))
+        while pending:
+            progress = [r for r in pending if deps[r] <= placed]
+            if not progress:
+                return None
+            for r in progress:
+                placed.add(r)
+                done.append(r)
+            pending = [r for r in pending if r not in placed]
+        return done
+
+    groups: dict[int, list[int]] = {}
+    for i in kinds:
+        groups.setdefault(find(i), []).append(i)
+    topo = order(groups)
+    if topo is None:  # a fused region was not convex: fall back to single equations
+        groups = {i: [i] for i in kinds}
+        topo = order(groups)
+        assert topo is not None
+    units = []
+    for r in reversed(topo):
+        members = sorted(groups[r])
+        kind = "ew" if len(members) > 1 else kinds[members[0]]
+        units.append((kind, members))
+    return units
+
+
+# ----------------------------------------------------------------------- backward
+
+
+def backward(
+    rec: _Record,
+    h_out: Sequence[jax.Array | None],
+    *,
+    fuse: bool = True,
+    avg_pool: str = "exact",
+) -> list[jax.Array | None]:
+    """Carries the second-order cotangents ``h_out`` of ``rec.jaxpr``'s outputs
+    back to its inputs (``None`` where nothing flows)."""
+    jaxpr, env, active = rec.jaxpr, rec.env, rec.active
+    h: dict = {}
+
+    def acc(v: Any, val: jax.Array | None) -> None:
+        if val is None or not _active(active, v):
+            return
+        val = val.astype(v.aval.dtype) if val.dtype != v.aval.dtype else val
+        h[v] = h[v] + val if v in h else val
+
+    for v, ho in zip(jaxpr.outvars, h_out, strict=True):
+        acc(v, ho)
+
+    for kind, members in _plan(rec, fuse, avg_pool):
+        if kind == "ew":
+            _region_rule(rec, members, h, acc)
+            continue
+        i = members[0]
+        eqn = jaxpr.eqns[i]
+        houts = [h.get(v) if _is_var(v) else None for v in eqn.outvars]
+        if all(x is None for x in houts):
+            continue
+        name = eqn.primitive.name
+        if kind == "call":
+            hin = backward(rec.subs[i], houts, fuse=fuse, avg_pool=avg_pool)
+            for v, x in zip(eqn.invars, hin, strict=True):
+                acc(v, x)
+        elif kind == "bilinear":
+            _bilinear_rule(env, active, eqn, houts[0], acc)
+        elif kind == "structural":
+            _structural_rule(env, active, eqn, houts, acc)
+        elif kind == "avgdiv":
+            num, den = (_read(env, v) for v in eqn.invars)
+            d = 1.0 / den if not hasattr(den, "dtype") else jnp.reciprocal(den)
+            d = jnp.abs(jnp.asarray(d, dtype=houts[0].dtype))
+            acc(eqn.invars[0], _unbroadcast(houts[0] * d, np.shape(num)))
+        else:
+            raise NotImplementedError(
+                f"obd_diagonal: no second-order rule for primitive '{name}' "
+                f"(supported: bilinear, elementwise, structural and call "
+                f"primitives; control flow such as scan/while/cond is not "
+                f"supported, unroll it or move it off the path from params to "
+                f"logits)"
+            )
+    return [h.get(v) if _is_var(v) else None for v in jaxpr.invars]
+
+
+def _bilinear_rule(env: dict, active: set, eqn: Any, hout: Any, acc: Callable) -> None:
+    vals = [_read(env, v) for v in eqn.invars]
+    for k, v in enumerate(eqn.invars):
+        if not _active(active, v):
+            continue
+        squared = [x * x for x in vals]
+
+        def lin(u, k=k, squared=squared):
+            args = list(squared)
+            args[k] = u
+            return _bind(eqn, args)[0]
+
+        primal = jax.ShapeDtypeStruct(np.shape(vals[k]), v.aval.dtype)
+        (ct,) = jax.linear_transpose(lin, primal)(hout)
+        acc(v, ct)
+
+
+def _structural_rule(
+    env: dict, active: set, eqn: Any, houts: list, acc: Callable
+) -> None:
+    vals = [_read(env, v) for v in eqn.invars]
+    idx = [k for k, v in enumerate(eqn.invars) if _active(active, v)]
+
+    def f(*us):
+        args = list(vals)
+        for k, u in zip(idx, us, strict=True):
+            args[k] = u
+        return _bind(eqn, args)
+
+    outs, vjp = jax.vjp(f, *[vals[k] for k in idx])
+    cts = []
+    for o, ho in zip(outs, houts, strict=True):
+        if not _is_float(o):
+            cts.append(np.zeros(np.shape(o), jax.dtypes.float0))
+        else:
+            cts.append(jnp.zeros_like(o) if ho is None else ho)
+    for k, ct in zip(idx, vjp(cts), strict=True):
+        acc(eqn.invars[k], ct)
+
+
+def _region_rule(rec: _Record, members: list[int], h: dict, acc: Callable) -> None:
+    """Fused elementwise region: for each active input u and each output o
+    carrying h, ``h_u += unbroadcast((do/du)**2 * h_o)``."""
+    env, active, eqns = rec.env, rec.active, rec.jaxpr.eqns
+    produced: list = []
+    produced_ids: set[int] = set()
+    for i in members:
+        for v in eqns[i].outvars:
+            if _is_var(v):
+                produced.append(v)
+                produced_ids.add(id(v))
+    inputs: list = []
+    seen: set[int] = set()
+    for i in members:
+        for v in eqns[i].invars:
+            if _active(active, v) and id(v) not in produced_ids and id(v) not in seen:
+                seen.add(id(v))
+                inputs.append(v)
+    outputs = [v for v in produced if v in h]
+    if not outputs or not inputs:
+        return
+    houts = [h[v] for v in outputs]
+
+    def region(j: int, u: jax.Array) -> list[jax.Array]:
+        local = {id(inputs[j]): u}
+        for i in members:
+            eqn = eqns[i]
+            vals = [
+                local[id(v)] if _is_var(v) and id(v) in local else _read(env, v)
+                for v in eqn.invars
+            ]
+            for v, o in zip(eqn.outvars, _bind(eqn, vals), strict=True):
+                if _is_var(v):
+                    local[id(v)] = o
+        return [local[id(v)] for v in outputs]
+
+    for j, u in enumerate(inputs):
+        x = env[u]
+        _, tangents = jax.jvp(lambda t, j=j: region(j, t), (x,), (jnp.ones_like(x),))
+        total = None
+        for d, ho in zip(tangents, houts, strict=True):
+            term = _unbroadcast(d * d * ho, np.shape(x))
+            total = term if total is None else total + term
+        acc(u, total)
