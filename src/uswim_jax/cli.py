@@ -110,6 +110,76 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_sensitivity(sub) -> None:
+    p = sub.add_parser(
+        "sensitivity",
+        help="compare curvature estimators on a trained run",
+        description=(
+            "Compute the one-pass diagonal (SWIM's), Hutchinson (with its standard "
+            "error), the GGN and the empirical Fisher diagonals of a trained run on "
+            "the same training images, and write rank correlations and top-k "
+            "overlaps (per layer and overall) with a histogram plot."
+        ),
+    )
+    p.add_argument("--run-dir", required=True, help="a training run folder")
+    p.add_argument("--out", default=None, help="default: <run-dir>/sensitivity")
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=1024,
+        help="training images used by every estimator",
+    )
+    p.add_argument("--probes", type=_positive_int, default=64, help="Hutchinson probes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-path", default=None)
+    p.set_defaults(func=_cmd_sensitivity)
+
+
+def _cmd_sensitivity(args) -> int:
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from uswim_jax import data
+    from uswim_jax.experiment import ExperimentConfig, compute_sensitivities
+    from uswim_jax.sensitivity_report import write_sensitivity_report
+    from uswim_jax.train import load_run
+
+    model, params, train_config = load_run(args.run_dir)
+    train_data = data.load(train_config.dataset, "train", path=args.data_path)
+    config = dataclasses.replace(
+        ExperimentConfig(train=train_config, seed=args.seed),
+        curvature_subset=args.samples,
+        estimator_subset=args.samples,
+        hutchinson_probes=args.probes,
+    )
+    sens = compute_sensitivities(model.apply_fn, params, train_data, config)
+    scores = {k: sens[k] for k in ("obd", "hutchinson", "ggn", "fisher")}
+    out = args.out or os.path.join(args.run_dir, "sensitivity")
+    paths = write_sensitivity_report(scores, params, out)
+    crossbar = [
+        (np.abs(np.asarray(se)), np.abs(np.asarray(est)))
+        for (path, est), se in zip(
+            jax.tree_util.tree_leaves_with_path(sens["hutchinson"]),
+            jax.tree.leaves(sens["hutchinson_se"]),
+            strict=True,
+        )
+        if np.ndim(est) >= 2
+    ]
+    se = np.concatenate([a.ravel() for a, _ in crossbar])
+    est = np.concatenate([b.ravel() for _, b in crossbar])
+    rel = float(np.median(se / np.maximum(est, 1e-30)))
+    print(
+        f"{model.name} on {train_data.name}, {min(args.samples, len(train_data))} "
+        f"training images; Hutchinson with {args.probes} probes: median relative "
+        f"standard error {rel:.2f}"
+    )
+    print(open(paths["markdown"]).read())
+    print(f"report: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="uswim",
@@ -118,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_train(sub)
+    _add_sensitivity(sub)
     return parser
 
 

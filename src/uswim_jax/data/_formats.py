@@ -157,8 +157,9 @@ def per_class_split(
     """Deterministic per-class train/test split: indices (train, test).
 
     Within each class the samples are permuted by a fixed-seed generator and the
-    first ``round(train_fraction * n_class)`` go to train. Both index arrays are
-    sorted, so the order follows the source.
+    first ``round(train_fraction * n_class)`` go to train. Each index array is
+    then shuffled by the same generator, so any prefix (a training subset, a
+    test subset) mixes the classes.
     """
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -168,7 +169,10 @@ def per_class_split(
         k = int(round(train_fraction * len(idx)))
         train.append(idx[:k])
         test.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    train_idx, test_idx = np.concatenate(train), np.concatenate(test)
+    return train_idx[rng.permutation(len(train_idx))], test_idx[
+        rng.permutation(len(test_idx))
+    ]
 
 
 def read_cifar10_python(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,236 @@
+"""Selective write-verify as a ``lax.scan`` over programming steps.
+
+Step ``k`` write-verifies the first ``counts[k]`` weights of an ``order``
+(masks nest), evaluates every Monte Carlo trial with the same trial keys (common
+random numbers across steps and methods) and records accuracy statistics and the
+cumulative normalized write cycles. The result is a :class:`Curve`.
+
+``K`` denotes programming steps (budget points), ``T`` trials.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uswim_jax._checks import check_finite_tree
+from uswim_jax._tree import crossbar_size
+from uswim_jax.montecarlo import (
+    ApplyFn,
+    MCStats,
+    noisy_accuracy,
+    run_trials,
+    summarize,
+    trial_keys,
+)
+from uswim_jax.selection import mask_from_order
+
+#: The margins (percentage points below exhaustive write-verify) every report uses.
+MARGINS = (0.1, 0.5, 1.0)
+
+
+class CyclesToTarget(NamedTuple):
+    """Normalized write cycles needed to get within a margin of exhaustive
+    write-verify; ``inf`` when the sweep never gets there."""
+
+    value: float  # from the mean paired difference
+    low: float  # optimistic end: upper 95 % bound of the difference
+    high: float  # pessimistic end: lower 95 % bound of the difference
+
+    @property
+    def speedup(self) -> float:
+        """Speedup over exhaustive write-verify, ``1 / value``."""
+        return 1.0 / self.value if self.value > 0 else math.inf
+
+
+class Curve(NamedTuple):
+    """Accuracy against programming budget for one method and one device setting.
+
+    Accuracies are fractions in [0, 1]; ``reference`` holds the per-trial
+    accuracy with every weight verified (exhaustive write-verify) and
+    ``baseline`` with none verified, both with the same trial keys as the steps.
+    """
+
+    counts: jax.Array  # (K,) verified weights after each step
+    fractions: jax.Array  # (K,) verified fraction
+    cycles: jax.Array  # (K,) normalized write cycles, plain writes counted
+    cycles_verified_only: jax.Array  # (K,) normalized, verified devices only
+    accuracies: jax.Array  # (K, T)
+    reference: jax.Array  # (T,) exhaustive write-verify
+    baseline: jax.Array  # (T,) no write-verify
+    baseline_cycles: jax.Array  # (2,) NWC and NWC-v with nothing verified
+
+    def stats(self) -> MCStats:
+        """Per-step statistics (each field has a leading K axis)."""
+        return summarize(self.accuracies)
+
+    def paired_difference(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard error over trials of (step accuracy - exhaustive
+        accuracy), per step, in percentage points. Common random numbers make the
+        paired difference far less noisy than the two means."""
+        d = 100.0 * (np.asarray(self.accuracies) - np.asarray(self.reference)[None])
+        t = d.shape[1]
+        se = d.std(axis=1, ddof=1) / np.sqrt(t) if t > 1 else np.zeros(d.shape[0])
+        return d.mean(axis=1), se
+
+    def cycles_to_target(
+        self, margin: float, *, verified_only: bool = False
+    ) -> CyclesToTarget:
+        """Smallest normalized write cycles whose mean accuracy is within
+        ``margin`` percentage points of exhaustive write-verify.
+
+        Linear interpolation between budget points at the first crossing; the
+        low and high ends use the 95 % bounds of the paired difference. The
+        curve starts at the no-verify point (``baseline``, whose cost is the
+        plain writes alone) and ends at exhaustive write-verify (cycles 1),
+        which always meets the target.
+
+        Args:
+            margin: percentage points (0.5 means 0.5 % accuracy).
+            verified_only: count only the verify cycles (``cycles_verified_only``).
+        """
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        mean, se = self.paired_difference()
+        d0 = 100.0 * (np.asarray(self.baseline) - np.asarray(self.reference))
+        se0 = d0.std(ddof=1) / np.sqrt(len(d0)) if len(d0) > 1 else 0.0
+        cycles = np.asarray(
+            self.cycles_verified_only if verified_only else self.cycles, np.float64
+        )
+        start = float(np.asarray(self.baseline_cycles)[1 if verified_only else 0])
+        # No-verify start point; exhaustive end point (difference 0, cycles 1).
+        cycles = np.concatenate([[start], cycles, [1.0]])
+        out = []
+        for sign in (0.0, 1.96, -1.96):
+            curve = np.concatenate([[d0.mean() + sign * se0], mean + sign * se, [0.0]])
+            out.append(_first_crossing(cycles, curve, -margin))
+        return CyclesToTarget(*out)
+
+
+def _first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+    ok = np.flatnonzero(y >= target)
+    if len(ok) == 0:
+        return math.inf
+    k = int(ok[0])
+    if k == 0 or y[k] == y[k - 1]:
+        return float(x[k])
+    w = (target - y[k - 1]) / (y[k] - y[k - 1])
+    return float(x[k - 1] + w * (x[k] - x[k - 1]))
+
+
+def counts_for_fractions(fractions: Sequence[float], n: int) -> np.ndarray:
+    """``round(f * n)`` for each fraction, checked to lie in [0, 1] and sorted."""
+    f = np.asarray(fractions, np.float64)
+    if f.ndim != 1 or len(f) == 0:
+        raise ValueError("fractions must be a non-empty 1-D sequence")
+    if np.any(~np.isfinite(f)) or np.any(f < 0) or np.any(f > 1):
+        raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    if np.any(np.diff(f) < 0):
+        raise ValueError("fractions must be non-decreasing")
+    return np.round(f * n).astype(np.int32)
+
+
+def sweep(
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    y: jax.Array,
+    device: Any,
+    order: jax.Array,
+    counts: jax.Array,
+    num_trials: int,
+    *,
+    chunk_size: int | None = None,
+    eval_batch_size: int | None = None,
+    shard: bool = False,
+    reference: jax.Array | None = None,
+    baseline: jax.Array | None = None,
+) -> Curve:
+    """Selective write-verify along ``order``, one ``lax.scan`` step per budget.
+
+    Args:
+        key: base key; trial ``t`` uses ``fold_in(key, t)`` at every step. The
+            key is consumed.
+        apply_fn: ``apply_fn(params, x) -> logits``.
+        params: trained params pytree.
+        x, y: test images and labels.
+        device: a Gaussian device model (``UniformVariation``,
+            ``StateDependentVariation``, ``LevelTableVariation``); its
+            ``verify_cycles`` setting prices a write-verify.
+        order: from :func:`uswim_jax.global_order`: crossbar weights, most
+            important first.
+        counts: (K,) non-decreasing numbers of verified weights, one per step
+            (e.g. :func:`counts_for_fractions`). May be traced: changing the
+            budget does not recompile.
+        num_trials: T.
+        chunk_size, eval_batch_size, shard: as in :func:`uswim_jax.evaluate`.
+        reference, baseline: (T,) per-trial accuracies with every / no weight
+            verified, when already computed with the same key (e.g. shared by
+            the methods of one setting); computed here when ``None``.
+
+    Returns:
+        A :class:`Curve`.
+    """
+    if not isinstance(num_trials, int | np.integer) or num_trials < 1:
+        raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
+    if np.ndim(x) < 1 or np.shape(x)[0] == 0 or np.shape(y) != (np.shape(x)[0],):
+        raise ValueError(
+            f"x and y must be non-empty and match; got {np.shape(x)}, {np.shape(y)}"
+        )
+    check_finite_tree("params", params)
+    n = crossbar_size(params, device.crossbar)
+    if np.ndim(counts) != 1:
+        raise ValueError(f"counts must be 1-D, got shape {np.shape(counts)}")
+    if not isinstance(counts, jax.core.Tracer):
+        c = np.asarray(counts)
+        if len(c) and (c.min() < 0 or c.max() > n or np.any(np.diff(c) < 0)):
+            raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    keys = trial_keys(key, num_trials)
+    std_w, std_v = device.std(params)
+
+    def accuracies(mask):
+        std = jax.tree.map(lambda m, a, b: jnp.where(m, b, a), mask, std_w, std_v)
+
+        def trial(k):
+            return noisy_accuracy(
+                k,
+                apply_fn,
+                params,
+                std,
+                x,
+                y,
+                crossbar=device.crossbar,
+                eval_batch_size=eval_batch_size,
+            )
+
+        return run_trials(keys, trial, chunk_size=chunk_size, shard=shard)
+
+    def step(carry, count):
+        mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
+        cyc = device.write_cycles(mask, params)
+        return carry, (
+            accuracies(mask),
+            cyc.normalized,
+            cyc.normalized_verified_only,
+        )
+
+    none = jax.tree.map(lambda s: jnp.zeros(s.shape, bool), std_w)
+    cyc0 = device.write_cycles(none, params)
+    every = jax.tree.map(lambda s: jnp.ones(s.shape, bool), std_w)
+    counts = jnp.asarray(counts, jnp.int32)
+    _, (accs, cycles, cycles_v) = jax.lax.scan(step, None, counts)
+    return Curve(
+        counts=counts,
+        fractions=counts.astype(jnp.float32) / jnp.float32(n),
+        cycles=cycles,
+        cycles_verified_only=cycles_v,
+        accuracies=accs,
+        reference=accuracies(every) if reference is None else reference,
+        baseline=accuracies(none) if baseline is None else baseline,
+        baseline_cycles=jnp.stack([cyc0.normalized, cyc0.normalized_verified_only]),
+    )
