@@ -1,0 +1,222 @@
+"""Monte Carlo throughput of ``uswim_jax.evaluate`` on an accelerator.
+
+LeNet over 2,000 MNIST-shaped images at 100 to 10,000 trials and ResNet-18 at
+CIFAR shapes (32x32x3) at 100 and 1,000 trials, against a serial loop of the same
+jitted single-trial forward pass and the accelerator's measured dense matmul rate
+(float32 at JAX's default precision, and bfloat16). FLOPs come from XLA's cost
+analysis of one forward pass, so any model is counted the same way. Inputs are
+random (throughput does not depend on the pixel values); params are freshly
+initialised.
+
+    python -m benchmarks.gpu_mc --out benchmarks/results/mc_gpu.json
+    python -m benchmarks.gpu_mc --smoke      # tiny sizes, any backend
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.extend.core
+import jax.numpy as jnp
+import numpy as np
+
+import uswim_jax as u
+from uswim_jax.models import build_model
+from uswim_jax.montecarlo import evaluate
+
+
+def _time(fn, repeats: int) -> tuple[float, float]:
+    """(first call seconds, median of ``repeats`` later calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def matmul_rate(dtype, n: int, repeats: int) -> float:
+    """Dense n x n x n matmul rate in TFLOP/s."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(jnp.dot)
+    _, t = _time(lambda: f(a, b), repeats)
+    return 2 * n**3 / t / 1e12
+
+
+def _matmul_flops(jaxpr) -> float:
+    """2 x multiply-adds of every dot_general and convolution in a jaxpr
+    (nested jaxprs included). XLA's cost analysis cannot be used: it does not
+    count cuDNN convolutions on GPU."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+            lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+            contract = np.prod([lhs[i] for i in lc])
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contract
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            dn = eqn.params["dimension_numbers"]
+            out = eqn.outvars[0].aval.shape
+            k_in = rhs[dn.rhs_spec[1]]
+            k_sp = np.prod([rhs[i] for i in dn.rhs_spec[2:]])
+            total += 2.0 * np.prod(out) * k_in * k_sp
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _matmul_flops(sub)
+    return total
+
+
+def forward_flops(apply_fn, params, x) -> float:
+    """Matmul and convolution FLOPs of one forward pass."""
+    return _matmul_flops(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
+
+
+def bench_model(name, input_shape, n_images, trials, chunk, repeats, serial_trials):
+    model = build_model(name, input_shape=input_shape)
+    params = model.init(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (n_images, *input_shape))
+    y = jax.random.randint(jax.random.key(2), (n_images,), 0, 10)
+    device = u.UniformVariation(0.2, 0.02)
+    flops = forward_flops(model.apply_fn, params, x)
+    out = {
+        "model": name,
+        "input_shape": list(input_shape),
+        "images": n_images,
+        "forward_flops": flops,
+        "runs": [],
+    }
+
+    std = device.effective_std(params, None)
+    one = jax.jit(
+        lambda k, p: u.montecarlo.noisy_accuracy(
+            k, model.apply_fn, p, std, x, y, crossbar=device.crossbar
+        )
+    )
+    keys = u.montecarlo.trial_keys(jax.random.key(3), serial_trials)
+
+    def serial():
+        return [one(k, params) for k in keys]
+
+    first, t = _time(serial, 1)
+    out["serial"] = {
+        "trials": serial_trials,
+        "trials_per_s": serial_trials / t,
+        "first_call_s": first,
+        "tflops": serial_trials * flops / t / 1e12,
+    }
+    print(f"{name}: serial loop {serial_trials / t:9.1f} trials/s", flush=True)
+    for T in trials:
+        f = jax.jit(
+            lambda k, p, T=T: (
+                evaluate(
+                    k,
+                    model.apply_fn,
+                    p,
+                    x,
+                    y,
+                    device,
+                    None,
+                    T,
+                    chunk_size=min(chunk, T),
+                ).accuracies
+            )
+        )
+        first, t = _time(lambda f=f: f(jax.random.key(3), params), repeats)
+        r = {
+            "trials": T,
+            "chunk_size": min(chunk, T),
+            "first_call_s": first,
+            "steady_s": t,
+            "trials_per_s": T / t,
+            "tflops": T * flops / t / 1e12,
+        }
+        out["runs"].append(r)
+        print(
+            f"{name}: T={T:6d} chunk={r['chunk_size']:4d} "
+            f"{r['trials_per_s']:10.1f} trials/s {r['tflops']:7.2f} TFLOP/s "
+            f"(compile+first {first:.1f} s)",
+            flush=True,
+        )
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results/mc_gpu.json")
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args(argv)
+    if args.smoke:
+        sizes = {
+            "matmul": 256,
+            "lenet": (64, [4, 8], 4, 4),
+            "resnet": (8, [2], 2, 2),
+            "repeats": 1,
+        }
+    else:
+        sizes = {
+            "matmul": 8192,
+            "lenet": (2000, [100, 1000, 10000], 100, 20),
+            "resnet": (500, [100, 1000], 50, 5),
+            "repeats": 3,
+        }
+    result = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "jax_version": jax.__version__,
+        "platform": platform.platform(),
+        "matmul_tflops_f32_default_precision": matmul_rate(
+            jnp.float32, sizes["matmul"], sizes["repeats"]
+        ),
+        "matmul_tflops_bf16": matmul_rate(
+            jnp.bfloat16, sizes["matmul"], sizes["repeats"]
+        ),
+        "models": [],
+    }
+    print(
+        f"matmul f32 {result['matmul_tflops_f32_default_precision']:.1f} TFLOP/s, "
+        f"bf16 {result['matmul_tflops_bf16']:.1f} TFLOP/s",
+        flush=True,
+    )
+    n, trials, chunk, serial = sizes["lenet"]
+    result["models"].append(
+        bench_model("lenet", (28, 28, 1), n, trials, chunk, sizes["repeats"], serial)
+    )
+    n, trials, chunk, serial = sizes["resnet"]
+    result["models"].append(
+        bench_model("resnet18", (32, 32, 3), n, trials, chunk, sizes["repeats"], serial)
+    )
+    peak = result["matmul_tflops_f32_default_precision"]
+    for m in result["models"]:
+        best = max(m["runs"], key=lambda r: r["tflops"])
+        m["best_fraction_of_f32_matmul"] = best["tflops"] / peak
+        m["speedup_over_serial"] = best["trials_per_s"] / m["serial"]["trials_per_s"]
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(
+        json.dumps(
+            {
+                m["model"]: {
+                    "best_fraction_of_f32_matmul": round(
+                        m["best_fraction_of_f32_matmul"], 3
+                    ),
+                    "speedup_over_serial": round(m["speedup_over_serial"], 1),
+                }
+                for m in result["models"]
+            }
+        ),
+        flush=True,
+    )
+    return result
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

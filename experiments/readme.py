@@ -1,0 +1,215 @@
+"""Regenerates the README's result sections from the committed results files,
+so every number in the README comes from a command in the repo.
+
+    python -m experiments.readme           # rewrite the sections of README.md
+    python -m experiments.readme --check   # exit 1 if README.md is stale
+
+A section is the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``.
+"""
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _x(v: str) -> str:
+    f = float(v)
+    if math.isinf(f):
+        return "∞" if f > 0 else "-"
+    return f"{f:.1f}x" if f < 100 else f"{f:.0f}x"
+
+
+def mnist_results(folder: Path = ROOT / "results" / "reproduce-mnist") -> str:
+    """Speedups at 0.5 pp per setting and method, from a reproduce-mnist run."""
+    info = json.loads((folder / "run_info.json").read_text())
+    cfg = json.loads((folder / "config.json").read_text())["config"]["experiment"]
+    refs = {r["setting"]: r for r in _read_csv(folder / "references.csv")}
+    rows = _read_csv(folder / "speedups.csv")
+    from uswim_jax.experiment import METHODS
+
+    present = {r["method"] for r in rows}
+    methods = [m for m in METHODS if m in present]
+    settings = [s for s in info["settings"] if s in refs]
+    cell = {(r["setting"], r["method"], float(r["margin_pp"])): r for r in rows}
+    lines = [
+        f"LeNet on **{info['dataset']}** ({info['num_test']} test images, clean "
+        f"accuracy {100 * info['clean_accuracy']:.2f}%), {cfg['num_trials']} Monte "
+        f"Carlo trials per point, budget points at "
+        f"{', '.join(f'{100 * f:g}%' for f in cfg['fractions'])} verified. "
+        "Each cell: speedup over exhaustive write-verify at a 0.5 pp margin, "
+        "counting the plain writes of unverified weights (a verify costs "
+        f"{cfg['verify_cycles']:g} cycles, so at most "
+        f"{cfg['verify_cycles']:g}x) / counting verify cycles only.",
+        "",
+        "| setting | none % | exhaustive % | " + " | ".join(methods) + " |",
+        "|---|---:|---:|" + "---:|" * len(methods),
+    ]
+    for s in settings:
+        ref = refs[s]
+        cells = []
+        for m in methods:
+            r = cell.get((s, m, 0.5))
+            if r is None:
+                cells.append("= swim" if m == "uswim" else "")
+            else:
+                cells.append(f"{_x(r['speedup'])} / {_x(r['speedup_v'])}")
+        lines.append(
+            f"| {s} | {float(ref['none_mean']):.2f} | "
+            f"{float(ref['exhaustive_mean']):.2f} | " + " | ".join(cells) + " |"
+        )
+    lines.append("")
+    for s in settings:
+        if (s, "swim", 0.5) in cell and (s, "uswim", 0.5) in cell:
+            parts = []
+            for g in (0.1, 0.5, 1.0):
+                a = float(cell[(s, "swim", g)]["nwc_v"])
+                b = float(cell[(s, "uswim", g)]["nwc_v"])
+                ok = math.isfinite(a) and math.isfinite(b) and b > 0
+                parts.append(f"{a / b:.2f}x at {g:g} pp" if ok else f"n/a at {g:g} pp")
+            lines.append(f"- U-SWIM over SWIM, {s} (verify cycles): {', '.join(parts)}")
+    lines.append("")
+    lines.append(
+        "Source: `results/reproduce-mnist/` (`summary.md` has every margin, the "
+        "confidence ranges and accuracy at each budget), from `make reproduce-mnist`."
+    )
+    return "\n".join(lines)
+
+
+def sensitivity(folder: Path = ROOT / "results" / "sensitivity-lenet-mnist") -> str:
+    """Overall rank agreement between curvature estimators on trained LeNet."""
+    rows = [
+        r
+        for r in _read_csv(folder / "sensitivity_comparison.csv")
+        if r["layer"] == "overall"
+    ]
+    tops = [k for k in rows[0] if k.startswith("top")]
+    lines = [
+        "| estimators | Spearman | "
+        + " | ".join(f"{k[3:]} top-k overlap" for k in tops)
+        + " |",
+        "|---|---:|" + "---:|" * len(tops),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['a']} vs {r['b']} | {float(r['spearman']):.3f} | "
+            + " | ".join(f"{float(r[k]):.3f}" for k in tops)
+            + " |"
+        )
+    meta = folder / "meta.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        lines += ["", m["note"]]
+    return "\n".join(lines)
+
+
+def curvature_cost(folder: Path = ROOT / "benchmarks" / "results") -> str:
+    """Cost of each estimator in gradient passes, from the benchmark JSONs
+    (this machine's CPU run, and the H200 run where one was made)."""
+    runs = [
+        ("CPU", folder / "curvature_cost.json"),
+        ("H200", folder / "curvature_cost_h200.json"),
+    ]
+    runs = [(label, json.loads(p.read_text())) for label, p in runs if p.is_file()]
+    names = list(runs[0][1]["results"])
+    head = " | ".join(
+        f"{label}: {d.get('device', '?')}, batch {d['batch_size']}" for label, d in runs
+    )
+    lines = [f"| estimator | {head} |", "|---|" + "---:|" * len(runs)]
+    for name in names:
+        cells = []
+        for _, d in runs:
+            r = d["results"].get(name)
+            cells.append("" if r is None else f"{r['gradient_passes']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Cost in gradient passes (median time / median time of one "
+        "gradient of the batch loss), from `python -m "
+        "benchmarks.curvature_cost`; Hutchinson per probe.",
+    ]
+    return "\n".join(lines)
+
+
+def gpu_performance(
+    path: Path = ROOT / "benchmarks" / "results" / "mc_gpu_h200.json",
+) -> str:
+    """Monte Carlo throughput on the accelerator, from ``benchmarks/gpu_mc.py``."""
+    d = json.loads(path.read_text())
+    peak = d["matmul_tflops_f32_default_precision"]
+    lines = [
+        f"On one {d['device']} (JAX {d['jax_version']}): dense matmul "
+        f"{peak:.0f} TFLOP/s in float32 at JAX's default precision, "
+        f"{d['matmul_tflops_bf16']:.0f} TFLOP/s in bfloat16.",
+        "",
+        "| model | images | trials | trials/s | TFLOP/s | % of f32 matmul | "
+        "serial loop trials/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in d["models"]:
+        for r in m["runs"]:
+            lines.append(
+                f"| {m['model']} | {m['images']} | {r['trials']} | "
+                f"{r['trials_per_s']:.0f} | {r['tflops']:.1f} | "
+                f"{100 * r['tflops'] / peak:.1f} | "
+                f"{m['serial']['trials_per_s']:.0f} |"
+            )
+    lines += [
+        "",
+        "From `python -m benchmarks.gpu_mc` (FLOPs: matmuls and "
+        "convolutions of the forward pass, counted from its jaxpr).",
+    ]
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "gpu-performance": gpu_performance,
+    "mnist-results": mnist_results,
+    "sensitivity": sensitivity,
+    "curvature-cost": curvature_cost,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every known section regenerated."""
+    for name, fn in SECTIONS.items():
+        begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+        if begin not in text:
+            continue
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{fn()}\n{end}{tail}"
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="experiments.readme", description=__doc__)
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    old = README.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            print(
+                "README.md is stale: run `python -m experiments.readme`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
