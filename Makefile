@@ -5,12 +5,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: help install test test-all lint format reproduce-mnist clean-venv
+.PHONY: help install test test-all lint format reproduce-mnist \
+	reproduce-fashion-mnist reproduce-cifar10 reproduce-tinyimagenet ablations bench \
+	clean-venv
 
 help:
 	@echo "make reproduce-mnist   train LeNet on MNIST and report (the main job)"
+	@echo "make reproduce-fashion-mnist   the same on the full Fashion-MNIST (~30 min CPU)"
+	@echo "make reproduce-cifar10 ConvNet and ResNet-18 on CIFAR-10 (GPU; ARGS=--quick on CPU)"
+	@echo "make reproduce-tinyimagenet    ResNet-18 on Tiny ImageNet (GPU; ARGS=--quick on CPU)"
+	@echo "make ablations         the ablation table on MNIST (~10-15 min CPU)"
 	@echo "make test              the default test suite (not slow, not gpu)"
 	@echo "make test-all          every test, slow ones included"
+	@echo "make bench             side-by-side benchmarks (ARGS=--quick for a short run)"
 	@echo "make lint              ruff check and format check"
 
 $(STAMP): pyproject.toml
@@ -37,6 +44,21 @@ format: $(STAMP)
 
 reproduce-mnist: $(STAMP)
 	$(PY) -m experiments.mnist.main --results-dir results/reproduce-mnist $(ARGS)
+
+reproduce-fashion-mnist: $(STAMP)
+	$(PY) -m experiments.fashion_mnist.main --results-dir results/reproduce-fashion-mnist $(ARGS)
+
+reproduce-cifar10: $(STAMP)
+	$(PY) -m experiments.cifar10.main --results-dir results/reproduce-cifar10 $(ARGS)
+
+reproduce-tinyimagenet: $(STAMP)
+	$(PY) -m experiments.tinyimagenet.main --results-dir results/reproduce-tinyimagenet $(ARGS)
+
+ablations: $(STAMP)
+	$(PY) -m experiments.ablations.main --results-dir results/ablations $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

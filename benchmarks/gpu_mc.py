@@ -10,6 +10,7 @@ initialised.
 
     python -m benchmarks.gpu_mc --out benchmarks/results/mc_gpu.json
     python -m benchmarks.gpu_mc --smoke      # tiny sizes, any backend
+    (without an accelerator and without --smoke/--force it skips)
 """
 
 import argparse
@@ -151,8 +152,21 @@ def bench_model(name, input_shape, n_images, trials, chunk, repeats, serial_tria
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/mc_gpu.json")
-    p.add_argument("--smoke", action="store_true")
+    p.add_argument(
+        "--smoke", "--quick", action="store_true", help="tiny sizes, any backend"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run the full sizes even without an accelerator",
+    )
     args = p.parse_args(argv)
+    if jax.default_backend() == "cpu" and not (args.smoke or args.force):
+        print(
+            "gpu_mc: no accelerator; skipped (--smoke for tiny sizes, --force "
+            "to run the full sizes on the CPU)"
+        )
+        return {}
     if args.smoke:
         sizes = {
             "matmul": 256,

@@ -139,6 +139,7 @@ STRUCTURAL_PRIMITIVES = frozenset(
         "dynamic_update_slice",
         "pad",
         "concatenate",
+        "stack",
         "split",
         "gather",
         "scatter",

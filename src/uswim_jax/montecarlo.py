@@ -182,6 +182,14 @@ def evaluate(
     Raises:
         ValueError: bad ``num_trials``, empty or mismatched data, NaN params, or
             a ``verified`` mask that does not match ``params``.
+
+    Performance (CPU): each trial's noise is drawn once per chunk, and the
+    images are walked in ``eval_batch_size`` blocks with the chunk's trials
+    ``vmap``-ed, so keep ``chunk_size * eval_batch_size`` at a few dozen to a few
+    hundred image-trials (cache-sized). XLA's CPU convolution with per-trial
+    kernels is slow under ``vmap``; a model whose convolutions are matmuls
+    (``build_model(..., conv_impl="im2col")``) is several times faster. Measured
+    settings: ``benchmarks/mc_throughput.py``.
     """
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")

@@ -23,7 +23,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from uswim_jax._tree import crossbar_size, map_crossbar
-from uswim_jax.models._layers import QUANT_SCHEMES, quantize, quantize_ste
+from uswim_jax.models._layers import (
+    CONV_IMPLS,
+    QUANT_SCHEMES,
+    conv_im2col,
+    quantize,
+    quantize_ste,
+)
 from uswim_jax.models.convnet import ConvNet
 from uswim_jax.models.lenet import LeNet
 from uswim_jax.models.resnet import ResNet18
@@ -38,6 +44,8 @@ __all__ = [
     "ResNet18",
     "quantize",
     "quantize_ste",
+    "conv_im2col",
+    "CONV_IMPLS",
 ]
 
 _CLASSES = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18}
@@ -130,6 +138,7 @@ def build_model(
     weight_bits: int | None = None,
     quantized: bool = False,
     quant_scheme: str = "swim",
+    conv_impl: str = "xla",
 ) -> Model:
     """Builds one of the papers' models.
 
@@ -144,9 +153,14 @@ def build_model(
             when ``weight_bits`` is not given.
         quant_scheme: ``"swim"`` (the authors' step) or ``"signed"``; see
             :func:`quantize`.
+        conv_impl: how convolutions are computed: ``"xla"`` (XLA's convolution)
+            or ``"im2col"`` (patches and a matmul; LeNet and ConvNet then run
+            their conv trunk in the CHWN layout). The same params and function;
+            ``"im2col"`` is faster for Monte Carlo trials ``vmap``-ed over
+            per-trial kernels on CPU (``benchmarks/mc_throughput.py``).
 
     Raises:
-        ValueError: unknown model, bad bits or scheme.
+        ValueError: unknown model, bad bits, scheme or conv_impl.
     """
     if name not in _CLASSES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -162,6 +176,8 @@ def build_model(
         raise ValueError(
             f"quant_scheme must be one of {QUANT_SCHEMES}, got {quant_scheme!r}"
         )
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     input_shape = tuple(input_shape or _DEFAULT_INPUT[name])
@@ -173,6 +189,9 @@ def build_model(
             f"images (its dense layer size is fixed), got {input_shape}"
         )
     module = _CLASSES[name](
-        num_classes=num_classes, weight_bits=weight_bits, quant_scheme=quant_scheme
+        num_classes=num_classes,
+        weight_bits=weight_bits,
+        quant_scheme=quant_scheme,
+        conv_impl=conv_impl,
     )
     return Model(name, module, input_shape, num_classes)
