@@ -77,3 +77,37 @@ def check_same_structure(name: str, tree: Any, reference: Any, ref_name: str) ->
                 f"{name}{where} has shape {np.shape(a)}, but {ref_name}{where} "
                 f"has shape {np.shape(b)}"
             )
+
+
+def check_dataset(name: str, data: Any, num_classes: int | None = None) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``data`` unpacks to a
+    non-empty batch of finite NHWC images and matching integer labels (in
+    ``[0, num_classes)`` when given, else from ``data.num_classes`` if any)."""
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a Dataset or an (images, labels) pair, got "
+            f"{type(data).__name__}"
+        ) from None
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 4 or len(x) == 0:
+        raise ValueError(
+            f"{name} must hold at least one NHWC image, got images of shape {x.shape}"
+        )
+    if y.shape != (len(x),):
+        raise ValueError(f"{name} labels must have shape ({len(x)},), got {y.shape}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{name} images must be numbers, got dtype {x.dtype}")
+    if x.dtype.kind == "f":
+        for i in range(0, len(x), 4096):  # in pieces: no full-size temporary
+            if not np.all(np.isfinite(x[i : i + 4096])):
+                raise ValueError(f"{name} images must be finite (found NaN or Inf)")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} labels must be integers, got dtype {y.dtype}")
+    if num_classes is None:
+        num_classes = getattr(data, "num_classes", None)
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        raise ValueError(
+            f"{name} labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]"
+        )

@@ -41,3 +41,30 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Deletes the temporary files that :func:`atomic_write_bytes` left under
+    ``folder`` when its process was killed (their writer is no longer running).
+    Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -170,13 +170,187 @@ def _cmd_sensitivity(args) -> int:
     se = np.concatenate([a.ravel() for a, _ in crossbar])
     est = np.concatenate([b.ravel() for _, b in crossbar])
     rel = float(np.median(se / np.maximum(est, 1e-30)))
-    print(
+    note = (
         f"{model.name} on {train_data.name}, {min(args.samples, len(train_data))} "
         f"training images; Hutchinson with {args.probes} probes: median relative "
         f"standard error {rel:.2f}"
     )
+    from uswim_jax._io import atomic_write_json
+
+    atomic_write_json(
+        os.path.join(out, "meta.json"),
+        {
+            "note": note + ".",
+            "samples": args.samples,
+            "probes": args.probes,
+            "hutchinson_median_relative_se": rel,
+        },
+    )
+    print(note)
     print(open(paths["markdown"]).read())
     print(f"report: {out}")
+    return 0
+
+
+def _number_list(kind):
+    def parse(text: str) -> tuple:
+        try:
+            vals = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, got {text!r}"
+            ) from None
+        return vals
+
+    return parse
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from uswim_jax.experiment import METHODS
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(bad) or text!r}; choose from "
+            f"{', '.join(METHODS)}"
+        )
+    return names
+
+
+#: ``uswim sweep --quick``: the settings of ``make reproduce-mnist --quick``.
+_QUICK = {
+    "epochs": 2,
+    "train_subset": 2048,
+    "sigmas": (0.2,),
+    "s_values": (3.0,),
+    "fractions": (0.001, 0.005, 0.01, 0.05, 0.3),
+    "trials": 8,
+    "test_subset": 500,
+    "curvature_subset": 2048,
+    "estimator_subset": 256,
+    "probes": 16,
+}
+
+
+def _add_sweep(sub) -> None:
+    from uswim_jax.data import DATASETS
+    from uswim_jax.models import MODELS
+
+    p = sub.add_parser(
+        "sweep",
+        help="train, compute sensitivities and sweep selection methods",
+        description=(
+            "Run (or resume) a selective write-verify sweep into a run folder: "
+            "train the model, compute sensitivities, sweep every method under "
+            "every device setting, and write curves.csv, summary.md and a plot. "
+            "Every finished step chunk is saved as it completes; run the same "
+            "command again to resume after an interruption."
+        ),
+    )
+    p.add_argument("--model", choices=MODELS, default="lenet")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default 20")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--train-subset", type=_positive_int, default=None)
+    p.add_argument(
+        "--sigmas",
+        type=_number_list(float),
+        default=None,
+        help="uniform-variation sigmas, comma-separated (default 0.1,0.2,0.3)",
+    )
+    p.add_argument(
+        "--s-values",
+        type=_number_list(float),
+        default=None,
+        help="state-dependent ratios s, comma-separated (default 2,3,5; '' none)",
+    )
+    p.add_argument("--s-sigma", type=float, default=None, help="default 0.3")
+    p.add_argument(
+        "--fractions",
+        type=_number_list(float),
+        default=None,
+        help="verified fractions in [0, 1], non-decreasing, comma-separated",
+    )
+    p.add_argument("--trials", type=_positive_int, default=None, help="default 30")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=None,
+        help="comma-separated selection methods (default: all)",
+    )
+    p.add_argument(
+        "--steps-per-chunk",
+        type=_positive_int,
+        default=None,
+        help="budget points saved per unit of work (default: a whole curve)",
+    )
+    p.add_argument("--test-subset", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke run")
+    p.add_argument("--data-path", default=None, help="folder with the dataset files")
+    p.add_argument(
+        "--run-dir", default=None, help="default: runs/sweep-<model>-<dataset>"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from uswim_jax import data
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.experiment import run as run_experiment
+    from uswim_jax.report import write_report
+    from uswim_jax.train import TrainConfig
+
+    quick = _QUICK if args.quick else {}
+
+    def pick(name, default):
+        v = getattr(args, name, None)
+        return v if v is not None else quick.get(name, default)
+
+    base = ExperimentConfig()
+    try:
+        config = ExperimentConfig(
+            train=TrainConfig(
+                model=args.model,
+                dataset=args.dataset,
+                epochs=pick("epochs", base.train.epochs),
+                batch_size=args.batch_size,
+                seed=args.seed,
+                train_subset=pick("train_subset", None),
+            ),
+            sigmas=pick("sigmas", base.sigmas),
+            s_values=pick("s_values", base.s_values),
+            s_sigma=pick("s_sigma", base.s_sigma),
+            fractions=pick("fractions", base.fractions),
+            num_trials=pick("trials", base.num_trials),
+            methods=pick("methods", base.methods),
+            seed=args.seed,
+            test_subset=pick("test_subset", None),
+            curvature_subset=quick.get("curvature_subset"),
+            estimator_subset=quick.get("estimator_subset", base.estimator_subset),
+            hutchinson_probes=quick.get("probes", base.hutchinson_probes),
+            steps_per_chunk=args.steps_per_chunk,
+            label="quick" if args.quick else "cli",
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    suffix = "-quick" if args.quick else ""
+    run_dir = args.run_dir or os.path.join(
+        "runs", f"sweep-{args.model}-{args.dataset}{suffix}"
+    )
+    train_data = data.load(args.dataset, "train", path=args.data_path)
+    test_data = data.load(args.dataset, "test", path=args.data_path)
+    out = run_experiment(
+        config,
+        run_dir,
+        train_data=train_data,
+        test_data=test_data,
+        progress=not args.no_progress,
+    )
+    print(write_report(run_dir, out, out["curves"]))
+    print(f"run folder: {run_dir}")
     return 0
 
 
@@ -189,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_train(sub)
     _add_sensitivity(sub)
+    _add_sweep(sub)
     return parser
 
 
@@ -197,8 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = os.environ.get("USWIM_DEBUG") == "1"
+    from uswim_jax._interrupt import reliable_interrupts
+
     try:
-        return args.func(args)
+        with reliable_interrupts():
+            return args.func(args)
     except UsageError as e:
         sys.stderr.write(f"uswim {args.command}: error: {e}\n")
         return 2

@@ -33,7 +33,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from uswim_jax import _obd
-from uswim_jax._checks import check_positive
+from uswim_jax._checks import check_finite_tree, check_positive
 
 LOSSES = ("cross_entropy", "squared_error")
 
@@ -88,12 +88,23 @@ def make_loss_fn(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    _check_samples(x, y)
 
     def loss_fn(params: Any) -> jax.Array:
         per = _per_example_loss(apply_fn(params, x), y, loss)
         return jnp.sum(per) if reduction == "sum" else jnp.mean(per)
 
     return loss_fn
+
+
+def _check_samples(x: Any, y: Any) -> None:
+    """Raises ``ValueError`` unless ``x`` and ``y`` hold the same, non-zero
+    number of samples on axis 0."""
+    if np.ndim(x) < 1 or np.shape(x)[0] == 0:
+        raise ValueError(f"x must hold at least one sample, got shape {np.shape(x)}")
+    if np.ndim(y) < 1 or np.shape(y)[0] != np.shape(x)[0]:
+        n = np.shape(x)[0]
+        raise ValueError(f"y must have {n} samples to match x, got {np.shape(y)}")
 
 
 def _is_float_leaf(leaf: Any) -> bool:
@@ -238,6 +249,8 @@ def obd_over_dataset(
     batch_size: int = 128,
     loss: str = "cross_entropy",
     avg_pool: str = "exact",
+    augment: Callable[[jax.Array, Any], Any] | None = None,
+    key: jax.Array | None = None,
 ) -> tuple[Any, Any]:
     """Runs :func:`obd_diagonal` over a dataset in batches, as the authors do.
 
@@ -253,6 +266,11 @@ def obd_over_dataset(
       batch_size: samples per batch (the authors use 128).
       loss: ``"cross_entropy"`` or ``"squared_error"``.
       avg_pool: ``"exact"`` or ``"authors"`` (see :func:`obd_diagonal`).
+      augment: ``augment(key, xb) -> xb``, applied to every batch before both
+        passes (the authors run the second-derivative pass with the training
+        augmentations, method.md §4.2 step 2); batch ``i`` gets
+        ``fold_in(key, i)``. ``None``: no augmentation.
+      key: a ``jax.random`` key, required with ``augment``; the key is consumed.
 
     Returns:
       ``(hess, grad)``: ``hess`` is the one-pass diagonal summed over all samples;
@@ -278,9 +296,14 @@ def obd_over_dataset(
         )
     if num == 0:
         raise ValueError("x must hold at least one sample")
+    if augment is not None and key is None:
+        raise ValueError("key is required when augment is given")
+    check_finite_tree("params", params)
     fl, merge, expand = _split_float(params)
 
-    def step(float_leaves: list, xb: Any, yb: Any) -> tuple[Any, Any]:
+    def step(float_leaves: list, xb: Any, yb: Any, bkey: Any) -> tuple[Any, Any]:
+        if augment is not None:
+            xb = augment(bkey, xb)
         hess = obd_diagonal(
             apply_fn, merge(float_leaves), xb, yb, loss=loss, avg_pool=avg_pool
         )
@@ -295,7 +318,10 @@ def obd_over_dataset(
     add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
     hess = grad = None
     for start in range(0, num, batch_size):
-        hb, gb = jstep(fl, x[start : start + batch_size], y[start : start + batch_size])
+        bkey = None if augment is None else jax.random.fold_in(key, start // batch_size)
+        hb, gb = jstep(
+            fl, x[start : start + batch_size], y[start : start + batch_size], bkey
+        )
         if hess is None:
             hess, grad = hb, gb
         else:
@@ -364,6 +390,7 @@ def hutchinson_diagonal(
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
     num_probes = int(num_probes)
+    check_finite_tree("params", params)
     fl, merge, expand = _split_float(params)
     grad_f = jax.grad(lambda leaves: loss_fn(merge(leaves)))
 
@@ -432,6 +459,7 @@ def exact_diagonal(
     """
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
+    check_finite_tree("params", params)
     fl, merge, expand = _split_float(params)
     flat, unravel = ravel_pytree(fl)
     size = int(flat.shape[0])
@@ -512,6 +540,8 @@ def ggn_diagonal(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
+    check_finite_tree("params", params)
+    _check_samples(x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:
@@ -560,6 +590,8 @@ def fisher_diagonal(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
+    check_finite_tree("params", params)
+    _check_samples(x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:

@@ -474,7 +474,9 @@ def _common_post_init(obj: Any) -> None:
     check_bits(obj.weight_bits, obj.device_bits)
     _check_nonneg("sigma", obj.sigma)
     _check_nonneg("sigma_verified", obj.sigma_verified)
-    _check_nonneg("verify_cycles", obj.verify_cycles)
+    # A write-verify costs at least one cycle per device; 0 would make the
+    # normalized cycles 0/0.
+    _check_pos("verify_cycles", obj.verify_cycles)
     if not callable(obj.crossbar):
         raise ValueError(f"crossbar must be a callable predicate, got {obj.crossbar!r}")
 

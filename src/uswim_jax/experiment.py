@@ -1,17 +1,22 @@
 """The reproduction pipeline: train (or reuse) a model, compute sensitivities,
 sweep every selection method under every device setting, and write a run folder.
 
-Every finished unit of work (the trained model, the sensitivities, each
-(setting, method) curve) is written atomically into the run folder as it
-completes; running the same command again skips what is done, so an interrupted
-run loses nothing already computed. A different config in the same folder is
-refused.
+Every finished unit of work (the trained model, the sensitivities, the
+exhaustive/no-verify end points of each setting, each step chunk of a curve when
+``steps_per_chunk`` is set, and each (setting, method) curve in ``curves/``) is
+written atomically into the run folder as it completes; running the same command
+again skips what is done, so a run killed at any moment (SIGINT or SIGKILL) loses
+nothing already written. A different config in the same folder is refused, and so
+is a different JAX version, backend, PRNG setting or dataset (``manifest.json``):
+results would not be byte-identical.
 """
 
 import dataclasses
 import functools
 import json
+import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax import curvature, selection
-from uswim_jax._io import atomic_write_bytes, atomic_write_json, npz_bytes
+from uswim_jax._checks import check_dataset
+from uswim_jax._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    npz_bytes,
+    remove_stale_temp_files,
+)
 from uswim_jax.data import Dataset
 from uswim_jax.device import StateDependentVariation, UniformVariation
 from uswim_jax.montecarlo import evaluate
-from uswim_jax.report import manifest, prepare_run_dir
+from uswim_jax.report import check_resumable, config_hash, manifest, prepare_run_dir
 from uswim_jax.sweep import Curve, counts_for_fractions, sweep
 from uswim_jax.train import TrainConfig, train
 
@@ -95,10 +106,22 @@ class ExperimentConfig:
     seed: int = 0
     test_subset: int | None = None
     curvature_subset: int | None = None
-    estimator_subset: int = 1024
-    hutchinson_probes: int = 64
-    chunk_size: int | None = 1
-    eval_batch_size: int | None = None
+    estimator_subset: int = 512
+    hutchinson_probes: int = 32
+    chunk_size: int | None = 5
+    eval_batch_size: int | None = 20
+    conv_impl: str = "im2col"
+    # Budget points per saved unit of work within a curve (None: whole curves).
+    steps_per_chunk: int | None = None
+    # Ablation switches (method.md §4.3, §9); at their defaults they are left
+    # out of ``to_json`` so older run folders keep their config hash.
+    first_order: bool = True
+    k_power: int = 1
+    avg_pool: str = "exact"
+    curvature_augment: bool = False
+    programming: str = "gaussian"
+    finetune_steps: int = 0
+    finetune_sigma: float = 0.3
     label: str = "default"
 
     def __post_init__(self):
@@ -117,6 +140,8 @@ class ExperimentConfig:
                 f"verified_ratio must lie in [0, 1], got {self.verified_ratio}"
             )
         counts_for_fractions(self.fractions, 1)  # validates the fractions
+        _check_config(self)
+        _check_ablation_flags(self)
 
     def settings(self) -> list[Setting]:
         out = [Setting(s, None, self.verified_ratio) for s in self.sigmas]
@@ -124,7 +149,55 @@ class ExperimentConfig:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Absent when unset, so run folders made before the field existed keep
+        # their config hash (and resume).
+        if d.get("steps_per_chunk") is None:
+            d.pop("steps_per_chunk", None)
+        for k, v in ABLATION_DEFAULTS.items():
+            if d.get(k) == v:
+                d.pop(k, None)
+        return d
+
+
+def _check_config(c: "ExperimentConfig") -> None:
+    """The checks of ``ExperimentConfig`` beyond methods, trials, sigmas and
+    fractions: every error names the field."""
+    if not isinstance(c.methods, tuple | list) or not c.methods:
+        raise ValueError(
+            f"methods must be a non-empty tuple of names, got {c.methods!r}"
+        )
+    for name in ("sigmas", "s_values", "fractions"):
+        v = getattr(c, name)
+        if not isinstance(v, tuple | list):
+            raise ValueError(f"{name} must be a tuple of numbers, got {v!r}")
+    if not c.sigmas and not c.s_values:
+        raise ValueError("sigmas and s_values are both empty: no setting to run")
+    for name in ("sigmas", "s_values", "s_sigma", "verified_ratio"):
+        vals = np.atleast_1d(np.asarray(getattr(c, name), np.float64))
+        if not np.all(np.isfinite(vals)) or np.any(vals < 0):
+            raise ValueError(
+                f"{name} must be finite and >= 0, got {getattr(c, name)!r}"
+            )
+    if not (math.isfinite(c.verify_cycles) and c.verify_cycles > 0):
+        raise ValueError(f"verify_cycles must be > 0, got {c.verify_cycles!r}")
+    if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {c.seed!r}")
+    for name in (
+        "test_subset",
+        "curvature_subset",
+        "estimator_subset",
+        "hutchinson_probes",
+        "chunk_size",
+        "eval_batch_size",
+        "steps_per_chunk",
+    ):
+        v = getattr(c, name)
+        optional = name not in ("estimator_subset", "hutchinson_probes")
+        if v is None and optional:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
 def _methods_for(setting: Setting, methods: tuple[str, ...]) -> list[str]:
@@ -156,7 +229,7 @@ def _load_tree(path: Path, template: Any, names: list[str]) -> dict[str, Any] | 
                 name: treedef.unflatten([z[f"{name}/{i}"] for i in range(n)])
                 for name in names
             }
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"corrupt sensitivity file {path} ({e}); delete it") from e
 
 
@@ -168,7 +241,20 @@ def compute_sensitivities(
     x, y = train_data
     n = config.curvature_subset or len(x)
     t0 = time.perf_counter()
-    hess, grad = curvature.obd_over_dataset(apply_fn, params, x[:n], y[:n])
+    aug = {}
+    if config.curvature_augment:
+        # Training augmentations in the second-derivative pass (method.md §4.2
+        # step 2, §10.3), batch-norm in inference mode (apply_fn).
+        from uswim_jax.train import augment_batch
+
+        aug = {
+            "augment": augment_batch,
+            "key": jax.random.fold_in(jax.random.key(config.seed), 13),
+        }
+    hess, grad = curvature.obd_over_dataset(
+        apply_fn, params, x[:n], y[:n], avg_pool=config.avg_pool, **aug
+    )
+    hess, grad = jax.block_until_ready((hess, grad))  # so the time is real
     out = {"obd": hess, "obd_grad": grad}
     log(
         f"  one-pass diagonal over {n} training images: "
@@ -188,7 +274,7 @@ def compute_sensitivities(
             ),
             static_argnums=(1,),
         )(jax.random.fold_in(jax.random.key(config.seed), 7), loss_fn, params)
-        out["hutchinson"], out["hutchinson_se"] = est, se
+        out["hutchinson"], out["hutchinson_se"] = jax.block_until_ready((est, se))
         log(
             f"  Hutchinson ({config.hutchinson_probes} probes, {m} images): "
             f"{time.perf_counter() - t0:.1f} s"
@@ -199,30 +285,130 @@ def compute_sensitivities(
     ):
         if name in wanted:
             t0 = time.perf_counter()
-            out[name] = jax.jit(functools.partial(fn, apply_fn, chunk_size=64))(
-                params, xs, ys
+            out[name] = jax.block_until_ready(
+                jax.jit(functools.partial(fn, apply_fn, chunk_size=64))(params, xs, ys)
             )
             log(f"  {name} diagonal ({m} images): {time.perf_counter() - t0:.1f} s")
     return out
 
 
+#: The ablation switches of :class:`ExperimentConfig` and their defaults.
+ABLATION_DEFAULTS = {
+    "first_order": True,
+    "k_power": 1,
+    "avg_pool": "exact",
+    "curvature_augment": False,
+    "programming": "gaussian",
+    "finetune_steps": 0,
+    "finetune_sigma": 0.3,
+}
+
+
+def _check_ablation_flags(c: "ExperimentConfig") -> None:
+    if not isinstance(c.first_order, bool):
+        raise ValueError(f"first_order must be a bool, got {c.first_order!r}")
+    if c.k_power not in (1, 2) or isinstance(c.k_power, bool):
+        raise ValueError(f"k_power must be 1 or 2, got {c.k_power!r}")
+    if c.avg_pool not in ("exact", "authors"):
+        raise ValueError(f"avg_pool must be 'exact' or 'authors', got {c.avg_pool!r}")
+    if not isinstance(c.curvature_augment, bool):
+        raise ValueError(
+            f"curvature_augment must be a bool, got {c.curvature_augment!r}"
+        )
+    if c.programming not in ("gaussian", "pulse"):
+        raise ValueError(
+            f"programming must be 'gaussian' or 'pulse', got {c.programming!r}"
+        )
+    ft = c.finetune_steps
+    if not isinstance(ft, int) or isinstance(ft, bool) or ft < 0:
+        raise ValueError(f"finetune_steps must be an integer >= 0, got {ft!r}")
+    if not (math.isfinite(c.finetune_sigma) and c.finetune_sigma >= 0):
+        raise ValueError(f"finetune_sigma must be >= 0, got {c.finetune_sigma!r}")
+    if c.programming == "pulse" and c.s_values:
+        raise ValueError(
+            "programming='pulse' models uniform variation only: set s_values=()"
+        )
+
+
+def _finetuned(model, params, train_data, config, run_dir: Path, log) -> Any:
+    """Noise-aware fine-tuning of the trained model (method.md §6), cached in
+    ``run_dir/finetuned.npz``."""
+    from uswim_jax.finetune import FinetuneConfig, noise_aware_finetune
+
+    path = run_dir / "finetuned.npz"
+    got = _load_tree(path, params, ["params"])
+    if got is not None:
+        return got["params"]
+    t0 = time.perf_counter()
+    if config.train.train_subset:
+        train_data = train_data.take(config.train.train_subset)
+    device = UniformVariation(config.finetune_sigma, 0.0)
+    ft = FinetuneConfig(
+        steps=config.finetune_steps,
+        batch_size=min(config.train.batch_size, len(train_data)),
+        seed=config.seed,
+    )
+    params, _ = noise_aware_finetune(model, params, train_data, device, ft)
+    _save_tree(path, {"params": params})
+    log(
+        f"  noise-aware fine-tuning, {config.finetune_steps} steps at sigma "
+        f"{config.finetune_sigma:g}: {time.perf_counter() - t0:.1f} s"
+    )
+    return params
+
+
+def _mc_device(setting: Setting, config: "ExperimentConfig") -> Any:
+    """The device model Monte Carlo runs under: the setting's Gaussian model, or
+    the pulse-level process (``programming="pulse"``) with the calibrated
+    defaults and the tolerance scaled so the residual std is about
+    ``ratio * sigma`` (the defaults give 0.03 at sigma 0.3)."""
+    if config.programming != "pulse":
+        return setting.device(config.verify_cycles)
+    from uswim_jax.device import DEFAULT_SIGMA_VERIFIED
+    from uswim_jax.programming import DEFAULT_TOLERANCE, PulseModel
+
+    tol = DEFAULT_TOLERANCE * setting.ratio * setting.sigma / DEFAULT_SIGMA_VERIFIED
+    return PulseModel(sigma=setting.sigma, tolerance=tol)
+
+
+def _is_pulse(device: Any) -> bool:
+    from uswim_jax.programming import PulseModel
+
+    return isinstance(device, PulseModel)
+
+
 def method_order(
-    method: str, params, sens: dict[str, Any], setting: Setting, device, seed: int
+    method: str,
+    params,
+    sens: dict[str, Any],
+    setting: Setting,
+    device,
+    seed: int,
+    *,
+    first_order: bool = True,
+    k_power: int = 1,
 ) -> jax.Array:
-    """The verification order of ``method`` under ``setting``."""
+    """The verification order of ``method`` under ``setting`` (``first_order``
+    and ``k_power`` are the SWIM/U-SWIM ablation switches)."""
+    if _is_pulse(device):  # expected-loss orders use the Gaussian equivalent
+        device = setting.device(1.0)
     if method == "random":
         key = jax.random.fold_in(jax.random.key(seed), 11)
         scores = selection.random_score(key, params)
     elif method == "magnitude":
         scores = selection.magnitude_score(params)
     elif method == "swim":
-        scores = selection.swim_score(params, sens["obd"], sens["obd_grad"])
+        scores = selection.swim_score(
+            params, sens["obd"], sens["obd_grad"], first_order=first_order
+        )
     elif method == "uswim":
         scores = selection.uswim_score(
             params,
             sens["obd"],
             sens["obd_grad"],
             s=1.0 if setting.s is None else setting.s,
+            first_order=first_order,
+            k_power=k_power,
         )
     elif method.startswith("eloss-"):
         sw, sv = device.std(params)
@@ -255,6 +441,24 @@ def _sweep_jit(
     chunk_size,
     eval_batch_size,
 ):
+    if _is_pulse(device):
+        from uswim_jax.pulse_sweep import pulse_sweep
+
+        return pulse_sweep(
+            key,
+            apply_fn,
+            params,
+            x,
+            y,
+            device,
+            order,
+            counts,
+            num_trials,
+            chunk_size=chunk_size,
+            eval_batch_size=eval_batch_size,
+            reference=reference,
+            baseline=baseline,
+        )
     return sweep(
         key,
         apply_fn,
@@ -289,6 +493,23 @@ def _evaluate_jit(
     chunk_size,
     eval_batch_size,
 ):
+    if _is_pulse(device):
+        from uswim_jax.montecarlo import summarize
+        from uswim_jax.pulse_sweep import pulse_trials
+
+        out = pulse_trials(
+            key,
+            apply_fn,
+            params,
+            x,
+            y,
+            device,
+            verified,
+            num_trials,
+            chunk_size=chunk_size,
+            eval_batch_size=eval_batch_size,
+        )
+        return summarize(out[:, 0])
     return evaluate(
         key,
         apply_fn,
@@ -320,8 +541,75 @@ def _load_curve(path: Path) -> Curve | None:
     try:
         with open(path, "rb") as f, np.load(f) as z:
             return Curve(**{k: z[k] for k in Curve._fields})
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"corrupt curve file {path} ({e}); delete it") from e
+
+
+def _chunk_slices(num_steps: int, steps_per_chunk: int | None) -> list[slice]:
+    """The step ranges saved as separate units (one when not chunking)."""
+    per = steps_per_chunk or max(num_steps, 1)
+    return [slice(i, min(i + per, num_steps)) for i in range(0, num_steps, per)]
+
+
+def _chunk_file(run_dir: Path, setting: Setting, method: str, i: int) -> Path:
+    stem = _curve_file(run_dir, setting, method).stem
+    return run_dir / "chunks" / f"{stem}__steps{i:04d}.npz"
+
+
+def _ends_file(run_dir: Path, setting: Setting) -> Path:
+    safe = setting.name.replace(" ", "_").replace("=", "")
+    return run_dir / "chunks" / f"{safe}__ends.npz"
+
+
+def _join_chunks(parts: list[Curve]) -> Curve:
+    """One curve from its step chunks (in order): per-step fields are
+    concatenated, the per-setting ones (reference, baseline) taken from the
+    first chunk."""
+    per_step = ("counts", "fractions", "cycles", "cycles_verified_only", "accuracies")
+    first = parts[0]
+    return first._replace(
+        **{k: np.concatenate([getattr(p, k) for p in parts]) for k in per_step}
+    )
+
+
+def _sweep_in_chunks(
+    run_dir: Path,
+    setting: Setting,
+    method: str,
+    slices: list[slice],
+    sweep_chunk,
+    on_chunk=None,
+) -> Curve:
+    """The curve of (setting, method): every step chunk is loaded when already
+    saved, else computed by ``sweep_chunk(slice)`` and saved atomically; the
+    joined curve is saved as the finished unit and the chunk files removed."""
+    parts = []
+    for i, sl in enumerate(slices):
+        path = _chunk_file(run_dir, setting, method, i)
+        part = _load_curve(path) if len(slices) > 1 else None
+        if part is None:
+            part = jax.device_get(sweep_chunk(sl))
+            if len(slices) > 1:
+                _save_curve(path, part)
+            if on_chunk is not None:
+                on_chunk()
+        parts.append(part)
+    curve = _join_chunks(parts) if len(parts) > 1 else parts[0]
+    _save_curve(_curve_file(run_dir, setting, method), curve)
+    if len(slices) > 1:
+        for i in range(len(slices)):
+            _chunk_file(run_dir, setting, method, i).unlink(missing_ok=True)
+    return curve
+
+
+def _load_ends(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f, np.load(f) as z:
+            return z["reference"], z["baseline"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"corrupt file {path} ({e}); delete it") from e
 
 
 def run(
@@ -335,11 +623,51 @@ def run(
 ) -> dict[str, Any]:
     """Runs (or resumes) the whole reproduction in ``run_dir``.
 
-    Returns a dict with the model, clean accuracy, dataset name, the settings and
-    ``curves[(setting_name, method)] -> Curve``; the report is written by
-    :func:`uswim_jax.report.write_report`.
+    Deterministic: the same config, seed, JAX version and backend give
+    byte-identical curves (and ``curves.csv``), whether the run was interrupted
+    and resumed or not.
+
+    Returns:
+        A dict with the model, clean accuracy, dataset name, the settings and
+        ``curves[(setting_name, method)] -> Curve``; the report is written by
+        :func:`uswim_jax.report.write_report`.
+
+    Raises:
+        ValueError: bad data (empty, NaN, mismatched labels or image shapes,
+            labels out of range), a run folder holding a different config or
+            made under a different environment or dataset, or a corrupt file in
+            the run folder.
     """
+    check_dataset("train_data", train_data)
+    check_dataset("test_data", test_data)
+    (x_tr, _), (x_te, _) = train_data, test_data
+    shape_train, shape_test = np.shape(x_tr)[1:], np.shape(x_te)[1:]
+    if shape_train != shape_test:
+        raise ValueError(
+            f"test_data images have shape {shape_test}, train_data {shape_train}"
+        )
+    from uswim_jax.models import build_model
+
+    build_model(  # checks model, image shape and bits before anything is written
+        config.train.model,
+        num_classes=max(2, getattr(train_data, "num_classes", 10)),
+        input_shape=tuple(shape_train),
+        weight_bits=config.train.weight_bits,
+    )
     run_dir = prepare_run_dir(run_dir, {"experiment": config.to_json()})
+    num_test = len(test_data)
+    if config.test_subset:
+        num_test = min(num_test, config.test_subset)
+    new_manifest = manifest(
+        seed=config.seed,
+        dataset=test_data.name,
+        dataset_source=test_data.source,
+        num_test=int(num_test),
+        config_hash=config_hash({"experiment": config.to_json()}),
+    )
+    check_resumable(run_dir / "manifest.json", new_manifest, run_dir)
+    remove_stale_temp_files(run_dir)  # left by a run that was killed mid-write
+    atomic_write_json(run_dir / "manifest.json", new_manifest)
     start = time.perf_counter()
     result = train(
         config.train,
@@ -349,7 +677,17 @@ def run(
         progress=progress,
     )
     model, params = result.model, result.params
+    if config.finetune_steps:
+        params = _finetuned(model, params, train_data, config, run_dir, log)
     model, params = model.export(params)  # noise goes on Q(W) for quantized models
+    eval_model = model
+    if config.conv_impl != model.module.conv_impl:
+        # The same function and params; im2col turns the Monte Carlo trials'
+        # convolutions into matmuls (benchmarks/mc_throughput.py). Curvature uses
+        # the plain model.
+        eval_model = dataclasses.replace(
+            model, module=model.module.clone(conv_impl=config.conv_impl)
+        )
     apply_fn = model.apply_fn
     x_test, y_test = test_data
     if config.test_subset:
@@ -358,15 +696,6 @@ def run(
     from uswim_jax.train import accuracy
 
     clean = accuracy(apply_fn, params, np.asarray(x_test), np.asarray(y_test))
-    atomic_write_json(
-        run_dir / "manifest.json",
-        manifest(
-            seed=config.seed,
-            dataset=test_data.name,
-            dataset_source=test_data.source,
-            num_test=int(len(y_test)),
-        ),
-    )
 
     sens_file = run_dir / "sensitivities.npz"
     names = ["obd", "obd_grad"] + [
@@ -384,45 +713,90 @@ def run(
     counts = jnp.asarray(counts_for_fractions(config.fractions, n))
     key = jax.random.key(config.seed)
     common = {
-        "apply_fn": apply_fn,
+        "apply_fn": eval_model.apply_fn,
         "num_trials": config.num_trials,
         "chunk_size": config.chunk_size,
         "eval_batch_size": config.eval_batch_size,
     }
     every = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
     units = [(s, m) for s in config.settings() for m in _methods_for(s, config.methods)]
+    # Units of work: each step chunk of each (setting, method) curve.
+    slices = _chunk_slices(int(counts.shape[0]), config.steps_per_chunk)
     curves: dict[tuple[str, str], Curve] = {}
     todo = []
+    chunks_left = 0
     for s, m in units:
         c = _load_curve(_curve_file(run_dir, s, m))
         if c is None:
             todo.append((s, m))
+            chunks_left += sum(
+                not _chunk_file(run_dir, s, m, i).is_file() for i in range(len(slices))
+            )
         else:
             curves[(s.name, m)] = c
-    if len(todo) < len(units):
-        log(f"resuming: {len(units) - len(todo)} of {len(units)} curves already done")
+            for i in range(len(slices)):  # left when killed right after the curve
+                _chunk_file(run_dir, s, m, i).unlink(missing_ok=True)
+    chunks_total = len(units) * len(slices)
+    if chunks_left < chunks_total:
+        log(
+            f"resuming: {len(units) - len(todo)} of {len(units)} curves and "
+            f"{chunks_total - chunks_left} of {chunks_total} step chunks already done"
+        )
     bar = None
-    if progress and todo:
+    if progress and chunks_left:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="sweeps", dynamic_ncols=True)
-    ends: dict[str, tuple[jax.Array, jax.Array]] = {}
+        bar = tqdm(total=chunks_left, desc="sweeps", dynamic_ncols=True)
+    ends: dict[str, tuple[Any, Any]] = {}
     for s, m in todo:
-        device = s.device(config.verify_cycles)
+        device = _mc_device(s, config)
         if s.name not in ends:
-            ref = _evaluate_jit(key, params, x_test, y_test, device, every, **common)
-            base = _evaluate_jit(key, params, x_test, y_test, device, None, **common)
-            ends[s.name] = (ref.accuracies, base.accuracies)
-        order = method_order(m, params, sens, s, device, config.seed)
-        curve = _sweep_jit(
-            key, params, x_test, y_test, device, order, counts, *ends[s.name], **common
+            ends_path = _ends_file(run_dir, s)
+            got = _load_ends(ends_path)
+            if got is None:
+                ref = _evaluate_jit(
+                    key, params, x_test, y_test, device, every, **common
+                )
+                base = _evaluate_jit(
+                    key, params, x_test, y_test, device, None, **common
+                )
+                got = jax.device_get((ref.accuracies, base.accuracies))
+                atomic_write_bytes(
+                    ends_path, npz_bytes(reference=got[0], baseline=got[1])
+                )
+            ends[s.name] = got
+        order = method_order(
+            m,
+            params,
+            sens,
+            s,
+            device,
+            config.seed,
+            first_order=config.first_order,
+            k_power=config.k_power,
         )
-        curve = jax.device_get(curve)
-        _save_curve(_curve_file(run_dir, s, m), curve)
-        curves[(s.name, m)] = curve
-        if bar is not None:
-            bar.set_postfix_str(f"{s.name} {m}")
-            bar.update(1)
+
+        def sweep_chunk(sl, device=device, order=order, s=s):
+            return _sweep_jit(
+                key,
+                params,
+                x_test,
+                y_test,
+                device,
+                order,
+                counts[sl],
+                *ends[s.name],
+                **common,
+            )
+
+        def tick(s=s, m=m):
+            if bar is not None:
+                bar.set_postfix_str(f"{s.name} {m}")
+                bar.update(1)
+
+        curves[(s.name, m)] = _sweep_in_chunks(
+            run_dir, s, m, slices, sweep_chunk, on_chunk=tick
+        )
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - start
@@ -435,9 +809,22 @@ def run(
         "num_test": int(len(y_test)),
         "settings": [s.name for s in config.settings()],
         "seconds_this_invocation": seconds,
+        # Summed over the invocations that built this folder (resumes included).
+        "seconds_total": seconds + _previous_seconds(run_dir / "run_info.json"),
     }
     atomic_write_json(run_dir / "run_info.json", info)
     return {**info, "curves": curves, "config": config}
+
+
+def _previous_seconds(path: Path) -> float:
+    """Compute time recorded by earlier invocations of a run folder."""
+    if not path.is_file():
+        return 0.0
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return 0.0
+    return float(old.get("seconds_total", old.get("seconds_this_invocation", 0.0)))
 
 
 def load_config(run_dir: str | Path) -> ExperimentConfig:

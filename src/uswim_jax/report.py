@@ -85,11 +85,68 @@ def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+        "jax_enable_x64": bool(jax.config.jax_enable_x64),
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
         "seed": seed,
         "git_commit": git_commit(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+#: Manifest entries that must not change when a run is resumed: a different
+#: value can change the results, so old and new work would not mix cleanly.
+RESUME_KEYS = (
+    "packages.jax",
+    "packages.jaxlib",
+    "backend",
+    "jax_threefry_partitionable",
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "dataset",
+    "dataset_source",
+    "num_test",
+)
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def check_resumable(
+    manifest_file: str | os.PathLike, new: dict[str, Any], run_dir: Any = None
+) -> None:
+    """Checks that a run folder's existing manifest agrees with ``new`` on
+    :data:`RESUME_KEYS` (keys absent from either side are skipped).
+
+    Raises:
+        ValueError: they differ (or the old manifest is unreadable); the message
+            names what changed and says to use a new run folder.
+    """
+    path = Path(manifest_file)
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it") from e
+    changed = [
+        f"{k} {_get(old, k)!r} -> {_get(new, k)!r}"
+        for k in RESUME_KEYS
+        if _get(old, k) is not None
+        and _get(new, k) is not None
+        and _get(old, k) != _get(new, k)
+    ]
+    if changed:
+        where = run_dir if run_dir is not None else path.parent
+        raise ValueError(
+            f"run folder {where} was started under a different environment or "
+            f"data ({'; '.join(changed)}), so resuming would mix results that "
+            "are not comparable. Pass a new run folder or delete the old one."
+        )
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
@@ -198,6 +255,63 @@ def curves_csv(curves: dict[tuple[str, str], Any]) -> str:
     for setting, method in sorted(curves):
         for row in curve_rows(setting, method, curves[(setting, method)]):
             lines.append(",".join(_fmt(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+SPEEDUP_COLUMNS = (
+    "setting",
+    "method",
+    "margin_pp",
+    "nwc",
+    "nwc_low",
+    "nwc_high",
+    "speedup",
+    "nwc_v",
+    "speedup_v",
+)
+
+
+def speedups_csv(
+    curves: dict[tuple[str, str], Any], margins: tuple[float, ...] = (0.1, 0.5, 1.0)
+) -> str:
+    """Cycles to target and speedup over exhaustive write-verify for every
+    (setting, method, margin), as CSV (``inf`` where the target is not reached;
+    ``nwc_v``/``speedup_v`` count verified devices only)."""
+    lines = [",".join(SPEEDUP_COLUMNS)]
+    for setting, method in sorted(curves):
+        c = curves[(setting, method)]
+        for g in margins:
+            ct = c.cycles_to_target(g)
+            cv = c.cycles_to_target(g, verified_only=True)
+            row = [
+                setting,
+                method,
+                g,
+                ct.value,
+                ct.low,
+                ct.high,
+                ct.speedup,
+                cv.value,
+                cv.speedup,
+            ]
+            lines.append(
+                ",".join(_fmt(float(v) if i >= 2 else v) for i, v in enumerate(row))
+            )
+    return "\n".join(lines) + "\n"
+
+
+def references_csv(curves: dict[tuple[str, str], Any]) -> str:
+    """Per setting: mean accuracy (%) and 95 % CI half-width with no weight and
+    with every weight write-verified."""
+    lines = ["setting,none_mean,none_ci,exhaustive_mean,exhaustive_ci"]
+    done = set()
+    for setting, method in sorted(curves):
+        if setting in done:
+            continue
+        done.add(setting)
+        c = curves[(setting, method)]
+        vals = (*_pct(c.baseline), *_pct(c.reference))
+        lines.append(",".join([setting, *(_fmt(float(v)) for v in vals)]))
     return "\n".join(lines) + "\n"
 
 
@@ -331,8 +445,9 @@ def summary_markdown(
 
 
 def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> None:
-    """Accuracy against normalized write cycles with 95 % CI bands, a panel per
-    setting, written as PNG."""
+    """Accuracy against normalized write cycles (verify cycles only, i.e. the
+    verified fraction, on a log axis) with 95 % CI bands, a panel per setting and
+    one colour per method, written as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,9 +455,14 @@ def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> 
     import numpy as np
 
     settings = []
-    for s, _ in curves:
+    methods_all = []
+    for s, m in curves:
         if s not in settings:
             settings.append(s)
+        if m not in methods_all:
+            methods_all.append(m)
+    cmap = plt.get_cmap("tab10")
+    color = {m: cmap(i % 10) for i, m in enumerate(methods_all)}
     ncol = min(3, len(settings))
     nrow = -(-len(settings) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.8 * nrow), squeeze=False)
@@ -352,10 +472,12 @@ def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> 
             c = curves[(s, m)]
             acc = 100.0 * np.asarray(c.accuracies, np.float64)
             mean = acc.mean(axis=1)
-            half = 1.96 * acc.std(axis=1, ddof=1) / np.sqrt(acc.shape[1])
-            x = np.asarray(c.cycles)
-            ax.plot(x, mean, marker="o", ms=3, label=m)
-            ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+            t = acc.shape[1]
+            sd = acc.std(axis=1, ddof=1) if t > 1 else np.zeros_like(mean)
+            half = 1.96 * sd / np.sqrt(t)
+            x = np.asarray(c.cycles_verified_only)
+            ax.plot(x, mean, marker="o", ms=3, label=m, color=color[m])
+            ax.fill_between(x, mean - half, mean + half, alpha=0.2, color=color[m])
         c0 = curves[(s, methods[0])]
         ax.axhline(
             100 * float(np.mean(c0.reference)),
@@ -369,13 +491,21 @@ def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> 
         )
         ax.set_xscale("log")
         ax.set_title(s)
-        ax.set_xlabel("normalized write cycles")
+        ax.set_xlabel("normalized write cycles (verify cycles only)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(settings) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = [], []
+    for ax in axes.flat[: len(settings)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -387,12 +517,14 @@ def write_report(
     *,
     choices: str = "",
 ) -> str:
-    """Writes ``curves.csv``, ``summary.md`` and ``accuracy_vs_cycles.png`` into
-    ``run_dir``; returns the summary text."""
+    """Writes ``curves.csv``, ``speedups.csv``, ``summary.md`` and
+    ``accuracy_vs_cycles.png`` into ``run_dir``; returns the summary text."""
     from uswim_jax._io import atomic_write_text
 
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / "curves.csv", curves_csv(curves))
+    atomic_write_text(run_dir / "speedups.csv", speedups_csv(curves))
+    atomic_write_text(run_dir / "references.csv", references_csv(curves))
     text = summary_markdown(info, curves, choices=choices)
     atomic_write_text(run_dir / "summary.md", text)
     tmp = run_dir / ".accuracy_vs_cycles.tmp.png"

@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_fraction, check_same_structure, is_concrete
+from uswim_jax._checks import (
+    check_finite_tree,
+    check_fraction,
+    check_positive,
+    check_same_structure,
+    is_concrete,
+)
 from uswim_jax._tree import CrossbarPredicate, crossbar_flags, map_crossbar
 
 
@@ -62,6 +68,7 @@ def normalized_derivatives(
       method.md §4.2 step 1, §10.2.
     """
     check_same_structure("hess", hess, params, "params")
+    check_finite_tree("hess", hess)
     h_hat = map_crossbar(
         lambda w, h: h * _layer_scale(w) ** 2,
         params,
@@ -72,6 +79,7 @@ def normalized_derivatives(
     if grad is None:
         return h_hat, None
     check_same_structure("grad", grad, params, "params")
+    check_finite_tree("grad", grad)
     g_hat = map_crossbar(
         lambda w, g: g * _layer_scale(w),
         params,
@@ -108,6 +116,8 @@ def state_multiplier(
     References:
       method.md §3.4 and §10.6.
     """
+
+    check_positive("s", s)
 
     def k(w: jax.Array) -> jax.Array:
         r = jnp.abs(w) / _layer_scale(w)
@@ -254,6 +264,8 @@ def expected_loss_score(hess: Any, std_written: Any, std_verified: Any) -> Any:
       method.md §4.1.
     """
 
+    check_finite_tree("hess", hess)
+
     def as_tree(std: Any) -> Any:
         if jax.tree_util.tree_structure(std) == jax.tree_util.tree_structure(hess):
             return std
@@ -387,6 +399,10 @@ def mask_from_order(
     n = sum(sizes)
     if np.shape(order) != (n,):
         raise ValueError(f"order must have shape ({n},), got {np.shape(order)}")
+    if not jnp.issubdtype(jnp.result_type(order), jnp.integer):
+        raise ValueError(
+            f"order must hold integer indices, got dtype {jnp.result_type(order)}"
+        )
     if fraction is not None:
         check_fraction("fraction", fraction)
         if is_concrete(fraction):

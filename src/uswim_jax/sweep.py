@@ -182,6 +182,7 @@ def sweep(
             f"x and y must be non-empty and match; got {np.shape(x)}, {np.shape(y)}"
         )
     check_finite_tree("params", params)
+    check_finite_tree("x", x)
     n = crossbar_size(params, device.crossbar)
     if np.ndim(counts) != 1:
         raise ValueError(f"counts must be 1-D, got shape {np.shape(counts)}")

@@ -9,6 +9,7 @@ Recipes as the authors (method.md §7): Adam 1e-3 for LeNet and the ConvNet; SGD
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,6 +20,7 @@ import numpy as np
 import optax
 
 from uswim_jax import checkpoint
+from uswim_jax._checks import check_dataset
 from uswim_jax._io import atomic_write_json
 from uswim_jax.data import DATASETS, Dataset, load
 from uswim_jax.data._load import SPECS
@@ -64,8 +66,26 @@ class TrainConfig:
             )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.train_subset is not None and self.train_subset < 1:
+        if self.train_subset is not None and (
+            not isinstance(self.train_subset, int) or self.train_subset < 1
+        ):
             raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
+        if self.weight_bits is not None and (
+            not isinstance(self.weight_bits, int)
+            or isinstance(self.weight_bits, bool)
+            or not 2 <= self.weight_bits <= 16
+        ):
+            raise ValueError(
+                f"weight_bits must be an integer in [2, 16], got {self.weight_bits!r}"
+            )
+        for name in ("weight_decay", "momentum"):
+            v = getattr(self, name)
+            if v is not None and not (
+                isinstance(v, int | float) and math.isfinite(v) and v >= 0
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     def resolved(self) -> "TrainConfig":
         """The config with the model's recipe filled in."""
@@ -222,7 +242,6 @@ def train(
         The model, trained params, per-epoch history, clean test accuracy and the
         name of the dataset actually used (e.g. ``mnist-10k``).
     """
-    run_dir = prepare_run_dir(run_dir, _run_config(config))
     c = config.resolved()
     if train_data is None:
         train_data = load(c.dataset, "train")
@@ -230,6 +249,15 @@ def train(
         test_data = load(c.dataset, "test")
     if c.train_subset is not None:
         train_data = train_data.take(c.train_subset)
+    # Bad data is reported before anything is written.
+    check_dataset("train_data", train_data)
+    check_dataset("test_data", test_data)
+    if len(train_data) < c.batch_size:
+        raise ValueError(
+            f"batch_size {c.batch_size} is larger than the training set "
+            f"({len(train_data)} samples)"
+        )
+    run_dir = prepare_run_dir(run_dir, _run_config(config))
     x_train, y_train = train_data
     x_test, y_test = test_data
     model = build_model(

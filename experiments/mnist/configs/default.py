@@ -15,7 +15,7 @@ def get_config() -> ExperimentConfig:
     return ExperimentConfig(
         train=TrainConfig(model="lenet", dataset="mnist", epochs=20, seed=0),
         fractions=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
-        num_trials=30,
+        num_trials=50,
         label="default",
     )
 
@@ -34,8 +34,8 @@ def get_quick_config() -> ExperimentConfig:
         num_trials=8,
         test_subset=500,
         curvature_subset=2048,
-        estimator_subset=256,
-        hutchinson_probes=16,
+        estimator_subset=128,
+        hutchinson_probes=8,
         label="quick",
     )
 
@@ -64,6 +64,5 @@ def get_full_config() -> ExperimentConfig:
             0.5,
         ),
         num_trials=100,
-        chunk_size=None,
         label="full",
     )

@@ -1,0 +1,96 @@
+"""Configs of ``make reproduce-fashion-mnist``: LeNet on the full Fashion-MNIST
+with the authors' LeNet recipe (Adam 1e-3, batch 128; method.md §7), then the
+MNIST grid of device settings (uniform sigma = 0.1, 0.2, 0.3; U-SWIM's
+state-dependent variation s = 2, 3, 5 at sigma = 0.3; sigma_verified = sigma /
+10) and every selection method.
+
+Sized to finish in well under 30 minutes on 2 CPU cores (measured on the dev
+box: one epoch over the 60,000 images takes about 35 s, and the Monte Carlo
+engine evaluates about 20-40 LeNet trials per second over 2,000 images with the
+im2col convolutions), so the default run departs from the authors' setup in
+three documented ways, all printed in the report's choices line:
+
+- 10 training epochs instead of 20 (Fashion-MNIST LeNet is within about half a
+  point of its 20-epoch accuracy, and the selection compares methods on one
+  fixed trained model either way);
+- Monte Carlo over the first 2,000 of the 10,000 test images (the same images
+  for every method, setting and trial);
+- 30 trials per point and 8 budget points (common random numbers make the
+  paired differences between methods far tighter than the trial count
+  suggests).
+
+``--full`` restores 20 epochs, the whole test set, 100 trials and the dense
+budget grid (meant for a GPU).
+"""
+
+import dataclasses
+
+from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.train import TrainConfig
+
+
+def get_config() -> ExperimentConfig:
+    """The default run: about 30 minutes on 2 CPU cores."""
+    return ExperimentConfig(
+        train=TrainConfig(model="lenet", dataset="fashion_mnist", epochs=10, seed=0),
+        fractions=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
+        num_trials=30,
+        test_subset=2000,
+        label="default",
+    )
+
+
+def get_quick_config() -> ExperimentConfig:
+    """A smoke run of every stage in a few minutes: 1 epoch on 4,096 images,
+    two settings, 500 test images, 8 trials."""
+    return dataclasses.replace(
+        get_config(),
+        train=TrainConfig(
+            model="lenet",
+            dataset="fashion_mnist",
+            epochs=1,
+            seed=0,
+            train_subset=4096,
+        ),
+        sigmas=(0.2,),
+        s_values=(3.0,),
+        fractions=(0.001, 0.01, 0.05, 0.1, 0.3),
+        num_trials=8,
+        test_subset=500,
+        curvature_subset=4096,
+        estimator_subset=256,
+        hutchinson_probes=16,
+        label="quick",
+    )
+
+
+def get_full_config() -> ExperimentConfig:
+    """The authors' 20 epochs, the whole test set, 100 trials and the dense
+    budget grid (meant for a GPU)."""
+    return dataclasses.replace(
+        get_config(),
+        train=TrainConfig(model="lenet", dataset="fashion_mnist", epochs=20, seed=0),
+        fractions=(
+            0.0005,
+            0.001,
+            0.002,
+            0.003,
+            0.005,
+            0.0075,
+            0.01,
+            0.015,
+            0.02,
+            0.03,
+            0.05,
+            0.075,
+            0.1,
+            0.15,
+            0.2,
+            0.3,
+            0.5,
+        ),
+        num_trials=100,
+        test_subset=None,
+        chunk_size=None,
+        label="full",
+    )

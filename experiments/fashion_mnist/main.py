@@ -1,0 +1,21 @@
+"""``make reproduce-fashion-mnist``: flags only; the work is in ``run.py``."""
+
+import sys
+
+from experiments import common
+from experiments.fashion_mnist import run
+from experiments.fashion_mnist.configs import default
+
+
+def main(argv=None) -> int:
+    return common.main(
+        argv,
+        prog="reproduce-fashion-mnist",
+        doc=__doc__,
+        run=run.run,
+        configs=default,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
