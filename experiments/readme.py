@@ -124,7 +124,13 @@ def curvature_cost(folder: Path = ROOT / "benchmarks" / "results") -> str:
     runs = [(label, json.loads(p.read_text())) for label, p in runs if p.is_file()]
     names = list(runs[0][1]["results"])
     head = " | ".join(
-        f"{label}: {d.get('device', '?')}, batch {d['batch_size']}" for label, d in runs
+        (
+            f"{d.get('cpu_count', '?')}-core CPU"
+            if d.get("backend") == "cpu"
+            else str(d.get("device", label))
+        )
+        + f", batch {d['batch_size']}"
+        for label, d in runs
     )
     lines = [f"| estimator | {head} |", "|---|" + "---:|" * len(runs)]
     for name in names:

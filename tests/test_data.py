@@ -72,8 +72,9 @@ def test_parse_idx_roundtrip():
     [
         (b"\x01\x00\x08\x01", "bad magic"),
         (bytes([0, 0, 0x08, 2]) + struct.pack(">2I", 2, 3) + b"\x00" * 5, "promises"),
-        (gzip.compress(b"0123456789")[:-6], "gzip"),
+        (gzip.compress(b"0123456789", mtime=0)[:-6], "gzip"),
     ],
+    ids=["bad-magic", "short-payload", "truncated-gzip"],
 )
 def test_parse_idx_rejects_corrupt(raw, match):
     with pytest.raises(data.DataFormatError, match=match):

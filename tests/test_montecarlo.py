@@ -99,6 +99,7 @@ def test_trial_keys_fold_in():
         ({"x": jnp.zeros((0, 8))}, "at least one sample"),
         ({"y": jnp.zeros((3,), jnp.int32)}, "y must have shape"),
         ({"verified": {"l1": True}}, "verified"),
+        ({"x": jnp.full((256, 8), jnp.nan)}, "x contains NaN"),
     ],
 )
 def test_bad_input(problem, kwargs, match):

@@ -53,6 +53,27 @@ METHODS = (
 )
 ESTIMATORS = ("obd", "hutchinson", "ggn", "fisher")
 
+#: The dense budget grid of every ``--full`` run (verified fractions).
+FULL_FRACTIONS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Setting:

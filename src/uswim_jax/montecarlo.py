@@ -142,6 +142,7 @@ def _check_data(x: Any, y: Any) -> None:
         raise ValueError(
             f"y must have shape ({np.shape(x)[0]},) to match x, got {np.shape(y)}"
         )
+    check_finite_tree("x", x)
 
 
 def evaluate(

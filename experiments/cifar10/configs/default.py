@@ -17,33 +17,13 @@ data).
 
 import dataclasses
 
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.experiment import FULL_FRACTIONS, ExperimentConfig
 from uswim_jax.train import TrainConfig
 
 DATASET = "cifar10"
 MODELS = ("convnet", "resnet18")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
-
-FULL_FRACTIONS = (
-    0.0005,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.015,
-    0.02,
-    0.03,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.5,
-)
 
 
 def model_config(model: str, dataset: str = DATASET) -> ExperimentConfig:

@@ -25,7 +25,7 @@ budget grid (meant for a GPU).
 
 import dataclasses
 
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.experiment import FULL_FRACTIONS, ExperimentConfig
 from uswim_jax.train import TrainConfig
 
 
@@ -70,25 +70,7 @@ def get_full_config() -> ExperimentConfig:
     return dataclasses.replace(
         get_config(),
         train=TrainConfig(model="lenet", dataset="fashion_mnist", epochs=20, seed=0),
-        fractions=(
-            0.0005,
-            0.001,
-            0.002,
-            0.003,
-            0.005,
-            0.0075,
-            0.01,
-            0.015,
-            0.02,
-            0.03,
-            0.05,
-            0.075,
-            0.1,
-            0.15,
-            0.2,
-            0.3,
-            0.5,
-        ),
+        fractions=FULL_FRACTIONS,
         num_trials=100,
         test_subset=None,
         chunk_size=None,

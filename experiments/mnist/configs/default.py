@@ -6,7 +6,7 @@ sigma_verified = sigma / 10."""
 
 import dataclasses
 
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.experiment import FULL_FRACTIONS, ExperimentConfig
 from uswim_jax.train import TrainConfig
 
 
@@ -44,25 +44,7 @@ def get_full_config() -> ExperimentConfig:
     """The whole grid with 100 trials (meant for a GPU)."""
     return dataclasses.replace(
         get_config(),
-        fractions=(
-            0.0005,
-            0.001,
-            0.002,
-            0.003,
-            0.005,
-            0.0075,
-            0.01,
-            0.015,
-            0.02,
-            0.03,
-            0.05,
-            0.075,
-            0.1,
-            0.15,
-            0.2,
-            0.3,
-            0.5,
-        ),
+        fractions=FULL_FRACTIONS,
         num_trials=100,
         label="full",
     )

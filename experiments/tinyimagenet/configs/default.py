@@ -12,8 +12,8 @@ a small subset (``--synthetic`` without the data).
 
 import dataclasses
 
-from experiments.cifar10.configs.default import FULL_FRACTIONS, model_config, quick
-from uswim_jax.experiment import ExperimentConfig
+from experiments.cifar10.configs.default import model_config, quick
+from uswim_jax.experiment import FULL_FRACTIONS, ExperimentConfig
 
 DATASET = "tiny_imagenet"
 MODELS = ("resnet18",)
