@@ -31,7 +31,10 @@ def _x(v: str) -> str:
     return f"{f:.1f}x" if f < 100 else f"{f:.0f}x"
 
 
-def mnist_results(folder: Path = ROOT / "results" / "reproduce-mnist") -> str:
+def mnist_results(
+    folder: Path = ROOT / "results" / "reproduce-mnist",
+    command: str = "make reproduce-mnist",
+) -> str:
     """Speedups at 0.5 pp per setting and method, from a reproduce-mnist run."""
     info = json.loads((folder / "run_info.json").read_text())
     cfg = json.loads((folder / "config.json").read_text())["config"]["experiment"]
@@ -81,8 +84,9 @@ def mnist_results(folder: Path = ROOT / "results" / "reproduce-mnist") -> str:
             lines.append(f"- U-SWIM over SWIM, {s} (verify cycles): {', '.join(parts)}")
     lines.append("")
     lines.append(
-        "Source: `results/reproduce-mnist/` (`summary.md` has every margin, the "
-        "confidence ranges and accuracy at each budget), from `make reproduce-mnist`."
+        f"Source: `results/{folder.name}/` (`summary.md` has every margin, the "
+        "confidence ranges and accuracy at each budget), from "
+        f"`{command}`."
     )
     return "\n".join(lines)
 
@@ -218,7 +222,15 @@ def cpu_performance(
     return "\n".join(lines)
 
 
+def fashion_results() -> str:
+    """The same table for ``make reproduce-fashion-mnist``."""
+    return mnist_results(
+        ROOT / "results" / "reproduce-fashion-mnist", "make reproduce-fashion-mnist"
+    )
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
+    "fashion-results": fashion_results,
     "cpu-performance": cpu_performance,
     "gpu-performance": gpu_performance,
     "mnist-results": mnist_results,
