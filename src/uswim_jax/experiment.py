@@ -462,25 +462,10 @@ def _sweep_jit(
     chunk_size,
     eval_batch_size,
 ):
+    run_sweep = sweep
     if _is_pulse(device):
-        from uswim_jax.pulse_sweep import pulse_sweep
-
-        return pulse_sweep(
-            key,
-            apply_fn,
-            params,
-            x,
-            y,
-            device,
-            order,
-            counts,
-            num_trials,
-            chunk_size=chunk_size,
-            eval_batch_size=eval_batch_size,
-            reference=reference,
-            baseline=baseline,
-        )
-    return sweep(
+        from uswim_jax.pulse_sweep import pulse_sweep as run_sweep
+    return run_sweep(
         key,
         apply_fn,
         params,
