@@ -54,7 +54,12 @@ def mnist_results(
         "Each cell: speedup over exhaustive write-verify at a 0.5 pp margin, "
         "counting the plain writes of unverified weights (a verify costs "
         f"{cfg['verify_cycles']:g} cycles, so at most "
-        f"{cfg['verify_cycles']:g}x) / counting verify cycles only.",
+        f"{cfg['verify_cycles']:g}x) / counting verify cycles only."
+        + (
+            f" Pipeline time: {info['seconds_total'] / 60:.0f} min."
+            if "seconds_total" in info
+            else ""
+        ),
         "",
         "| setting | none % | exhaustive % | " + " | ".join(methods) + " |",
         "|---|---:|---:|" + "---:|" * len(methods),
