@@ -505,6 +505,18 @@ def _sum_over_examples(fn: Callable, xs: tuple, chunk_size: int | None) -> list:
     return acc
 
 
+def _check_per_example_args(
+    loss: str, chunk_size: int | None, params: Any, x: Any, y: Any
+) -> None:
+    """The argument checks shared by the per-example estimators."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if chunk_size is not None:
+        check_positive("chunk_size", chunk_size)
+    check_finite_tree("params", params)
+    _check_samples(x, y)
+
+
 def ggn_diagonal(
     apply_fn: Callable[[Any, Any], jax.Array],
     params: Any,
@@ -536,12 +548,7 @@ def ggn_diagonal(
     Raises:
       ValueError: for an unknown ``loss`` or a non-positive ``chunk_size``.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if chunk_size is not None:
-        check_positive("chunk_size", chunk_size)
-    check_finite_tree("params", params)
-    _check_samples(x, y)
+    _check_per_example_args(loss, chunk_size, params, x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:
@@ -586,12 +593,7 @@ def fisher_diagonal(
     Raises:
       ValueError: for an unknown ``loss`` or a non-positive ``chunk_size``.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if chunk_size is not None:
-        check_positive("chunk_size", chunk_size)
-    check_finite_tree("params", params)
-    _check_samples(x, y)
+    _check_per_example_args(loss, chunk_size, params, x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:
