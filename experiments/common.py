@@ -114,6 +114,15 @@ def reproduce(
     return {**out, "summary": text}
 
 
+def synthetic_flag(p: argparse.ArgumentParser) -> None:
+    """``--synthetic``: generated images instead of the dataset."""
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="generated images instead of the dataset (a smoke run without data)",
+    )
+
+
 def main(
     argv,
     *,

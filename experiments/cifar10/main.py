@@ -7,14 +7,6 @@ from experiments.cifar10 import run
 from experiments.cifar10.configs import default
 
 
-def _flags(p) -> None:
-    p.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="generated images instead of the dataset (a smoke run without data)",
-    )
-
-
 def main(argv=None) -> int:
     return common.main(
         argv,
@@ -22,7 +14,7 @@ def main(argv=None) -> int:
         doc=__doc__,
         run=run.run,
         configs=default,
-        extra_flags=_flags,
+        extra_flags=common.synthetic_flag,
     )
 
 
