@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from uswim_jax import data
+from uswim_jax._interrupt import reliable_interrupts
 from uswim_jax.experiment import ExperimentConfig
 from uswim_jax.experiment import run as run_experiment
 from uswim_jax.report import write_report
@@ -134,8 +135,10 @@ def main(
 ) -> int:
     """The common ``main.py``: ``--workdir``, ``--results-dir``, ``--quick`` /
     ``--full`` (``configs.get_quick_config`` / ``get_full_config``),
-    ``--no-progress``; calls ``run(config, workdir, results_dir=...,
-    progress=..., **extra)`` where ``extra`` holds the parsed ``extra_flags``."""
+    ``--steps-per-chunk``, ``--no-progress``; calls ``run(config, workdir,
+    results_dir=..., progress=..., **extra)`` where ``extra`` holds the parsed
+    ``extra_flags``. Ctrl-C prints one line and returns 130; the finished work
+    stays in the run folder and the same command resumes it."""
     p = argparse.ArgumentParser(prog=prog, description=doc)
     p.add_argument(
         "--workdir", default=None, help=f"run folder (default runs/{prog}[-quick])"
@@ -152,6 +155,13 @@ def main(
         size.add_argument(
             "--full", action="store_true", help="the whole grid (meant for a GPU)"
         )
+    p.add_argument(
+        "--steps-per-chunk",
+        type=int,
+        default=None,
+        help="save every N budget points of a curve as they finish (default: "
+        "whole curves); part of the config, so a new run folder",
+    )
     p.add_argument("--no-progress", action="store_true")
     if extra_flags is not None:
         extra_flags(p)
@@ -162,20 +172,33 @@ def main(
         config, suffix = configs.get_full_config(), "-full"
     else:
         config, suffix = configs.get_config(), ""
-    base = {"workdir", "results_dir", "quick", "full", "no_progress"}
+    if args.steps_per_chunk is not None:
+        try:
+            config = dataclasses.replace(config, steps_per_chunk=args.steps_per_chunk)
+        except ValueError as e:
+            p.error(str(e))
+    base = {"workdir", "results_dir", "quick", "full", "no_progress", "steps_per_chunk"}
     extra = {k: v for k, v in vars(args).items() if k not in base}
     workdir = args.workdir or f"runs/{prog}{suffix}"
     results = args.results_dir
     if results and suffix:
         results = results.rstrip("/") + suffix
     try:
-        out = run(
-            config,
-            workdir,
-            results_dir=results,
-            progress=not args.no_progress,
-            **extra,
+        with reliable_interrupts():
+            out = run(
+                config,
+                workdir,
+                results_dir=results,
+                progress=not args.no_progress,
+                **extra,
+            )
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: interrupted; finished work is kept in {workdir} (run the "
+            "same command again to resume)",
+            file=sys.stderr,
         )
+        return 130
     except (ValueError, OSError, RuntimeError) as e:
         print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
