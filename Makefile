@@ -14,7 +14,7 @@ help:
 	@echo "make reproduce-fashion-mnist   the same on the full Fashion-MNIST (~30 min CPU)"
 	@echo "make reproduce-cifar10 ConvNet and ResNet-18 on CIFAR-10 (GPU; ARGS=--quick on CPU)"
 	@echo "make reproduce-tinyimagenet    ResNet-18 on Tiny ImageNet (GPU; ARGS=--quick on CPU)"
-	@echo "make ablations         the ablation table on MNIST (~10-15 min CPU)"
+	@echo "make ablations         the ablation tables on MNIST (LeNet, 4-bit LeNet, narrow ResNet-18; ~30 min on 2 cores)"
 	@echo "make test              the default test suite (not slow, not gpu)"
 	@echo "make test-all          every test, slow ones included"
 	@echo "make bench             side-by-side benchmarks (ARGS=--quick for a short run)"

@@ -56,7 +56,10 @@ def full_choices(config: ExperimentConfig, num_train: int, num_test_total: int) 
     n_curv = min(config.curvature_subset or n_train, n_train)
     parts = [
         choices_line(config),
-        f"training: {t.model}, {t.optimizer} lr {t.learning_rate:g}, batch "
+        f"training: {t.model}"
+        + (f" (width {t.width})" if t.width is not None else "")
+        + (f" {t.weight_bits}-bit" if t.weight_bits is not None else "")
+        + f", {t.optimizer} lr {t.learning_rate:g}, batch "
         f"{t.batch_size}, {t.epochs} epochs on {n_train:,} images"
         + (", with random crop and flip" if t.augment else ""),
         f"Monte Carlo over the first {n_test:,} of the {num_test_total:,} test images",
@@ -64,6 +67,8 @@ def full_choices(config: ExperimentConfig, num_train: int, num_test_total: int) 
         + (" with the training augmentations" if config.curvature_augment else "")
         + f", average-pool rule '{config.avg_pool}'",
     ]
+    if config.q_scale != "exact":
+        parts.append(f"Q-layer scale rule '{config.q_scale}'")
     if not config.first_order:
         parts.append("first-order term off")
     if config.k_power != 1:

@@ -13,6 +13,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 import uswim_jax as uj
+from uswim_jax.models import build_model, quantize, quantize_ste
 
 RTOL = 1e-10
 
@@ -20,7 +21,7 @@ RTOL = 1e-10
 obd = jax.jit(
     uj.obd_diagonal,
     static_argnums=0,
-    static_argnames=("loss", "avg_pool", "fuse_elementwise"),
+    static_argnames=("loss", "avg_pool", "q_scale", "predicate", "fuse_elementwise"),
 )
 exact_diagonal = jax.jit(
     uj.exact_diagonal, static_argnums=0, static_argnames="chunk_size"
@@ -380,6 +381,169 @@ def test_avg_pool_authors_quirk(key):
     np.testing.assert_allclose(authors["dense"]["kernel"], exact["dense"]["kernel"])
 
 
+# ------------------------------------------------- the authors' Q-layer scale
+
+
+def _ste_mlp(bits):
+    """A tanh MLP whose kernels go through the straight-through quantizer."""
+
+    def apply(params, x):
+        n = len(params)
+        a = x
+        for i in range(n):
+            w = quantize_ste(params[f"dense{i}"]["kernel"], bits)
+            z = a @ w + params[f"dense{i}"]["bias"][None]
+            a = jnp.tanh(z) if i < n - 1 else z
+        return a
+
+    return apply
+
+
+def _q_mlp_hand(params, x, bits, quirk):
+    """The authors' recursion written out for a Q-layer MLP: layer ``i``
+    computes ``(a * s_i) @ Q(W_i / s_i)`` with ``s_i = max|W_i|``; the exact
+    rule carries ``h`` through ``a * s_i`` with ``s_i**2``, the authors' with
+    ``s_i``. Raw (unnormalised) ``d2L/dW2``: the layer's own diagonal is the
+    same either way."""
+    n = len(params)
+    ws, scales = [], []
+    for i in range(n):
+        w = params[f"dense{i}"]["kernel"]
+        s = jnp.max(jnp.abs(w))
+        scales.append(s)
+        w_hat = w / s if bits is None else quantize(w / s, bits)
+        ws.append(w_hat)
+    acts, pre = [x], []
+    a = x
+    for i in range(n):
+        z = (a * scales[i]) @ ws[i] + params[f"dense{i}"]["bias"][None]
+        pre.append(z)
+        a = jnp.tanh(z) if i < n - 1 else z
+        acts.append(a)
+    p = jax.nn.softmax(pre[-1], axis=-1)
+    h = p * (1 - p)
+    out = {}
+    for i in reversed(range(n)):
+        s = scales[i]
+        # d2L/dW_hat2 = ((a s)**2)^T h, and d2L/dW2 = d2L/dW_hat2 / s**2
+        w_hat_diag = ((acts[i] * s) ** 2).T @ h
+        out[f"dense{i}"] = {"kernel": w_hat_diag / s**2, "bias": h.sum(0)}
+        if i > 0:
+            h_in = h @ (ws[i] ** 2).T  # h of the op's input a * s
+            h_in = h_in * (s if quirk else s**2)  # through the multiply by s
+            h = h_in * (1 - jnp.tanh(pre[i - 1]) ** 2) ** 2
+    return out
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_q_scale_authors_equals_hand_recursion(key, bits):
+    """Float and STE-quantized kernels (4-bit, the authors' QLeNet grid): the
+    authors' rule divides each earlier layer's h by max|W| of every later layer;
+    the exact rule is unchanged and equals the plain hand recursion."""
+    params = init_mlp(key, [3, 5, 4, 4])
+    x, y = data(jax.random.fold_in(key, 1))
+    apply = _ste_mlp(bits)
+    exact = obd(apply, params, x, y)
+    assert_trees_close(obd(apply, params, x, y, q_scale="exact"), exact)
+    assert_trees_close(exact, _q_mlp_hand(params, x, bits, quirk=False))
+    if bits is None:
+        want = mlp_hand(params, x, jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2)
+        assert_trees_close(exact, want)
+    got = obd(apply, params, x, y, q_scale="authors")
+    assert_trees_close(got, _q_mlp_hand(params, x, bits, quirk=True))
+    # the last layer is untouched, the first one is not
+    assert_trees_close(got["dense2"], exact["dense2"])
+    assert not np.allclose(got["dense0"]["kernel"], exact["dense0"]["kernel"])
+
+
+def _cnn_q(params, x):
+    z = conv(x, params["c0"]["kernel"]) + params["c0"]["bias"].reshape(1, 1, 1, -1)
+    a1 = jnp.tanh(z)
+    z = conv(a1, quantize_ste(params["c1"]["kernel"], 4), strides=(2, 2))
+    a2 = jnp.tanh(z)
+    flat = jnp.reshape(a2, (a2.shape[0], -1))
+    kernel = jnp.reshape(params["dense"]["kernel"], (-1, 3))  # stored 2-D as (.., 3)
+    return flat @ kernel + params["dense"]["bias"][None]
+
+
+def test_q_scale_authors_conv_mlp_hand(key):
+    """conv -> tanh -> strided conv (STE-quantized) -> tanh -> reshape -> dense,
+    against the layer-by-layer recipe of method.md §4.4 (VJPs with squared
+    operands) with the authors' division by max|W| at each data-side input."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    params = {
+        "c0": {
+            "kernel": jax.random.normal(k1, (3, 3, 2, 3), jnp.float64) / 3,
+            "bias": 0.1 * jnp.ones(3, jnp.float64),
+        },
+        "c1": {"kernel": jax.random.normal(k2, (3, 3, 3, 2), jnp.float64) / 4},
+        "dense": {
+            "kernel": jax.random.normal(k3, (8, 3), jnp.float64) / 3,
+            "bias": jnp.zeros(3, jnp.float64),
+        },
+    }
+    x = jax.random.normal(k4, (3, 4, 4, 2), jnp.float64)
+    y = jnp.array([0, 1, 2])
+
+    def hand(quirk):
+        w0 = params["c0"]["kernel"]
+        w1 = quantize(params["c1"]["kernel"], 4)
+        wd = params["dense"]["kernel"]
+        s1 = jnp.max(jnp.abs(params["c1"]["kernel"]))
+        sd = jnp.max(jnp.abs(wd))
+        z0 = conv(x, w0) + params["c0"]["bias"].reshape(1, 1, 1, -1)
+        a1 = jnp.tanh(z0)
+        z1 = conv(a1, w1, strides=(2, 2))
+        a2 = jnp.tanh(z1)
+        flat = a2.reshape(a2.shape[0], -1)
+        z = flat @ wd + params["dense"]["bias"][None]
+        p = jax.nn.softmax(z)
+        h = p * (1 - p)
+        out = {"dense": {"kernel": (flat**2).T @ h, "bias": h.sum(0)}}
+        h = (h @ (wd**2).T) / (sd if quirk else 1.0)
+        h = h.reshape(a2.shape) * (1 - jnp.tanh(z1) ** 2) ** 2
+        (hw1,) = jax.vjp(lambda w: conv(a1**2, w, strides=(2, 2)), w1)[1](h)
+        (ha1,) = jax.vjp(lambda u: conv(u, w1**2, strides=(2, 2)), a1)[1](h)
+        out["c1"] = {"kernel": hw1}
+        h = ha1 / (s1 if quirk else 1.0) * (1 - jnp.tanh(z0) ** 2) ** 2
+        (hw0,) = jax.vjp(lambda w: conv(x**2, w), w0)[1](h)
+        out["c0"] = {"kernel": hw0, "bias": h.sum((0, 1, 2))}
+        return out
+
+    assert_trees_close(obd(_cnn_q, params, x, y), hand(False))
+    assert_trees_close(obd(_cnn_q, params, x, y, q_scale="authors"), hand(True))
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+def test_q_scale_authors_lenet_layer_ratios(key, conv_impl):
+    """The 4-bit LeNet (QLeNet, the layers' STE quantizer in the graph): under
+    the authors' rule layer j's diagonal (kernel and bias) is the exact one over
+    the product of max|W_l| of every later layer l; the XLA and im2col
+    convolutions (kernel reshaped and transposed before a matmul) agree."""
+    model = build_model("lenet", weight_bits=4, conv_impl=conv_impl)
+    params = model.module.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    x = jax.random.uniform(key, (4, 28, 28, 1), jnp.float64)
+    y = jnp.arange(4)
+    exact = obd(model.apply_fn, params, x, y)
+    got = obd(model.apply_fn, params, x, y, q_scale="authors")
+    layers = ["Conv_0", "Conv_1", "Dense_0", "Dense_1", "Dense_2"]
+    p = params["params"]
+    scales = [float(jnp.max(jnp.abs(p[n]["kernel"]))) for n in layers]
+    for j, name in enumerate(layers):
+        ratio = 1.0 / float(np.prod(scales[j + 1 :]))
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_allclose(
+                got["params"][name][leaf],
+                ratio * exact["params"][name][leaf],
+                rtol=1e-9,
+                atol=1e-300,
+            )
+    if conv_impl == "im2col":
+        xla = build_model("lenet", weight_bits=4)
+        want = obd(xla.apply_fn, params, x, y, q_scale="authors")
+        assert_trees_close(got, want, rtol=1e-9)
+
+
 # ------------------------------------------------------- models from elsewhere
 
 
@@ -450,6 +614,10 @@ def test_obd_bad_arguments(key):
         obd(make_mlp(jnp.tanh), params, x, y, loss="hinge")
     with pytest.raises(ValueError, match="avg_pool"):
         obd(make_mlp(jnp.tanh), params, x, y, avg_pool="nope")
+    with pytest.raises(ValueError, match="q_scale"):
+        obd(make_mlp(jnp.tanh), params, x, y, q_scale="squared")
+    with pytest.raises(ValueError, match="q_scale"):
+        uj.obd_over_dataset(make_mlp(jnp.tanh), params, x, y, q_scale="squared")
 
 
 def test_obd_over_dataset(key):

@@ -24,8 +24,9 @@ def test_defaults_keep_the_config_hash():
     made before they existed keep their hash (and resume)."""
     c = ExperimentConfig()
     d = c.to_json()
-    for k in ("first_order", "k_power", "avg_pool", "curvature_augment"):
+    for k in ("first_order", "k_power", "avg_pool", "q_scale", "curvature_augment"):
         assert k not in d
+    assert "width" not in d["train"]  # a new TrainConfig field, unset
     changed = dataclasses.replace(c, k_power=2).to_json()
     assert changed["k_power"] == 2
     assert config_hash(changed) != config_hash(d)
@@ -36,6 +37,8 @@ def test_defaults_keep_the_config_hash():
     [
         ({"k_power": 3}, "k_power"),
         ({"avg_pool": "mean"}, "avg_pool"),
+        ({"q_scale": "squared"}, "q_scale"),
+        ({"q_scale": "authors"}, "quantized"),  # float model: no Q layers
         ({"programming": "spice"}, "programming"),
         ({"first_order": 1}, "first_order"),
         ({"programming": "pulse"}, "s_values"),
@@ -101,3 +104,33 @@ def test_obd_over_dataset_with_augmentation(key):
     assert not np.allclose(ha, hb)
     with pytest.raises(ValueError, match="key"):
         curvature.obd_over_dataset(mlp_apply, params, x, y, augment=flip)
+
+
+def test_q_scale_reaches_the_sensitivities():
+    """``q_scale="authors"`` (quantized models only) changes the one-pass
+    diagonal of every layer but the last, and the width reaches the model."""
+    from uswim_jax.experiment import compute_sensitivities
+    from uswim_jax.models import build_model
+    from uswim_jax.train import TrainConfig
+
+    model = build_model("lenet", weight_bits=4)
+    params = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    out = {}
+    for rule in ("exact", "authors"):
+        c = ExperimentConfig(
+            train=TrainConfig(weight_bits=4), q_scale=rule, methods=("swim",)
+        )
+        out[rule] = compute_sensitivities(
+            model.apply_fn, params, (x, y), c, log=lambda *a: None
+        )["obd"]["params"]
+    np.testing.assert_array_equal(
+        out["exact"]["Dense_2"]["kernel"], out["authors"]["Dense_2"]["kernel"]
+    )
+    assert not np.allclose(
+        out["exact"]["Conv_0"]["kernel"], out["authors"]["Conv_0"]["kernel"]
+    )
+    wide = ExperimentConfig(train=TrainConfig(model="resnet18", width=8))
+    assert wide.to_json()["train"]["width"] == 8

@@ -15,10 +15,16 @@ from uswim_jax.models import build_model, quantize, quantize_ste
         ("convnet", 10, None, 6_397_632),
         ("resnet18", 10, None, 11_164_352),
         ("resnet18", 200, (64, 64, 3), 11_261_632),
+        # width w on one input channel: 2724 w**2 conv weights in the stages,
+        # 9 w in the stem, 8 w * classes in the head
+        ("resnet18-8", 10, (28, 28, 1), 2724 * 64 + 9 * 8 + 8 * 8 * 10),
+        ("resnet18-64", 10, (32, 32, 3), 11_164_352),
     ],
 )
 def test_output_shape_and_weight_count(name, classes, shape, weights):
-    model = build_model(name, num_classes=classes, input_shape=shape)
+    name, _, width = name.partition("-")
+    kw = {"width": int(width)} if width else {}
+    model = build_model(name, num_classes=classes, input_shape=shape, **kw)
     params = jax.eval_shape(model.init, jax.random.key(0))
     assert model.num_weights(params) == weights
     out = jax.eval_shape(model.apply_fn, params, jnp.zeros((3, *model.input_shape)))
@@ -106,6 +112,8 @@ def test_wrong_input_shape_is_a_clear_error():
         ({"name": "lenet", "weight_bits": 1}, "weight_bits"),
         ({"name": "lenet", "quant_scheme": "x"}, "quant_scheme"),
         ({"name": "lenet", "input_shape": (32, 32, 1)}, "28x28"),
+        ({"name": "lenet", "width": 8}, "width"),
+        ({"name": "resnet18", "width": 0}, "width"),
     ],
 )
 def test_bad_model_arguments(kwargs, match):

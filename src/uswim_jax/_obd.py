@@ -31,6 +31,16 @@ Where a value fans out to several consumers whose paths re-merge through a
 non-elementwise primitive (a residual add), the contributions are summed and the
 cross term is dropped, exactly as Becker–LeCun and the authors' code do.
 
+With ``q_scale="authors"`` the backward pass reproduces the authors' quantized
+(Q) layers, which compute ``op(x * a_l, W_l / a_l)`` with ``a_l = max|W_l|`` and
+multiply the second-order cotangent through ``x * a_l`` by ``a_l`` instead of
+``a_l**2`` (method.md §4.3, last rows): the forward pass tags every value derived
+from exactly one crossbar param leaf through elementwise, structural and call
+primitives (a reshape, a transpose, the straight-through quantizer ``w +
+stop_gradient(q(w) - w)``), and at a bilinear primitive whose one operand carries
+the tag of leaf ``l`` the ``h`` of the other (data-side) operand is divided by
+``a_l``. The ``h`` of the weight operand itself is unchanged.
+
 Only values that depend on a float input marked *active* (the params) carry ``h``;
 the input data never does, so the first layer costs what it costs in a gradient.
 Everything happens at trace time: the pass is jit-compilable and, compiled, costs
@@ -246,21 +256,43 @@ class _Record:
         self.active: set = set()
         self.subs: dict[int, _Record] = {}
         self.fused_calls: set[int] = set()
+        # Value -> the crossbar leaf tag it derives from (only tagged values).
+        self.source: dict = {}
+
+
+def _common_source(rec: "_Record", invars: Sequence[Any]) -> Any:
+    """The tag shared by every active operand, or ``None`` (no active operand,
+    an untagged one, or two different tags)."""
+    tags = {rec.source.get(v) for v in invars if _active(rec.active, v)}
+    return tags.pop() if len(tags) == 1 else None
 
 
 def forward(
-    jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], in_active: Sequence[bool]
+    jaxpr: Any,
+    consts: Sequence[Any],
+    args: Sequence[Any],
+    in_active: Sequence[bool],
+    in_source: Sequence[Any] | None = None,
 ) -> _Record:
     """Evaluates ``jaxpr`` keeping every value and which ones depend on an active
-    input."""
+    input.
+
+    ``in_source`` optionally tags inputs (a hashable tag per input, ``None`` for
+    untagged): a tag follows the values derived from that input alone through
+    elementwise, structural and call primitives (see ``q_scale`` in
+    :func:`backward`)."""
     rec = _Record(jaxpr)
     env, active = rec.env, rec.active
     for v, c in zip(jaxpr.constvars, consts, strict=True):
         env[v] = c
-    for v, a, act in zip(jaxpr.invars, args, in_active, strict=True):
+    if in_source is None:
+        in_source = [None] * len(jaxpr.invars)
+    for v, a, act, tag in zip(jaxpr.invars, args, in_active, in_source, strict=True):
         env[v] = a
         if act and _is_float(v.aval):
             active.add(v)
+            if tag is not None:
+                rec.source[v] = tag
     for i, eqn in enumerate(jaxpr.eqns):
         invals = [_read(env, v) for v in eqn.invars]
         acts = [_active(active, v) for v in eqn.invars]
@@ -270,6 +302,7 @@ def forward(
                 rec.fused_calls.add(i)
                 outs = _bind(eqn, invals)
                 out_act = [True] * len(eqn.outvars)
+                out_tag = [_common_source(rec, eqn.invars)] * len(eqn.outvars)
             else:
                 inner, inner_consts = _inner(eqn)
                 if len(inner.invars) != len(invals):
@@ -277,20 +310,32 @@ def forward(
                         f"obd_diagonal: cannot match the operands of primitive "
                         f"'{name}' to its inner jaxpr"
                     )
-                sub = forward(inner, inner_consts, invals, acts)
+                in_tags = [
+                    rec.source.get(v) if a else None
+                    for v, a in zip(eqn.invars, acts, strict=True)
+                ]
+                sub = forward(inner, inner_consts, invals, acts, in_tags)
                 rec.subs[i] = sub
                 outs = [_read(sub.env, v) for v in inner.outvars]
                 out_act = [_active(sub.active, v) for v in inner.outvars]
+                out_tag = [
+                    sub.source.get(v) if _is_var(v) else None for v in inner.outvars
+                ]
         else:
             outs = _bind(eqn, invals)
             live = any(acts) and name not in BLOCKING_PRIMITIVES
             out_act = [live] * len(eqn.outvars)
-        for v, o, a in zip(eqn.outvars, outs, out_act, strict=True):
+            keeps_tag = name in ELEMENTWISE_PRIMITIVES or name in STRUCTURAL_PRIMITIVES
+            tag = _common_source(rec, eqn.invars) if live and keeps_tag else None
+            out_tag = [tag] * len(eqn.outvars)
+        for v, o, a, t in zip(eqn.outvars, outs, out_act, out_tag, strict=True):
             if isinstance(v, jcore.DropVar):
                 continue
             env[v] = o
             if a and _is_float(v.aval):
                 active.add(v)
+                if t is not None:
+                    rec.source[v] = t
     return rec
 
 
@@ -407,9 +452,15 @@ def backward(
     *,
     fuse: bool = True,
     avg_pool: str = "exact",
+    q_scales: Sequence[Any] | None = None,
 ) -> list[jax.Array | None]:
     """Carries the second-order cotangents ``h_out`` of ``rec.jaxpr``'s outputs
-    back to its inputs (``None`` where nothing flows)."""
+    back to its inputs (``None`` where nothing flows).
+
+    ``q_scales``: the authors' Q-layer quirk. ``q_scales[t]`` is ``a = max|W|``
+    of the input tagged ``t`` in :func:`forward`; at a bilinear primitive with
+    one operand tagged ``t`` the ``h`` of the other, untagged operand is divided
+    by ``a``. ``None``: the exact rule."""
     jaxpr, env, active = rec.jaxpr, rec.env, rec.active
     h: dict = {}
 
@@ -433,11 +484,13 @@ def backward(
             continue
         name = eqn.primitive.name
         if kind == "call":
-            hin = backward(rec.subs[i], houts, fuse=fuse, avg_pool=avg_pool)
+            hin = backward(
+                rec.subs[i], houts, fuse=fuse, avg_pool=avg_pool, q_scales=q_scales
+            )
             for v, x in zip(eqn.invars, hin, strict=True):
                 acc(v, x)
         elif kind == "bilinear":
-            _bilinear_rule(env, active, eqn, houts[0], acc)
+            _bilinear_rule(rec, eqn, houts[0], acc, q_scales)
         elif kind == "structural":
             _structural_rule(env, active, eqn, houts, acc)
         elif kind == "avgdiv":
@@ -456,8 +509,12 @@ def backward(
     return [h.get(v) if _is_var(v) else None for v in jaxpr.invars]
 
 
-def _bilinear_rule(env: dict, active: set, eqn: Any, hout: Any, acc: Callable) -> None:
+def _bilinear_rule(
+    rec: _Record, eqn: Any, hout: Any, acc: Callable, q_scales: Sequence[Any] | None
+) -> None:
+    env, active = rec.env, rec.active
     vals = [_read(env, v) for v in eqn.invars]
+    tags = [rec.source.get(v) if _is_var(v) else None for v in eqn.invars]
     for k, v in enumerate(eqn.invars):
         if not _active(active, v):
             continue
@@ -470,6 +527,11 @@ def _bilinear_rule(env: dict, active: set, eqn: Any, hout: Any, acc: Callable) -
 
         primal = jax.ShapeDtypeStruct(np.shape(vals[k]), v.aval.dtype)
         (ct,) = jax.linear_transpose(lin, primal)(hout)
+        if q_scales is not None and tags[k] is None:
+            # The authors' Q layer: h through x * a picks up a, not a**2.
+            other = [t for j, t in enumerate(tags) if j != k and t is not None]
+            if len(other) == 1:
+                ct = ct / jnp.asarray(q_scales[other[0]], dtype=ct.dtype)
         acc(v, ct)
 
 

@@ -21,9 +21,12 @@ the authors' code does for the second-order term (method.md §4.2 step 2). Label
 targets shaped like the logits for ``loss="squared_error"`` (``0.5 * (z - y)**2``).
 
 No function here is jitted; wrap the call in ``jax.jit`` at the driver. Only
-:func:`obd_over_dataset`, a dataset-level driver, jits its per-batch step.
+:func:`obd_over_dataset`, a dataset-level driver, jits its per-batch step (one
+module-level jitted function, so a second call with an equal ``apply_fn`` and
+the same options and shapes reuses the compiled step).
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +37,12 @@ from jax.flatten_util import ravel_pytree
 
 from uswim_jax import _obd
 from uswim_jax._checks import check_finite_tree, check_positive
+from uswim_jax._tree import CrossbarPredicate, default_crossbar, path_str
 
 LOSSES = ("cross_entropy", "squared_error")
+#: The rules :func:`obd_diagonal` offers for the authors' two quirks.
+AVG_POOL_RULES = ("exact", "authors")
+Q_SCALE_RULES = ("exact", "authors")
 
 #: Primitive names the one-pass interpreter handles (for documentation and tests).
 OBD_SUPPORTED_PRIMITIVES = _obd.SUPPORTED_PRIMITIVES
@@ -107,6 +114,23 @@ def _check_samples(x: Any, y: Any) -> None:
         raise ValueError(f"y must have {n} samples to match x, got {np.shape(y)}")
 
 
+def _check_rules(loss: Any, avg_pool: Any, q_scale: Any) -> None:
+    _check_loss(loss)
+    if avg_pool not in AVG_POOL_RULES:
+        raise ValueError(f"avg_pool must be one of {AVG_POOL_RULES}, got {avg_pool!r}")
+    if q_scale not in Q_SCALE_RULES:
+        raise ValueError(f"q_scale must be one of {Q_SCALE_RULES}, got {q_scale!r}")
+
+
+def _layer_scale(leaf: Any) -> Any:
+    """``max|W_l|`` of a float leaf (1 for an all-zero one); ``None`` for a
+    non-float leaf."""
+    if not _is_float_leaf(leaf):
+        return None
+    m = jnp.max(jnp.abs(jnp.asarray(leaf)))
+    return jnp.where(m > 0, m, jnp.ones_like(m))
+
+
 def _is_float_leaf(leaf: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
 
@@ -157,6 +181,8 @@ def obd_diagonal(
     *,
     loss: str | Callable = "cross_entropy",
     avg_pool: str = "exact",
+    q_scale: str = "exact",
+    predicate: CrossbarPredicate | None = None,
     fuse_elementwise: bool = True,
 ) -> Any:
     """The one-pass diagonal second derivative SWIM and U-SWIM use.
@@ -189,6 +215,24 @@ def obd_diagonal(
         value that does not depend on the params, which is how ``nn.avg_pool``
         and ``jnp.mean`` (global average pool) lower; it is meant for the
         ResNet-18 reproduction and would also touch, say, a layer norm's mean.
+      q_scale: ``"exact"`` or ``"authors"``: the quirk of the authors' quantized
+        layers (``QSLinear``/``QSConv2d``, method.md §4.3 last rows and §4.4),
+        which compute ``op(x * a_l, W_l / a_l)`` with ``a_l = max|W_l|`` and
+        carry ``h`` through ``x * a_l`` as ``h * a_l`` instead of ``h * a_l**2``.
+        With ``"authors"``, at every bilinear primitive (``dot_general``,
+        ``conv_general_dilated``) whose one operand derives from a crossbar leaf
+        ``W_l`` alone (through reshapes, transposes, casts or the
+        straight-through quantizer ``w + stop_gradient(q(w) - w)``), the ``h``
+        of the other (data-side) operand is divided by ``max|W_l|``: every
+        earlier layer's diagonal shrinks by ``1/max|W_l|`` per crossbar layer
+        that ``h`` passes through. The layer's own diagonal is unchanged. The
+        rule applies to every crossbar layer of the graph; in the authors' code
+        only quantized models have it (their float layers scale the output,
+        which is exact), which is why the experiment pipeline allows it only for
+        quantized models.
+      predicate: which leaves are crossbar weights, for ``q_scale``
+        (``predicate(path, leaf)``; default: conv and dense kernels, see
+        ``uswim_jax._tree.default_crossbar``).
       fuse_elementwise: fuse connected elementwise primitives into one local
         derivative (exact ``f'(x)**2`` for inline activations such as Flax's
         GELU). ``False`` applies the rule primitive by primitive, summing squared
@@ -200,7 +244,8 @@ def obd_diagonal(
       ``d2L/dw2`` of the summed loss.
 
     Raises:
-      ValueError: for an unknown ``loss`` or ``avg_pool``, or non-array logits.
+      ValueError: for an unknown ``loss``, ``avg_pool`` or ``q_scale``, or
+        non-array logits.
       NotImplementedError: naming a primitive on the path from params to logits
         that has no rule (control flow such as ``scan``, ``while`` or ``cond``).
         ``OBD_SUPPORTED_PRIMITIVES`` lists those handled; control flow that does
@@ -210,10 +255,9 @@ def obd_diagonal(
       method.md §4.3 (per-layer rules, seed, quirks) and §4.4; architecture.md,
       "The paper's one-pass second derivative, for any JAX model".
     """
-    _check_loss(loss)
-    if avg_pool not in ("exact", "authors"):
-        raise ValueError(f"avg_pool must be 'exact' or 'authors', got {avg_pool!r}")
-    leaves, treedef = jax.tree_util.tree_flatten(params)
+    _check_rules(loss, avg_pool, q_scale)
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [leaf for _, leaf in path_leaves]
     x_leaves, x_def = jax.tree_util.tree_flatten(x)
     n = len(leaves)
 
@@ -227,11 +271,26 @@ def obd_diagonal(
             f"{len(closed.jaxpr.outvars)} outputs"
         )
     in_active = [_is_float_leaf(v) for v in leaves] + [False] * len(x_leaves)
-    rec = _obd.forward(closed.jaxpr, closed.consts, [*leaves, *x_leaves], in_active)
+    in_source = None
+    q_scales = None
+    if q_scale == "authors":
+        pred = default_crossbar if predicate is None else predicate
+        in_source = [
+            i if act and pred(path_str(path), leaf) else None
+            for i, ((path, leaf), act) in enumerate(
+                zip(path_leaves, in_active, strict=False)
+            )
+        ] + [None] * len(x_leaves)
+        q_scales = [_layer_scale(leaf) for leaf in leaves]
+    rec = _obd.forward(
+        closed.jaxpr, closed.consts, [*leaves, *x_leaves], in_active, in_source
+    )
     out = closed.jaxpr.outvars[0]
     logits = _obd._read(rec.env, out)
     seed = _logit_hessian_seed(jnp.asarray(logits), y, loss)
-    h_in = _obd.backward(rec, [seed], fuse=fuse_elementwise, avg_pool=avg_pool)
+    h_in = _obd.backward(
+        rec, [seed], fuse=fuse_elementwise, avg_pool=avg_pool, q_scales=q_scales
+    )
     result = []
     for leaf, hl in zip(leaves, h_in[:n], strict=True):
         if hl is None:
@@ -249,14 +308,20 @@ def obd_over_dataset(
     batch_size: int = 128,
     loss: str = "cross_entropy",
     avg_pool: str = "exact",
+    q_scale: str = "exact",
+    predicate: CrossbarPredicate | None = None,
     augment: Callable[[jax.Array, Any], Any] | None = None,
     key: jax.Array | None = None,
 ) -> tuple[Any, Any]:
     """Runs :func:`obd_diagonal` over a dataset in batches, as the authors do.
 
-    This is a dataset-level driver: it jits its per-batch step once (plus once for
-    a smaller last batch) and loops over batches in Python, slicing ``x`` and ``y``
-    on the host, so the dataset need not fit on the device.
+    This is a dataset-level driver: its per-batch step is one module-level jitted
+    function with ``apply_fn``, the options and ``augment`` static, compiled once
+    per batch shape (plus once for a smaller last batch) and reused by later calls
+    with an equal ``apply_fn`` (the same function, or a bound method of an equal
+    object such as an equal :class:`uswim_jax.models.Model`). It loops over
+    batches in Python, slicing ``x`` and ``y`` on the host, so the dataset need
+    not fit on the device.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> logits``.
@@ -266,6 +331,9 @@ def obd_over_dataset(
       batch_size: samples per batch (the authors use 128).
       loss: ``"cross_entropy"`` or ``"squared_error"``.
       avg_pool: ``"exact"`` or ``"authors"`` (see :func:`obd_diagonal`).
+      q_scale: ``"exact"`` or ``"authors"`` (see :func:`obd_diagonal`).
+      predicate: the crossbar predicate for ``q_scale`` (see
+        :func:`obd_diagonal`).
       augment: ``augment(key, xb) -> xb``, applied to every batch before both
         passes (the authors run the second-derivative pass with the training
         augmentations, method.md §4.2 step 2); batch ``i`` gets
@@ -279,7 +347,7 @@ def obd_over_dataset(
 
     Raises:
       ValueError: for a non-positive ``batch_size``, mismatched lengths or an
-        unknown ``loss``.
+        unknown ``loss``, ``avg_pool`` or ``q_scale``.
 
     References:
       method.md §4.2 steps 2–3 and §10.3.
@@ -288,6 +356,7 @@ def obd_over_dataset(
     batch_size = int(batch_size)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    _check_rules(loss, avg_pool, q_scale)
     num = int(np.shape(x)[0])
     if int(np.shape(y)[0]) != num:
         raise ValueError(
@@ -299,34 +368,72 @@ def obd_over_dataset(
     if augment is not None and key is None:
         raise ValueError("key is required when augment is given")
     check_finite_tree("params", params)
-    fl, merge, expand = _split_float(params)
-
-    def step(float_leaves: list, xb: Any, yb: Any, bkey: Any) -> tuple[Any, Any]:
-        if augment is not None:
-            xb = augment(bkey, xb)
-        hess = obd_diagonal(
-            apply_fn, merge(float_leaves), xb, yb, loss=loss, avg_pool=avg_pool
-        )
-
-        def mean_loss(fls: list) -> jax.Array:
-            z = apply_fn(merge(fls), xb)
-            return jnp.mean(_per_example_loss(z, yb, loss))
-
-        return hess, expand(jax.grad(mean_loss)(float_leaves))
-
-    jstep = jax.jit(step)
-    add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
+    options = {
+        "apply_fn": apply_fn,
+        "loss": loss,
+        "avg_pool": avg_pool,
+        "q_scale": q_scale,
+        "predicate": predicate,
+        "augment": augment,
+    }
     hess = grad = None
     for start in range(0, num, batch_size):
         bkey = None if augment is None else jax.random.fold_in(key, start // batch_size)
-        hb, gb = jstep(
-            fl, x[start : start + batch_size], y[start : start + batch_size], bkey
+        hb, gb = _obd_batch(
+            params,
+            x[start : start + batch_size],
+            y[start : start + batch_size],
+            bkey,
+            **options,
         )
         if hess is None:
             hess, grad = hb, gb
         else:
-            hess, grad = add(hess, hb), add(grad, gb)
+            hess, grad = _tree_add(hess, hb), _tree_add(grad, gb)
     return hess, grad
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("apply_fn", "loss", "avg_pool", "q_scale", "predicate", "augment"),
+)
+def _obd_batch(
+    params: Any,
+    xb: Any,
+    yb: Any,
+    bkey: Any,
+    *,
+    apply_fn: Callable,
+    loss: str,
+    avg_pool: str,
+    q_scale: str,
+    predicate: CrossbarPredicate | None,
+    augment: Callable | None,
+) -> tuple[Any, Any]:
+    """One batch of :func:`obd_over_dataset`: the one-pass diagonal and the
+    gradient of the batch-mean loss (zeros for non-float leaves)."""
+    if augment is not None:
+        xb = augment(bkey, xb)
+    hess = obd_diagonal(
+        apply_fn,
+        params,
+        xb,
+        yb,
+        loss=loss,
+        avg_pool=avg_pool,
+        q_scale=q_scale,
+        predicate=predicate,
+    )
+    fl, merge, expand = _split_float(params)
+
+    def mean_loss(fls: list) -> jax.Array:
+        z = apply_fn(merge(fls), xb)
+        return jnp.mean(_per_example_loss(z, yb, loss))
+
+    return hess, expand(jax.grad(mean_loss)(fl))
+
+
+_tree_add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
 
 
 # ---------------------------------------------------------------------- Hutchinson

@@ -139,6 +139,9 @@ class ExperimentConfig:
     first_order: bool = True
     k_power: int = 1
     avg_pool: str = "exact"
+    # The authors' Q-layer scale rule (h * a instead of h * a**2, method.md
+    # §4.3); "authors" needs a quantized model (train.weight_bits).
+    q_scale: str = "exact"
     curvature_augment: bool = False
     programming: str = "gaussian"
     finetune_steps: int = 0
@@ -178,6 +181,7 @@ class ExperimentConfig:
         for k, v in ABLATION_DEFAULTS.items():
             if d.get(k) == v:
                 d.pop(k, None)
+        d["train"] = self.train.to_json()  # leaves out unset new train fields
         return d
 
 
@@ -273,7 +277,13 @@ def compute_sensitivities(
             "key": jax.random.fold_in(jax.random.key(config.seed), 13),
         }
     hess, grad = curvature.obd_over_dataset(
-        apply_fn, params, x[:n], y[:n], avg_pool=config.avg_pool, **aug
+        apply_fn,
+        params,
+        x[:n],
+        y[:n],
+        avg_pool=config.avg_pool,
+        q_scale=config.q_scale,
+        **aug,
     )
     hess, grad = jax.block_until_ready((hess, grad))  # so the time is real
     out = {"obd": hess, "obd_grad": grad}
@@ -318,6 +328,7 @@ ABLATION_DEFAULTS = {
     "first_order": True,
     "k_power": 1,
     "avg_pool": "exact",
+    "q_scale": "exact",
     "curvature_augment": False,
     "programming": "gaussian",
     "finetune_steps": 0,
@@ -332,6 +343,15 @@ def _check_ablation_flags(c: "ExperimentConfig") -> None:
         raise ValueError(f"k_power must be 1 or 2, got {c.k_power!r}")
     if c.avg_pool not in ("exact", "authors"):
         raise ValueError(f"avg_pool must be 'exact' or 'authors', got {c.avg_pool!r}")
+    if c.q_scale not in ("exact", "authors"):
+        raise ValueError(f"q_scale must be 'exact' or 'authors', got {c.q_scale!r}")
+    if c.q_scale == "authors" and c.train.weight_bits is None:
+        # The authors' float layers multiply the output by the scale, which is
+        # exact; only their quantized (Q) layers have the quirk.
+        raise ValueError(
+            "q_scale='authors' reproduces the authors' quantized layers: it needs "
+            "a quantized model (train.weight_bits)"
+        )
     if not isinstance(c.curvature_augment, bool):
         raise ValueError(
             f"curvature_augment must be a bool, got {c.curvature_augment!r}"
@@ -659,6 +679,7 @@ def run(
         num_classes=max(2, getattr(train_data, "num_classes", 10)),
         input_shape=tuple(shape_train),
         weight_bits=config.train.weight_bits,
+        width=config.train.width,
     )
     run_dir = prepare_run_dir(run_dir, {"experiment": config.to_json()})
     num_test = len(test_data)
@@ -819,7 +840,15 @@ def run(
         "seconds_total": seconds + _previous_seconds(run_dir / "run_info.json"),
     }
     atomic_write_json(run_dir / "run_info.json", info)
-    return {**info, "curves": curves, "config": config}
+    # The evaluated params (Q(W) for quantized models) and the sensitivities, for
+    # drivers that compare the orders of two runs (the ablations).
+    return {
+        **info,
+        "curves": curves,
+        "config": config,
+        "params": params,
+        "sensitivities": sens,
+    }
 
 
 def _previous_seconds(path: Path) -> float:

@@ -8,6 +8,7 @@ Recipes as the authors (method.md §7): Adam 1e-3 for LeNet and the ConvNet; SGD
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -46,6 +47,9 @@ class TrainConfig:
     weight_bits: int | None = None
     augment: bool = False
     train_subset: int | None = None
+    # ResNet-18's base channel count (None: 64); left out of ``to_json`` when
+    # unset so run folders made before the field existed keep their hash.
+    width: int | None = None
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -86,6 +90,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.width is not None and (
+            self.model != "resnet18"
+            or not isinstance(self.width, int)
+            or isinstance(self.width, bool)
+            or self.width < 1
+        ):
+            raise ValueError(
+                f"width must be a positive integer and needs model 'resnet18', "
+                f"got width={self.width!r} with model {self.model!r}"
+            )
 
     def resolved(self) -> "TrainConfig":
         """The config with the model's recipe filled in."""
@@ -102,7 +116,10 @@ class TrainConfig:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d.get("width") is None:
+            d.pop("width", None)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -186,7 +203,6 @@ def accuracy(
     """Clean test accuracy in [0, 1], evaluated in batches (the last one padded)."""
     if len(x) == 0:
         raise ValueError("accuracy needs at least one sample")
-    fwd = jax.jit(lambda p, xb: jnp.argmax(apply_fn(p, xb), -1))
     correct = 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
@@ -195,9 +211,15 @@ def accuracy(
             xb = np.concatenate(
                 [xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)]
             )
-        pred = np.asarray(fwd(params, xb))[:n]
+        pred = np.asarray(_predict(params, xb, apply_fn=apply_fn))[:n]
         correct += int(np.sum(pred == y[i : i + n]))
     return correct / len(x)
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _predict(params: Any, xb: Any, *, apply_fn) -> jax.Array:
+    """Predicted classes; one compilation per (equal) ``apply_fn`` and shape."""
+    return jnp.argmax(apply_fn(params, xb), -1)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -265,6 +287,7 @@ def train(
         num_classes=train_data.num_classes,
         input_shape=tuple(x_train.shape[1:]),
         weight_bits=c.weight_bits,
+        width=c.width,
     )
     steps = len(x_train) // c.batch_size
     if steps == 0:
@@ -388,6 +411,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Model, Any, TrainConfig]:
         num_classes=spec.num_classes,
         input_shape=spec.shape,
         weight_bits=c.weight_bits,
+        width=c.width,
     )
     tx = make_optimizer(c, 1)
     template = _init_state(model, tx, c.seed)

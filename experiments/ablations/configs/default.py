@@ -9,6 +9,18 @@ s = 3 at sigma = 0.3 (the authors' default dev_var and a mid s), sigma_verified
 = sigma / 10, a write-verify costs 10 cycles per device, first-order term on,
 U-SWIM's k linear, the authors' average-pool rule (h/k), Gaussian programming,
 7 budget points.
+
+The authors' two sensitivity quirks need other models, so each is a pair of
+variants on its own model, compared in their own section of the table:
+
+- the Q-layer scale rule (h * a instead of h * a**2, method.md §4.3) exists only
+  in quantized layers: a 4-bit LeNet (the authors' QLeNet bit width), trained
+  like the base, with the exact rule and with the authors';
+- the average-pool rule (h / k instead of h / k**2) needs an average pool, which
+  LeNet lacks: a narrow ResNet-18 (base width 8, global average pool over the
+  last 4x4 feature map, so k = 16) on the same MNIST images, a few epochs of the
+  authors' ResNet recipe, with each rule, on a test subset with fewer trials so
+  that it fits the 2-core CPU in a few minutes.
 """
 
 import dataclasses
@@ -36,8 +48,13 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class AblationConfig:
+    """The base, the variants, and ``pairs`` of variant names ``(reference,
+    changed)`` whose verification orders are compared in the table (Spearman,
+    per-layer verified fractions, accuracy against budget)."""
+
     base: ExperimentConfig
     variants: tuple[Variant, ...]
+    pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         names = [v.name for v in self.variants]
@@ -47,19 +64,45 @@ class AblationConfig:
             raise ValueError(f"variant names must be unique, got {names}")
         for v in self.variants:
             v.apply(self.base)  # validates every variant's config
+        for pair in self.pairs:
+            if len(pair) != 2 or not set(pair) <= set(names):
+                raise ValueError(f"pairs must name two variants, got {pair!r}")
 
 
 def _u(**kw) -> tuple[tuple[str, Any], ...]:
     return tuple({**UNIFORM, "methods": ("swim",), **kw}.items())
 
 
+#: The quantized LeNet of the Q-layer scale pair (the authors' QLeNet, 4 bits).
+QLENET_TRAIN = TrainConfig(
+    model="lenet", dataset="mnist", epochs=20, seed=0, weight_bits=4
+)
+#: The narrow ResNet-18 of the average-pool pair (the authors' ResNet recipe:
+#: SGD 0.01, momentum 0.9, weight decay 5e-4, cosine; 5 epochs).
+RESNET_TRAIN = TrainConfig(model="resnet18", dataset="mnist", epochs=5, seed=0, width=8)
+#: Monte Carlo size of the ResNet pair (first test images, trials).
+RESNET_MC = {"test_subset": 1000, "num_trials": 10}
+
+#: The pairs the table compares order by order.
+PAIRS = (
+    ("qlenet4", "qlenet4-q-scale-authors"),
+    ("resnet-avg-pool-exact", "resnet-avg-pool-authors"),
+)
+
+
 def variants(
-    base_fractions: tuple[float, ...], finetune_steps: int = 1000
+    base_fractions: tuple[float, ...],
+    finetune_steps: int = 1000,
+    *,
+    qlenet_train: TrainConfig = QLENET_TRAIN,
+    resnet_train: TrainConfig = RESNET_TRAIN,
+    resnet_mc: dict[str, Any] | None = None,
 ) -> tuple[Variant, ...]:
     coarse = tuple(f for f in (0.01, 0.05, 0.2) if f <= max(base_fractions))
     extra = {0.001, 0.003, 0.0075, 0.015, 0.03, 0.075, 0.15}
     top = max(base_fractions)
     fine = tuple(sorted(set(base_fractions) | {f for f in extra if f <= top}))
+    mc = RESNET_MC if resnet_mc is None else resnet_mc
     return (
         Variant("base", "the authors' code (see the config docstring)"),
         Variant(
@@ -71,12 +114,6 @@ def variants(
             "k-squared",
             "U-SWIM multiplier k**2 (variance ratio) instead of k (std ratio)",
             tuple({**STATE, "methods": ("uswim",), "k_power": 2}.items()),
-        ),
-        Variant(
-            "avg-pool-exact",
-            "exact average-pool rule h/k**2 instead of the authors' h/k "
-            "(LeNet has no average pool: must match the base)",
-            _u(avg_pool="exact"),
         ),
         Variant(
             "coarse-steps",
@@ -113,6 +150,33 @@ def variants(
             "sigma_verified = 0.2 sigma instead of 0.1 sigma",
             _u(verified_ratio=0.2),
         ),
+        Variant(
+            "qlenet4",
+            f"{qlenet_train.weight_bits}-bit LeNet (the authors' QLeNet bit "
+            "width; noise on Q(W)), exact Q-layer scale rule (h * a**2)",
+            _u(train=qlenet_train),
+        ),
+        Variant(
+            "qlenet4-q-scale-authors",
+            f"{qlenet_train.weight_bits}-bit LeNet, the authors' Q-layer scale "
+            "rule: h through the input scale x * max|W_l| gets a, not a**2, so "
+            "every crossbar layer divides the h of its input by max|W_l| "
+            "(method.md §4.3)",
+            _u(train=qlenet_train, q_scale="authors"),
+        ),
+        Variant(
+            "resnet-avg-pool-exact",
+            f"ResNet-18 of width {resnet_train.width} ({resnet_train.epochs} "
+            "epochs), exact average-pool rule h/k**2",
+            _u(train=resnet_train, avg_pool="exact", **mc),
+        ),
+        Variant(
+            "resnet-avg-pool-authors",
+            f"ResNet-18 of width {resnet_train.width}, the authors' "
+            "average-pool rule h/k (every conv's h times k = 16 relative to the "
+            "dense head)",
+            _u(train=resnet_train, avg_pool="authors", **mc),
+        ),
     )
 
 
@@ -134,14 +198,16 @@ def _base(**kw) -> ExperimentConfig:
 
 
 def get_config() -> AblationConfig:
-    """The default table: about 10 minutes on 2 CPU cores."""
+    """The default table: about 25-30 minutes from scratch on 2 shared CPU cores
+    (the LeNet variants about 15, the quantized LeNet pair 2, the ResNet-18 pair
+    about 11); a rerun resumes what its run folders hold."""
     base = _base()
-    return AblationConfig(base, variants(base.fractions))
+    return AblationConfig(base, variants(base.fractions), PAIRS)
 
 
 def get_quick_config() -> AblationConfig:
-    """A smoke run of every variant in a few minutes: 2 epochs on 2,048 images,
-    500 test images, 6 trials, 4 budget points."""
+    """A smoke run of every variant in a few minutes: 2 epochs on 2,048 images
+    (1 for the ResNet), 500 test images, 6 trials, 4 budget points."""
     base = _base(
         train=TrainConfig(
             model="lenet", dataset="mnist", epochs=2, seed=0, train_subset=2048
@@ -151,4 +217,15 @@ def get_quick_config() -> AblationConfig:
         test_subset=500,
         curvature_subset=2048,
     )
-    return AblationConfig(base, variants(base.fractions, finetune_steps=200))
+    small = {"train_subset": 2048, "epochs": 2}
+    return AblationConfig(
+        base,
+        variants(
+            base.fractions,
+            finetune_steps=200,
+            qlenet_train=dataclasses.replace(QLENET_TRAIN, **small),
+            resnet_train=dataclasses.replace(RESNET_TRAIN, **{**small, "epochs": 1}),
+            resnet_mc={"test_subset": 500, "num_trials": 6},
+        ),
+        PAIRS,
+    )

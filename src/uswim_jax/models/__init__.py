@@ -57,9 +57,17 @@ DEFAULT_WEIGHT_BITS = {"lenet": 4, "convnet": 6, "resnet18": 8}
 _DEFAULT_INPUT = {"lenet": (28, 28, 1), "convnet": (32, 32, 3), "resnet18": (32, 32, 3)}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class Model:
     """A Flax module with the shapes it expects.
+
+    Models compare and hash by value: Flax linen modules are dataclasses that
+    compare and hash by their fields, so two ``build_model`` calls with the same
+    arguments (or ``export`` of equal models) give equal models. ``apply_fn`` is
+    a callable that compares and hashes by its model too (a bound method would
+    not: Python compares a bound method's ``__self__`` by identity), so a jitted
+    function taking ``model.apply_fn`` as a static argument compiles once for
+    all equal models instead of once per ``Model`` object.
 
     Attributes:
         name: ``lenet``, ``convnet`` or ``resnet18``.
@@ -92,8 +100,13 @@ class Model:
                 f"{', '.join(map(str, self.input_shape))}) NHWC images"
             )
 
-    def apply_fn(self, params: Any, x: jax.Array) -> jax.Array:
-        """Logits in inference mode (batch-norm uses its running statistics)."""
+    @property
+    def apply_fn(self) -> "ApplyFn":
+        """``apply_fn(params, x) -> logits`` in inference mode (batch-norm uses
+        its running statistics); equal for equal models."""
+        return ApplyFn(self)
+
+    def _apply(self, params: Any, x: jax.Array) -> jax.Array:
         self.check_input(x)
         return self.module.apply(params, x, train=False)
 
@@ -130,6 +143,18 @@ class Model:
         return float_model, qparams
 
 
+@dataclasses.dataclass(frozen=True)
+class ApplyFn:
+    """``Model.apply_fn``: ``(params, x) -> logits`` in inference mode, a
+    callable that compares and hashes by its model's value (usable as a static
+    argument of ``jax.jit``)."""
+
+    model: Model
+
+    def __call__(self, params: Any, x: jax.Array) -> jax.Array:
+        return self.model._apply(params, x)
+
+
 def build_model(
     name: str,
     *,
@@ -139,6 +164,7 @@ def build_model(
     quantized: bool = False,
     quant_scheme: str = "swim",
     conv_impl: str = "xla",
+    width: int | None = None,
 ) -> Model:
     """Builds one of the papers' models.
 
@@ -158,9 +184,12 @@ def build_model(
             their conv trunk in the CHWN layout). The same params and function;
             ``"im2col"`` is faster for Monte Carlo trials ``vmap``-ed over
             per-trial kernels on CPU (``benchmarks/mc_throughput.py``).
+        width: ResNet-18's base channel count (stages of ``width``,
+            ``2 width``, ``4 width``, ``8 width`` channels); ``None`` is the
+            standard 64. Only ResNet-18 takes it.
 
     Raises:
-        ValueError: unknown model, bad bits, scheme or conv_impl.
+        ValueError: unknown model, bad bits, scheme, conv_impl or width.
     """
     if name not in _CLASSES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -180,6 +209,13 @@ def build_model(
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    extra = {}
+    if width is not None:
+        if name != "resnet18":
+            raise ValueError(f"width applies to resnet18 only, not {name!r}")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        extra["width"] = width
     input_shape = tuple(input_shape or _DEFAULT_INPUT[name])
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (H, W, C), got {input_shape}")
@@ -193,5 +229,6 @@ def build_model(
         weight_bits=weight_bits,
         quant_scheme=quant_scheme,
         conv_impl=conv_impl,
+        **extra,
     )
     return Model(name, module, input_shape, num_classes)

@@ -36,20 +36,27 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
     """Bias-free convs with batch-norm, adaptive average pool, dense head.
-    11,164,352 weights for 10 classes, 11,261,632 for 200."""
+    11,164,352 weights for 10 classes, 11,261,632 for 200.
+
+    ``width`` is the base channel count: the stem and the four stages have
+    ``width``, ``width``, ``2 width``, ``4 width`` and ``8 width`` channels (64
+    is the authors' ResNet-18; a narrow one, e.g. 8, runs the ablations on a
+    CPU)."""
 
     num_classes: int = 10
     weight_bits: int | None = None
     quant_scheme: str = "swim"
     conv_impl: str = "xla"
+    width: int = 64
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         q = {"weight_bits": self.weight_bits, "quant_scheme": self.quant_scheme}
         c = {**q, "conv_impl": self.conv_impl}
-        x = Conv(64, 3, 1, 1, use_bias=False, **c)(x)
+        w = self.width
+        x = Conv(w, 3, 1, 1, use_bias=False, **c)(x)
         x = nn.relu(_bn(train)(x))
-        for i, width in enumerate((64, 128, 256, 512)):
+        for i, width in enumerate((w, 2 * w, 4 * w, 8 * w)):
             stride = 1 if i == 0 else 2
             x = BasicBlock(width, stride, **c)(x, train)
             x = BasicBlock(width, 1, **c)(x, train)
