@@ -50,15 +50,15 @@ CONFIG = ExperimentConfig(
 def main(run_dir: str) -> None:
     pause = float(os.environ.get("USWIM_TEST_PAUSE", "0"))
     if pause:
-        from uswim_jax import experiment
+        from uswim_jax.experiment import units
 
-        save = experiment._save_curve
+        save = units._save_curve
 
         def save_then_pause(path, curve):
             save(path, curve)
             time.sleep(pause)
 
-        experiment._save_curve = save_then_pause
+        units._save_curve = save_then_pause
     out = run(
         CONFIG,
         run_dir,

@@ -9,12 +9,8 @@ import pytest
 from _toy import mlp_apply, toy_problem
 
 from uswim_jax import curvature, selection
-from uswim_jax.experiment import (
-    ExperimentConfig,
-    Setting,
-    _mc_device,
-    method_order,
-)
+from uswim_jax.experiment import ExperimentConfig, Setting, method_order
+from uswim_jax.experiment.units import _mc_device
 from uswim_jax.programming import PulseModel
 from uswim_jax.report import config_hash
 

@@ -8,8 +8,7 @@ import pytest
 from _toy import mlp_apply, toy_problem
 
 import uswim_jax as u
-from uswim_jax import experiment
-from uswim_jax.experiment import Setting
+from uswim_jax.experiment import Setting, units
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def problem():
 def _chunk(problem, counts):
     params, x, y, device, order, _ = problem
     ends = (jnp.zeros(8, jnp.float32), jnp.ones(8, jnp.float32))
-    return experiment._sweep_jit(
+    return units._sweep_jit(
         jax.random.key(3),
         params,
         x,
@@ -46,10 +45,10 @@ def test_chunks_join_to_the_whole_curve(problem, per):
     step uses the same trial keys)."""
     counts = problem[-1]
     whole = jax.device_get(_chunk(problem, counts))
-    slices = experiment._chunk_slices(len(counts), per)
+    slices = units._chunk_slices(len(counts), per)
     assert [s.start for s in slices] == list(range(0, len(counts), per))
     parts = [jax.device_get(_chunk(problem, counts[s])) for s in slices]
-    joined = experiment._join_chunks(parts)
+    joined = units._join_chunks(parts)
     for name in whole._fields:
         np.testing.assert_array_equal(
             np.asarray(getattr(joined, name)), np.asarray(getattr(whole, name)), name
@@ -59,32 +58,32 @@ def test_chunks_join_to_the_whole_curve(problem, per):
 def test_saved_chunks_are_reused_and_removed_when_the_curve_is_done(problem, tmp_path):
     counts = problem[-1]
     setting = Setting(0.5)
-    slices = experiment._chunk_slices(len(counts), 2)
+    slices = units._chunk_slices(len(counts), 2)
     # A previous (killed) invocation finished chunk 1 only.
     done = jax.device_get(_chunk(problem, counts[slices[1]]))
-    experiment._save_curve(experiment._chunk_file(tmp_path, setting, "swim", 1), done)
+    units._save_curve(units._chunk_file(tmp_path, setting, "swim", 1), done)
     calls = []
 
     def sweep_chunk(sl):
         calls.append(sl.start)
         return _chunk(problem, counts[sl])
 
-    curve = experiment._sweep_in_chunks(tmp_path, setting, "swim", slices, sweep_chunk)
+    curve = units._sweep_in_chunks(tmp_path, setting, "swim", slices, sweep_chunk)
     assert calls == [slices[0].start, slices[2].start]  # chunk 1 was not redone
     whole = jax.device_get(_chunk(problem, counts))
     np.testing.assert_array_equal(curve.accuracies, whole.accuracies)
-    saved = experiment._load_curve(experiment._curve_file(tmp_path, setting, "swim"))
+    saved = units._load_curve(units._curve_file(tmp_path, setting, "swim"))
     np.testing.assert_array_equal(saved.accuracies, whole.accuracies)
     assert not list((tmp_path / "chunks").glob("*__steps*.npz"))
 
 
 def test_corrupt_chunk_is_reported(problem, tmp_path):
     setting = Setting(0.5)
-    slices = experiment._chunk_slices(6, 3)
-    experiment._chunk_file(tmp_path, setting, "swim", 0).parent.mkdir(parents=True)
-    experiment._chunk_file(tmp_path, setting, "swim", 0).write_bytes(b"PK\x03\x04")
+    slices = units._chunk_slices(6, 3)
+    units._chunk_file(tmp_path, setting, "swim", 0).parent.mkdir(parents=True)
+    units._chunk_file(tmp_path, setting, "swim", 0).write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="corrupt curve file .*delete it"):
-        experiment._sweep_in_chunks(tmp_path, setting, "swim", slices, lambda sl: None)
+        units._sweep_in_chunks(tmp_path, setting, "swim", slices, lambda sl: None)
 
 
 def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):

@@ -14,7 +14,7 @@ from _toy import mlp_apply, toy_problem
 import uswim_jax as u
 from uswim_jax import checkpoint, cli, data, experiment
 from uswim_jax.data import Dataset
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.experiment import ExperimentConfig, units
 from uswim_jax.models import build_model
 from uswim_jax.report import prepare_run_dir
 from uswim_jax.train import TrainConfig, train
@@ -318,9 +318,9 @@ def test_corrupt_curve_and_chunk_files_are_clear_errors(tmp_path, content):
     path = tmp_path / "c.npz"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="corrupt curve file"):
-        experiment._load_curve(path)
+        units._load_curve(path)
     with pytest.raises(ValueError, match="corrupt"):
-        experiment._load_ends(path)
+        units._load_ends(path)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

@@ -1,0 +1,178 @@
+"""The per-weight scores every order is built from: the one-pass diagonal and
+first-order term over the training set, the other curvature estimators on a
+subset, noise-aware fine-tuning, and each method's verification order."""
+
+import functools
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uswim_jax import curvature, selection
+from uswim_jax._io import atomic_write_bytes, npz_bytes
+from uswim_jax.data import Dataset
+from uswim_jax.device import UniformVariation
+from uswim_jax.experiment.config import ExperimentConfig, Setting
+from uswim_jax.experiment.units import _is_pulse
+
+
+def _save_tree(path: Path, trees: dict[str, Any]) -> None:
+    arrays = {}
+    for name, tree in trees.items():
+        for i, leaf in enumerate(jax.tree.leaves(tree)):
+            arrays[f"{name}/{i}"] = np.asarray(leaf)
+    atomic_write_bytes(path, npz_bytes(**arrays))
+
+
+def _load_tree(path: Path, template: Any, names: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    treedef = jax.tree.structure(template)
+    n = treedef.num_leaves
+    try:
+        with open(path, "rb") as f, np.load(f) as z:
+            if not all(f"{name}/0" in z for name in names):
+                return None
+            return {
+                name: treedef.unflatten([z[f"{name}/{i}"] for i in range(n)])
+                for name in names
+            }
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"corrupt sensitivity file {path} ({e}); delete it") from e
+
+
+def compute_sensitivities(
+    apply_fn, params, train_data: Dataset, config: ExperimentConfig, log=print
+) -> dict[str, Any]:
+    """One-pass diagonal (and first-order term) over the training set, plus the
+    other curvature estimators on a subset. Returns a dict of pytrees."""
+    x, y = train_data
+    n = config.curvature_subset or len(x)
+    t0 = time.perf_counter()
+    aug = {}
+    if config.curvature_augment:
+        # Training augmentations in the second-derivative pass (method.md §4.2
+        # step 2, §10.3), batch-norm in inference mode (apply_fn).
+        from uswim_jax.train import augment_batch
+
+        aug = {
+            "augment": augment_batch,
+            "key": jax.random.fold_in(jax.random.key(config.seed), 13),
+        }
+    hess, grad = curvature.obd_over_dataset(
+        apply_fn,
+        params,
+        x[:n],
+        y[:n],
+        avg_pool=config.avg_pool,
+        q_scale=config.q_scale,
+        **aug,
+    )
+    hess, grad = jax.block_until_ready((hess, grad))  # so the time is real
+    out = {"obd": hess, "obd_grad": grad}
+    log(
+        f"  one-pass diagonal over {n} training images: "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    wanted = {m.split("-", 1)[1] for m in config.methods if m.startswith("eloss-")}
+    m = min(config.estimator_subset, len(x))
+    xs, ys = jnp.asarray(x[:m]), jnp.asarray(y[:m])
+    if "hutchinson" in wanted:
+        t0 = time.perf_counter()
+        loss_fn = curvature.make_loss_fn(apply_fn, xs, ys)
+        est, se = jax.jit(
+            functools.partial(
+                curvature.hutchinson_diagonal,
+                num_probes=config.hutchinson_probes,
+                chunk_size=8,
+            ),
+            static_argnums=(1,),
+        )(jax.random.fold_in(jax.random.key(config.seed), 7), loss_fn, params)
+        out["hutchinson"], out["hutchinson_se"] = jax.block_until_ready((est, se))
+        log(
+            f"  Hutchinson ({config.hutchinson_probes} probes, {m} images): "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+    for name, fn in (
+        ("ggn", curvature.ggn_diagonal),
+        ("fisher", curvature.fisher_diagonal),
+    ):
+        if name in wanted:
+            t0 = time.perf_counter()
+            out[name] = jax.block_until_ready(
+                jax.jit(functools.partial(fn, apply_fn, chunk_size=64))(params, xs, ys)
+            )
+            log(f"  {name} diagonal ({m} images): {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def _finetuned(model, params, train_data, config, run_dir: Path, log) -> Any:
+    """Noise-aware fine-tuning of the trained model (method.md §6), cached in
+    ``run_dir/finetuned.npz``."""
+    from uswim_jax.finetune import FinetuneConfig, noise_aware_finetune
+
+    path = run_dir / "finetuned.npz"
+    got = _load_tree(path, params, ["params"])
+    if got is not None:
+        return got["params"]
+    t0 = time.perf_counter()
+    if config.train.train_subset:
+        train_data = train_data.take(config.train.train_subset)
+    device = UniformVariation(config.finetune_sigma, 0.0)
+    ft = FinetuneConfig(
+        steps=config.finetune_steps,
+        batch_size=min(config.train.batch_size, len(train_data)),
+        seed=config.seed,
+    )
+    params, _ = noise_aware_finetune(model, params, train_data, device, ft)
+    _save_tree(path, {"params": params})
+    log(
+        f"  noise-aware fine-tuning, {config.finetune_steps} steps at sigma "
+        f"{config.finetune_sigma:g}: {time.perf_counter() - t0:.1f} s"
+    )
+    return params
+
+
+def method_order(
+    method: str,
+    params,
+    sens: dict[str, Any],
+    setting: Setting,
+    device,
+    seed: int,
+    *,
+    first_order: bool = True,
+    k_power: int = 1,
+) -> jax.Array:
+    """The verification order of ``method`` under ``setting`` (``first_order``
+    and ``k_power`` are the SWIM/U-SWIM ablation switches)."""
+    if _is_pulse(device):  # expected-loss orders use the Gaussian equivalent
+        device = setting.device(1.0)
+    if method == "random":
+        key = jax.random.fold_in(jax.random.key(seed), 11)
+        scores = selection.random_score(key, params)
+    elif method == "magnitude":
+        scores = selection.magnitude_score(params)
+    elif method == "swim":
+        scores = selection.swim_score(
+            params, sens["obd"], sens["obd_grad"], first_order=first_order
+        )
+    elif method == "uswim":
+        scores = selection.uswim_score(
+            params,
+            sens["obd"],
+            sens["obd_grad"],
+            s=1.0 if setting.s is None else setting.s,
+            first_order=first_order,
+            k_power=k_power,
+        )
+    elif method.startswith("eloss-"):
+        sw, sv = device.std(params)
+        scores = selection.expected_loss_score(sens[method[6:]], sw, sv)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return selection.global_order(scores)
