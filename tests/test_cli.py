@@ -52,3 +52,65 @@ def test_missing_data_one_line_exit_1(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not load 'cifar10'" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def _captured_sweep_config(argv, monkeypatch):
+    """The ExperimentConfig ``uswim sweep`` would run, without running it."""
+    from uswim_jax import data, experiment
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_run(config, run_dir, **kwargs):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    monkeypatch.setattr(data, "load", lambda *a, **k: None)
+    with pytest.raises(Stop):
+        cli.main(["sweep", *argv])
+    return seen["config"]
+
+
+def test_sweep_flags_reach_the_config(monkeypatch, tmp_path):
+    config = _captured_sweep_config(
+        [
+            "--quantized",
+            "--lr",
+            "0.01",
+            "--q-scale",
+            "authors",
+            "--avg-pool",
+            "authors",
+            "--no-first-order",
+            "--k-power",
+            "2",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        monkeypatch,
+    )
+    assert config.train.weight_bits == 4  # the authors' QLeNet
+    assert config.train.learning_rate == 0.01
+    assert (config.q_scale, config.avg_pool) == ("authors", "authors")
+    assert not config.first_order and config.k_power == 2
+
+
+def test_sweep_defaults_are_the_library_defaults(monkeypatch, tmp_path):
+    from uswim_jax.experiment import ExperimentConfig
+
+    config = _captured_sweep_config(["--run-dir", str(tmp_path / "r")], monkeypatch)
+    base = ExperimentConfig()
+    for name in ("first_order", "k_power", "avg_pool", "q_scale", "num_trials"):
+        assert getattr(config, name) == getattr(base, name)
+    assert config.train.weight_bits is None and config.train.epochs == 20
+
+
+def test_q_scale_quirk_without_quantization_exit_2(capsys, tmp_path):
+    code = cli.main(["sweep", "--q-scale", "authors", "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantized" in err[0]
+    assert not (tmp_path / "r").exists()

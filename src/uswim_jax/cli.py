@@ -35,20 +35,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _add_train(sub) -> None:
+def _training_flags(p: argparse.ArgumentParser, epochs_help: str) -> None:
+    """The flags of ``train`` and ``sweep`` that pick the model, the data and
+    the training recipe."""
     from uswim_jax.data import DATASETS
     from uswim_jax.models import MODELS
 
-    p = sub.add_parser(
-        "train",
-        help="train a model and save it to a run folder",
-        description="Train a model (resumes from the run folder's checkpoint).",
-    )
     p.add_argument("--model", choices=MODELS, default="lenet")
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--epochs", type=_positive_int, default=None, help=epochs_help)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
     p.add_argument(
         "--weight-bits",
@@ -63,7 +59,45 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--augment", action="store_true", help="random crop and flip")
     p.add_argument("--train-subset", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-path", default=None, help="folder with the dataset files")
+
+
+def _curvature_flags(p: argparse.ArgumentParser) -> None:
+    """The one-pass diagonal's quirk switches (method.md §4.3)."""
+    p.add_argument(
+        "--avg-pool",
+        choices=("exact", "authors"),
+        default="exact",
+        help="average-pool rule: exact h/k^2 or the authors' h/k",
+    )
+    p.add_argument(
+        "--q-scale",
+        choices=("exact", "authors"),
+        default="exact",
+        help="quantized layers' scale rule: exact h*a^2 or the authors' h*a "
+        "(needs a quantized model)",
+    )
+
+
+def _weight_bits(args) -> int | None:
+    from uswim_jax.models import DEFAULT_WEIGHT_BITS
+
+    bits = args.weight_bits
+    if args.quantized and bits is None:
+        bits = DEFAULT_WEIGHT_BITS[args.model]
+    if bits is not None and not 2 <= bits <= 16:
+        raise UsageError(f"--weight-bits must be in [2, 16], got {bits}")
+    return bits
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and save it to a run folder",
+        description="Train a model (resumes from the run folder's checkpoint).",
+    )
+    _training_flags(p, epochs_help="default 20")
     p.add_argument("--run-dir", default=None, help="default: runs/<model>-<dataset>")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
@@ -71,20 +105,15 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from uswim_jax import data
-    from uswim_jax.models import DEFAULT_WEIGHT_BITS
     from uswim_jax.train import TrainConfig, train
 
-    bits = args.weight_bits
-    if args.quantized and bits is None:
-        bits = DEFAULT_WEIGHT_BITS[args.model]
-    if bits is not None and not 2 <= bits <= 16:
-        raise UsageError(f"--weight-bits must be in [2, 16], got {bits}")
+    bits = _weight_bits(args)
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
-        epochs=args.epochs,
+        epochs=args.epochs or TrainConfig().epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         learning_rate=args.lr,
@@ -130,6 +159,7 @@ def _add_sensitivity(sub) -> None:
         help="training images used by every estimator",
     )
     p.add_argument("--probes", type=_positive_int, default=64, help="Hutchinson probes")
+    _curvature_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-path", default=None)
     p.set_defaults(func=_cmd_sensitivity)
@@ -148,12 +178,17 @@ def _cmd_sensitivity(args) -> int:
 
     model, params, train_config = load_run(args.run_dir)
     train_data = data.load(train_config.dataset, "train", path=args.data_path)
-    config = dataclasses.replace(
-        ExperimentConfig(train=train_config, seed=args.seed),
-        curvature_subset=args.samples,
-        estimator_subset=args.samples,
-        hutchinson_probes=args.probes,
-    )
+    try:
+        config = dataclasses.replace(
+            ExperimentConfig(train=train_config, seed=args.seed),
+            curvature_subset=args.samples,
+            estimator_subset=args.samples,
+            hutchinson_probes=args.probes,
+            avg_pool=args.avg_pool,
+            q_scale=args.q_scale,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     sens = compute_sensitivities(model.apply_fn, params, train_data, config)
     scores = {k: sens[k] for k in ("obd", "hutchinson", "ggn", "fisher")}
     out = args.out or os.path.join(args.run_dir, "sensitivity")
@@ -234,9 +269,6 @@ _QUICK = {
 
 
 def _add_sweep(sub) -> None:
-    from uswim_jax.data import DATASETS
-    from uswim_jax.models import MODELS
-
     p = sub.add_parser(
         "sweep",
         help="train, compute sensitivities and sweep selection methods",
@@ -248,11 +280,7 @@ def _add_sweep(sub) -> None:
             "command again to resume after an interruption."
         ),
     )
-    p.add_argument("--model", choices=MODELS, default="lenet")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="default 20")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--train-subset", type=_positive_int, default=None)
+    _training_flags(p, epochs_help="default 20 (2 with --quick)")
     p.add_argument(
         "--sigmas",
         type=_number_list(float),
@@ -286,9 +314,20 @@ def _add_sweep(sub) -> None:
         help="budget points saved per unit of work (default: a whole curve)",
     )
     p.add_argument("--test-subset", type=_positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    _curvature_flags(p)
+    p.add_argument(
+        "--no-first-order",
+        action="store_true",
+        help="drop the first-order term from SWIM/U-SWIM scores (U-SWIM's --no_first)",
+    )
+    p.add_argument(
+        "--k-power",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="U-SWIM multiplier k (1, the authors') or k^2",
+    )
     p.add_argument("--quick", action="store_true", help="a few-minute smoke run")
-    p.add_argument("--data-path", default=None, help="folder with the dataset files")
     p.add_argument(
         "--run-dir", default=None, help="default: runs/sweep-<model>-<dataset>"
     )
@@ -310,6 +349,8 @@ def _cmd_sweep(args) -> int:
         return v if v is not None else quick.get(name, default)
 
     base = ExperimentConfig()
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
     try:
         config = ExperimentConfig(
             train=TrainConfig(
@@ -318,6 +359,9 @@ def _cmd_sweep(args) -> int:
                 epochs=pick("epochs", base.train.epochs),
                 batch_size=args.batch_size,
                 seed=args.seed,
+                learning_rate=args.lr,
+                weight_bits=_weight_bits(args),
+                augment=args.augment,
                 train_subset=pick("train_subset", None),
             ),
             sigmas=pick("sigmas", base.sigmas),
@@ -332,6 +376,10 @@ def _cmd_sweep(args) -> int:
             estimator_subset=quick.get("estimator_subset", base.estimator_subset),
             hutchinson_probes=quick.get("probes", base.hutchinson_probes),
             steps_per_chunk=args.steps_per_chunk,
+            first_order=not args.no_first_order,
+            k_power=args.k_power,
+            avg_pool=args.avg_pool,
+            q_scale=args.q_scale,
             label="quick" if args.quick else "cli",
         )
     except ValueError as e:
