@@ -227,6 +227,110 @@ def cpu_performance(
     return "\n".join(lines)
 
 
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def sweep_performance(folder: Path = ROOT / "benchmarks" / "results") -> str:
+    """A whole sweep against one-by-one evaluation, scaling and recompilation,
+    from ``benchmarks/{sweep_vs_serial,mc_scaling,recompile}.py``."""
+    lines = []
+    d = _load(folder / "sweep_vs_serial.json")
+    if d:
+        same = "identical" if d["accuracies_identical"] else "NOT identical"
+        lines += [
+            f"A whole sweep, {d['num_steps']} budget steps x {d['num_trials']} "
+            f"trials of {d['model']} over {d['num_images']:,} test images "
+            f"(chunks of {d['chunk_size'] or 'all'} trials x "
+            f"{d['eval_batch_size'] or 'all'} images; "
+            f"{d['cpu_count']} CPU cores, load average "
+            f"{d['load_average_start'][0]:.1f}), four ways in one run; per-trial "
+            f"accuracies {same} across them:",
+            "",
+            "| way | calls | s | trial evaluations/s | time / sweep's |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, c in d["cases"].items():
+            lines.append(
+                f"| {name} | {c['calls']} | {c['steady_s_min']:.1f} | "
+                f"{c['trial_evals_per_s']:.1f} | {c['sweep_speedup']:.2f} |"
+            )
+        lines.append("")
+    d = _load(folder / "mc_scaling.json")
+    if d:
+        s = d["summary"]
+        for group, unit, per in (("trials", "trial", 1e3), ("images", "image", 1e3)):
+            g = s.get(group)
+            if not g:
+                continue
+            rss = [v for v in g["peak_rss_run_mb"] if v]
+            xs = [c[group] for c in d["cases"] if c["group"] == group]
+            each = [per * v for v in g["s_per_x"]]
+            c0 = next(c for c in d["cases"] if c["group"] == group)
+            fixed = (
+                f"{c0['images']:,} images"
+                if group == "trials"
+                else f"{c0['trials']} trials"
+            )
+            lines.append(
+                f"- {group.capitalize()} {min(xs):,} to {max(xs):,} (LeNet, "
+                f"{fixed}): {per * g['fit']['slope']:.2f} ms per {unit} (least "
+                f"squares, R^2 {g['fit']['r2']:.3f}; time ~ {group}^"
+                f"{g['fit']['loglog_exponent']:.2f}; each point "
+                f"{min(each):.2f}-{max(each):.2f} ms per {unit}); peak RSS "
+                f"{min(rss):.0f}-{max(rss):.0f} MB, XLA temp "
+                f"x{g['xla_temp_spread']:.2f}"
+                + (
+                    f" chunked vs x{g['xla_temp_unchunked_spread']:.1f} unchunked."
+                    if g.get("xla_temp_unchunked_spread")
+                    else "."
+                )
+            )
+        if "models" in s:
+            lines += [
+                "",
+                "| model | weights | MFLOP/image | ms per trial-image | GFLOP/s | "
+                "compile s | peak RSS MB |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, m in s["models"].items():
+                lines.append(
+                    f"| {name} | {m['num_weights']:,} | "
+                    f"{m['flops_per_image'] / 1e6:.1f} | "
+                    f"{1e3 * m['s_per_trial_image']:.3f} | {m['gflops']:.1f} | "
+                    f"{m['compile_s']:.0f} | {m['peak_rss_run_mb'] or 0:.0f} |"
+                )
+        lines.append("")
+    d = _load(folder / "recompile.json")
+    if d:
+        w = d["drivers"]["sweep"]
+        e = d["drivers"]["evaluate"]
+        ctl = d["control_static_sigma"]
+        lines.append(
+            f"- Compile vs run ({d['num_images']} images): the jitted sweep's first "
+            f"call took {w['first_call_s']:.1f} s, {w['compile_s']:.1f} s of it "
+            f"XLA compilation; later calls {w['run_s_steady_median']:.1f} s. "
+            f"Over {len(d['sigmas'])} sigmas x "
+            f"{len(d['budget_fraction_spans'])} budgets ({w['loop_calls']} "
+            f"calls) it compiled {w['loop_compiles_driver']} times and traced "
+            f"{w['loop_traces_driver']} times (`evaluate`: "
+            f"{e['loop_compiles_driver']} compiles in {e['loop_calls']} calls)"
+            + (
+                f"; the control with sigma static compiled {ctl['compiles']} "
+                f"times for {len(ctl['sigmas'])} sigmas."
+                if ctl
+                else "."
+            )
+        )
+        lines.append("")
+    lines.append(
+        "From `python -m benchmarks.sweep_vs_serial`, `benchmarks.mc_scaling` "
+        "(one subprocess per case; peak RSS during the runs) and "
+        "`benchmarks.recompile` (JSON in `benchmarks/results/`)."
+    )
+    return "\n".join(lines)
+
+
 def fashion_results() -> str:
     """The same table for ``make reproduce-fashion-mnist``."""
     return mnist_results(
@@ -237,6 +341,7 @@ def fashion_results() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "fashion-results": fashion_results,
     "cpu-performance": cpu_performance,
+    "sweep-performance": sweep_performance,
     "gpu-performance": gpu_performance,
     "mnist-results": mnist_results,
     "sensitivity": sensitivity,

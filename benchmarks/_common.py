@@ -1,0 +1,154 @@
+"""Helpers shared by the sweep, scaling and compile benchmarks: the LeNet problem
+(trained run and MNIST test images when present, else fresh params and generated
+images), machine information, round-robin timing and a linear fit.
+
+``benchmarks/run.py`` skips this module (its name starts with ``_``).
+"""
+
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uswim_jax.models import Model, build_model
+
+RUN_DIR = "runs/reproduce-mnist/train"
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def machine_info() -> dict[str, Any]:
+    """JAX version, backend, device, CPU count, platform and the load average
+    now (other jobs on the machine make absolute times noisy)."""
+    return {
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def generated_images(n: int, input_shape, num_classes: int = 10, seed: int = 0):
+    """``n`` uniform-noise images and random labels (throughput does not depend
+    on pixel values)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *input_shape), dtype=np.float32)
+    y = rng.integers(0, num_classes, n).astype(np.int32)
+    return x, y
+
+
+def lenet_problem(
+    num_images: int, *, synthetic: bool = False, conv_impl: str = "im2col"
+) -> tuple[Model, Any, jax.Array, jax.Array, dict[str, str]]:
+    """``(model, params, x, y, sources)`` for LeNet as the pipeline evaluates it.
+
+    Params: the trained run ``runs/reproduce-mnist/train`` when present, else
+    ``build_model("lenet", quantized=True)`` freshly initialised with key 0;
+    either way exported (``model.export``: noise goes on Q(W) for quantized
+    models) and switched to ``conv_impl``, as ``uswim_jax.experiment`` does.
+    Images: the MNIST test split (``uswim_jax.data.load``, ``USWIM_DATA_DIR``)
+    when present, else generated ones. ``synthetic=True`` skips both look-ups.
+    ``sources`` says which were used.
+    """
+    sources = {}
+    model = params = None
+    if not synthetic:
+        try:
+            from uswim_jax.train import load_run
+
+            model, params, _ = load_run(RUN_DIR)
+            sources["params"] = f"trained run {RUN_DIR}"
+        except Exception as e:  # noqa: BLE001 - any failure: use fresh params
+            sources["params"] = f"fresh quantized LeNet, key 0 (no trained run: {e})"
+    if model is None:
+        model = build_model("lenet", quantized=True)
+        params = model.init(jax.random.key(0))
+        sources.setdefault("params", "fresh quantized LeNet, key 0")
+    sources["weight_bits"] = str(model.weight_bits)
+    model, params = model.export(params)
+    model = dataclasses.replace(model, module=model.module.clone(conv_impl=conv_impl))
+    x = y = None
+    if not synthetic:
+        try:
+            from uswim_jax.data import load
+
+            data = load("mnist", "test")
+            x, y = np.asarray(data.images), np.asarray(data.labels)
+            sources["data"] = f"{data.name} test split ({data.source})"
+        except Exception as e:  # noqa: BLE001
+            sources["data"] = f"generated images, seed 0 (no dataset: {e})"
+    if x is None or len(x) < num_images:
+        if x is not None:
+            sources["data"] = f"generated images, seed 0 (test split has {len(x)})"
+        x, y = generated_images(num_images, model.input_shape, model.num_classes)
+        sources.setdefault("data", "generated images, seed 0")
+    x, y = x[:num_images], y[:num_images]
+    return model, params, jnp.asarray(x, jnp.float32), jnp.asarray(y), sources
+
+
+def block(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds)`` with the result ready."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - t0
+
+
+def round_robin(
+    cases: dict[str, Callable[[], Any]], repeats: int, log: Callable = print
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """First call (compile + run) of every case, then ``repeats`` rounds timing
+    each case once per round, so a change of machine load hits all alike.
+
+    Returns ``(timings, outputs)``: per case ``first_call_s``, ``steady_s_min``,
+    ``steady_s_median`` and ``compile_s_est`` (first call minus the median),
+    and the first call's output.
+    """
+    out, res = {}, {}
+    for name, fn in cases.items():
+        res[name], t = block(fn)
+        out[name] = {"first_call_s": t, "times": []}
+        log(f"first call {name:44s} {t:8.2f} s")
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            out[name]["times"].append(block(fn)[1])
+    for r in out.values():
+        times = r.pop("times")
+        r["steady_s_min"] = min(times)
+        r["steady_s_median"] = statistics.median(times)
+        r["compile_s_est"] = max(r["first_call_s"] - r["steady_s_median"], 0.0)
+    return out, res
+
+
+def linear_fit(xs, ts) -> dict[str, float]:
+    """Least-squares ``t = intercept + slope * x``, its R^2, the largest
+    relative deviation of a measured point from the line, and the exponent
+    ``b`` of a least-squares ``log t = a + b log x`` (1 for time proportional
+    to x; it is not thrown off by a small intercept as the relative deviation
+    of the smallest point is)."""
+    x = np.asarray(xs, np.float64)
+    t = np.asarray(ts, np.float64)
+    slope, intercept = np.polyfit(x, t, 1)
+    pred = intercept + slope * x
+    ss_res = float(np.sum((t - pred) ** 2))
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    return {
+        "slope": float(slope),
+        "intercept": float(intercept),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+        "max_rel_dev": float(np.max(np.abs(t - pred) / np.maximum(np.abs(t), 1e-12))),
+        "loglog_exponent": (
+            float(np.polyfit(np.log(x), np.log(t), 1)[0])
+            if np.all(x > 0) and np.all(t > 0)
+            else float("nan")
+        ),
+    }

@@ -1,0 +1,202 @@
+"""The sweep, scaling and recompile benchmarks (``benchmarks/``): their cases
+compute what they claim, on a toy model in seconds; the end-to-end runs of the
+scripts on LeNet (generated data, smallest sizes) are marked slow because
+compiling LeNet's noisy forward pass alone takes 10-15 s on the 2-core CPU.
+No test asserts a speed."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _toy import mlp_apply, toy_problem
+
+import uswim_jax as u
+from benchmarks import mc_scaling, recompile, sweep_vs_serial
+from benchmarks._common import linear_fit, round_robin
+from uswim_jax.sweep import counts_for_fractions
+
+DEVICE = u.UniformVariation(0.6, 0.06)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    params, x, y = toy_problem(n=64)
+    order = u.global_order(u.magnitude_score(params))
+    counts = counts_for_fractions([0.0, 0.2, 1.0], u.crossbar_size(params))
+    return params, x, y, order, counts
+
+
+def test_sweep_cases_give_the_same_trials(problem):
+    """Sweep, evaluate x K and both serial loops use trial keys fold_in(key, t)
+    at every step, so they give the same (K, T) accuracies (``evaluate x K`` is
+    :func:`uswim_jax.evaluate` with each step's mask)."""
+    params, x, y, order, counts = problem
+    cases, calls = sweep_vs_serial.make_cases(
+        mlp_apply, mlp_apply, params, x, y, DEVICE, order, counts, 6, 4, None
+    )
+    assert calls[sweep_vs_serial.SWEEP] == 1
+    assert calls[sweep_vs_serial.SERIAL_XLA] == len(counts) * 6
+    timings, accs = round_robin(cases, 1, log=lambda s: None)
+    ref = np.asarray(accs[sweep_vs_serial.SWEEP])
+    assert ref.shape == (len(counts), 6)
+    for name, a in accs.items():
+        np.testing.assert_array_equal(np.asarray(a), ref, err_msg=name)
+        assert timings[name]["steady_s_min"] > 0
+    # Noise matters (the check is not vacuous) and verifying everything helps.
+    assert ref[0].mean() < ref[-1].mean()
+    assert len(np.unique(ref[0])) > 1
+
+
+def test_linear_fit_exact_and_noisy():
+    fit = linear_fit([1, 2, 4, 8], [0.5 + 2 * t for t in (1, 2, 4, 8)])
+    assert fit["slope"] == pytest.approx(2.0)
+    assert fit["intercept"] == pytest.approx(0.5)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert fit["max_rel_dev"] < 1e-9
+    assert linear_fit([1, 10, 100], [3.0, 30.0, 300.0])["loglog_exponent"] == (
+        pytest.approx(1.0)
+    )
+    bent = linear_fit([1, 2, 3, 4], [1.0, 1.0, 1.0, 4.0])
+    assert bent["r2"] < 0.9 and bent["max_rel_dev"] > 0.3
+
+
+def test_scaling_cases_and_summary():
+    p = {**mc_scaling.QUICK, "unchunked": True, "models": ("lenet", "convnet")}
+    cases = mc_scaling.make_cases(p, ("trials", "images", "models"), 5, 20)
+    groups = [c["group"] for c in cases]
+    assert groups.count("trials") == len(p["trials"])
+    assert groups.count("images") == len(p["images"])
+    assert groups.count("models") == len(p["models"])
+    assert all(c["unchunked"] == "trials" for c in cases if c["group"] == "trials")
+    fake = [
+        {
+            **c,
+            "steady_s_min": 0.1 + 0.01 * c["trials"] * c["images"] / 100,
+            "s_per_trial": 0.01,
+            "gflops": 1.0,
+            "flops_per_image": 1e6,
+            "num_weights": 10,
+            "compile_s": 1.0,
+            "xla_temp_mb": 8.0,
+            "xla_temp_unchunked_mb": 8.0 * c["trials"],
+            "peak_rss_run_mb": 500.0,
+        }
+        for c in cases
+    ]
+    s = mc_scaling.summarize(fake)
+    assert s["trials"]["fit"]["r2"] == pytest.approx(1.0)
+    assert s["trials"]["xla_temp_spread"] == pytest.approx(1.0)
+    assert s["trials"]["xla_temp_unchunked_spread"] == pytest.approx(
+        s["trials"]["x_spread"]
+    )
+    assert set(s["models"]) == set(p["models"])
+
+
+def test_event_log_counts_compiles_not_cache_hits():
+    """The recompile benchmark's counter: a traced sigma compiles once, a
+    static one once per value."""
+    log = recompile.EventLog()
+    w = {"kernel": jnp.ones((3, 2))}
+
+    @jax.jit
+    def traced(key, device):
+        return device.perturb(key, w)["kernel"].sum()
+
+    m = log.mark()
+    for s in (0.1, 0.2, 0.3):
+        traced(jax.random.key(0), u.UniformVariation(s, s / 10)).block_until_ready()
+    ev = log.since(m, "traced")
+    assert ev["compile_count"] == 1 and ev["trace_count"] == 1
+    assert traced._cache_size() == 1
+
+    def static_sigma(key, s):
+        return u.UniformVariation(s, s / 10).perturb(key, w)["kernel"].sum()
+
+    static = jax.jit(static_sigma, static_argnums=1)
+    m = log.mark()
+    for s in (0.1, 0.2):
+        static(jax.random.key(0), s).block_until_ready()
+    assert log.since(m, "static_sigma")["compile_count"] == 2
+
+
+def test_scaling_case_in_process(monkeypatch, problem):
+    """One scaling case end to end on the toy model: compile, memory analysis
+    (chunked and not), timing and peak RSS."""
+    params, x, y, _, _ = problem
+    monkeypatch.setattr(
+        mc_scaling, "build", lambda case: (mlp_apply, params, x, y, 1e3, 160)
+    )
+    case = mc_scaling.make_cases(
+        {**mc_scaling.QUICK, "trials": (8,), "trial_images": 64, "unchunked": True},
+        ("trials",),
+        4,
+        32,
+    )[0]
+    r = mc_scaling.run_case(case)
+    assert r["steady_s_min"] > 0 and r["steady_runs"] >= case["repeats"]
+    assert r["xla_temp_unchunked_mb"] >= r["xla_temp_mb"] >= 0
+    assert r["peak_rss_run_mb"] is None or r["peak_rss_run_mb"] > 0
+    assert 0 < r["mean_accuracy"] <= 1
+
+
+def test_recompile_driver_loop_does_not_compile(problem):
+    """The recompile benchmark's measurement on the toy model: new sigmas and
+    budgets reuse the one compiled sweep."""
+    params, x, y, order, counts = problem
+    log = recompile.EventLog()
+    static = {
+        "apply_fn": mlp_apply,
+        "num_trials": 4,
+        "chunk_size": None,
+        "eval_batch_size": None,
+    }
+    budgets = [jnp.asarray(counts), jnp.asarray(counts[::-1].cumsum() // 4)]
+    settings = [
+        (jax.random.key(0), params, x, y, u.UniformVariation(s, s / 10), order, b)
+        for s in (0.2, 0.6)
+        for b in budgets
+    ]
+    r = recompile.measure_driver(log, recompile.sweep_driver, static, settings, 1)
+    assert r["compiles_first_call"] == 1 and r["compile_s"] > 0
+    assert r["loop_compiles_driver"] == r["loop_traces_driver"] == 0
+    assert r["loop_compiles_all"] == 0
+    assert r["cache_size_after_loop"] == r["cache_size_after_first"]
+    # The settings differ: higher sigma, lower accuracy.
+    assert r["loop_mean_accuracy"][0] > r["loop_mean_accuracy"][2]
+
+
+@pytest.mark.slow
+def test_sweep_vs_serial_script(tmp_path):
+    out = sweep_vs_serial.main(
+        ["--synthetic", "--images", "40", "--steps", "2", "--trials", "4"]
+        + ["--repeats", "1", "--output", str(tmp_path / "s.json")]
+    )
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["accuracies_identical"] and out["accuracies_identical"]
+    assert set(saved["ratios"]) >= {"sweep_vs_evaluate_x_k", "batching_gain"}
+    assert saved["cpu_count"] and saved["load_average_start"]
+
+
+@pytest.mark.slow
+def test_scaling_script_subprocess(tmp_path):
+    out = mc_scaling.main(
+        ["--groups", "trials", "--trials", "5,10", "--trial-images", "20"]
+        + ["--repeats", "1", "--output", str(tmp_path / "m.json")]
+    )
+    cases = out["cases"]
+    assert [c["trials"] for c in cases] == [5, 10]
+    for c in cases:
+        assert c["peak_rss_run_mb"] > 0 and c["xla_temp_mb"] >= 0
+    assert "fit" in out["summary"]["trials"]
+
+
+@pytest.mark.slow
+def test_recompile_script(tmp_path):
+    out = recompile.main(
+        ["--synthetic", "--quick", "--images", "20", "--steps", "2"]
+        + ["--output", str(tmp_path / "r.json")]
+    )
+    assert out["no_recompile"]
+    assert out["control_static_sigma"]["compiles"] == 2
