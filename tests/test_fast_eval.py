@@ -8,7 +8,7 @@ import pytest
 
 import uswim_jax as u
 from uswim_jax.models import build_model
-from uswim_jax.models._layers import conv, max_pool2, to_chwn
+from uswim_jax.models._layers import Dense, conv, max_pool2, to_chwn
 from uswim_jax.models.resnet import BasicBlock
 from uswim_jax.montecarlo import noisy_accuracy, run_trials, trial_keys
 
@@ -39,6 +39,20 @@ def test_im2col_conv_equals_xla_conv(k, stride, padding, layout):
         np.testing.assert_array_equal(xla, ref)
 
 
+@pytest.mark.parametrize(
+    "h, w, k, padding", [(1, 1, 5, 2), (2, 1, 3, 1), (4, 2, 5, 2), (3, 3, 3, 2)]
+)
+def test_chwn_stride_1_on_images_narrower_than_the_kernel(h, w, k, padding):
+    """The CHWN stride-1 path pads no right columns (windows read the next
+    row's left padding) and adds enough bottom rows for the last window."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, h, w, 3), jnp.float64)
+        kernel = jax.random.normal(jax.random.key(1), (k, k, 3, 4), jnp.float64)
+        ref = conv(x, kernel, 1, padding, "xla")
+        out = to_chwn(conv(to_chwn(x), kernel, 1, padding, "im2col", "CHWN"))
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("size", [8, 7])
 def test_chwn_max_pool_equals_nhwc(size):
     x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
@@ -64,6 +78,37 @@ def test_im2col_models_equal_xla_models(name):
         x = jax.random.normal(jax.random.key(1), (2, *ref.input_shape), jnp.float64)
         np.testing.assert_allclose(
             fast.apply_fn(p, x), ref.apply_fn(p, x), rtol=1e-10, atol=1e-12
+        )
+
+
+def test_dense_fn_layout_is_the_same_function():
+    """``Dense(layout="FN")`` on (F, N) or CHWN input: the same params as
+    ``Dense`` on the NHWC-flattened input, and the transposed output."""
+    x = jax.random.normal(jax.random.key(4), (3, 4, 5, 6))  # NHWC
+    flat = jnp.reshape(x, (3, -1))
+    ref = Dense(7)
+    params = ref.init(jax.random.key(0), flat)
+    chwn = to_chwn(x)
+    for layer, inp in ((Dense(7, layout="FN"), chwn), (Dense(7, layout="FN"), flat.T)):
+        assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), inp)) == (
+            jax.tree.map(jnp.shape, params)
+        )
+        with jax.enable_x64(True):
+            p = _f64(params)
+            out = layer.apply(p, jnp.asarray(inp, jnp.float64))
+            want = ref.apply(p, jnp.asarray(flat, jnp.float64))
+            np.testing.assert_allclose(out.T, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="layout"):
+        Dense(7, layout="NCHW").init(jax.random.key(0), flat)
+
+
+def test_im2col_convnet_equals_xla_convnet_float32():
+    ref, fast = build_model("convnet"), build_model("convnet", conv_impl="im2col")
+    params = ref.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (2, *ref.input_shape))
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(
+            fast.apply_fn(params, x), ref.apply_fn(params, x), rtol=1e-4, atol=1e-5
         )
 
 
@@ -121,3 +166,16 @@ def test_fast_evaluate_gives_the_default_accuracies_float64():
         ref = accs(model.apply_fn, None, None)
         out = accs(fast.apply_fn, 2, 8)
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU rule")
+def test_auto_chunk_is_one_for_xla_convolutions_on_cpu():
+    """Per-trial kernels make XLA's CPU convolution a grouped convolution under
+    ``vmap`` (slower than one trial at a time); the im2col model's matmuls batch
+    well, so ``"auto"`` gives it several trials."""
+    from uswim_jax.montecarlo import auto_chunk_size
+
+    model, params, x, _ = _lenet_problem()
+    assert auto_chunk_size(model.apply_fn, params, x, 20, 8) == 1
+    fast = build_model("lenet", conv_impl="im2col")
+    assert auto_chunk_size(fast.apply_fn, params, x, 20, 8) > 1

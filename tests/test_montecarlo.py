@@ -163,3 +163,99 @@ def test_sharded_equals_unsharded():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_auto_chunk_gives_the_same_trials(problem, monkeypatch):
+    """``chunk_size="auto"`` (the default) gives per-trial accuracies identical
+    to explicit chunk sizes, also when the memory budget forces several chunks
+    (a tiny free-memory figure makes the choice non-trivial)."""
+    from uswim_jax import montecarlo
+
+    params, x, y = problem
+    key = jax.random.key(11)
+    ref = evaluate(key, mlp_apply, params, x, y, DEVICE, None, 30, chunk_size=None)
+    for kw in ({}, {"chunk_size": "auto"}, {"chunk_size": 7}, {"chunk_size": 1}):
+        got = evaluate(key, mlp_apply, params, x, y, DEVICE, None, 30, **kw)
+        np.testing.assert_array_equal(got.accuracies, ref.accuracies, err_msg=kw)
+    per_trial = 2 * (
+        montecarlo.forward_bytes(mlp_apply, params, x)
+        + 4 * sum(p.nbytes for p in jax.tree.leaves(params))
+    )
+    monkeypatch.setattr(
+        montecarlo, "_free_memory_bytes", lambda device: 2 * 7 * per_trial
+    )
+    chunk = montecarlo.auto_chunk_size(mlp_apply, params, x, 30)
+    assert chunk == 6  # 7 fit, 6 is the largest divisor of 30 in (3.5, 7]
+    got = evaluate(key, mlp_apply, params, x, y, DEVICE, None, 30)
+    np.testing.assert_array_equal(got.accuracies, ref.accuracies)
+    with pytest.raises(ValueError, match="chunk_size"):
+        evaluate(key, mlp_apply, params, x, y, DEVICE, None, 3, chunk_size="big")
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, want",
+    [
+        ((100, 10, 10_000), {}, 100),  # everything fits
+        ((100, 10, 35), {}, 2),  # 3 fit; 2 is the largest divisor in (1.5, 3]
+        ((100, 10, 5), {}, 1),  # not even one fits: one at a time
+        ((30, 10, 75), {}, 6),  # 7 fit; 6 divides 30
+        ((97, 1, 10), {}, 10),  # prime: no divisor in (5, 10], uneven chunks
+        ((100, 1, 10**9), {"block_bytes": 3, "cache_bytes": 16}, 5),  # cache: 5
+        ((7, 1, 10**9), {"block_bytes": 3, "cache_bytes": 16}, 5),  # no divisor
+        ((100, 1, 10**9), {"block_bytes": 50, "cache_bytes": 16}, 2),  # min_chunk
+        ((100, 10, 15), {"block_bytes": 50, "cache_bytes": 16}, 1),  # memory wins
+        ((1, 10, 15), {"block_bytes": 50, "cache_bytes": 16}, 1),  # one trial
+        ((3, 1, 10**9), {"block_bytes": 1, "cache_bytes": 16}, 3),  # <= trials
+    ],
+)
+def test_choose_chunk_size(args, kwargs, want):
+    from uswim_jax.montecarlo import choose_chunk_size
+
+    got = choose_chunk_size(*args, **kwargs)
+    assert got == want
+    t, trial, budget = args
+    assert 1 <= got <= t
+    assert got == 1 or got * trial <= budget
+
+
+def test_choose_chunk_size_rejects_bad_sizes():
+    from uswim_jax.montecarlo import choose_chunk_size
+
+    with pytest.raises(ValueError):
+        choose_chunk_size(0, 1, 1)
+    with pytest.raises(ValueError):
+        choose_chunk_size(10, 0, 1)
+    with pytest.raises(ValueError, match="block_bytes"):
+        choose_chunk_size(10, 1, 1, cache_bytes=16)
+
+
+def test_forward_bytes_counts_live_values():
+    """``x * 2`` then ``+ 1``: both 4,000-byte values are live at the add, the
+    input is not counted; a third step after the first value dies stays at the
+    same peak."""
+    from uswim_jax.montecarlo import forward_bytes
+
+    x = jax.ShapeDtypeStruct((1000,), jnp.float32)
+    assert forward_bytes(lambda p, v: v * 2 + p, jnp.float32(1), x) == 8000
+    assert forward_bytes(lambda p, v: ((v * 2) + p) * 3, jnp.float32(1), x) == 8000
+
+
+def test_params_only_steps_run_once_before_the_batches():
+    """``split_params_only`` moves the kernel transpose (params only, not
+    larger than its input) into ``prepare`` and leaves the bias broadcast to the
+    activations' shape (larger than the bias) in ``apply``; the function is the
+    same."""
+    from uswim_jax.montecarlo import split_params_only
+
+    def f(p, x):
+        return jnp.dot(jnp.transpose(p["w"]), x) + jnp.reshape(p["b"], (-1, 1))
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    p = {"w": jax.random.normal(k1, (6, 4)), "b": jnp.arange(4.0)}
+    x = jax.random.normal(k2, (6, 50))
+    prepare, apply = split_params_only(f, p, x)
+    prepared = prepare(p)
+    shapes = sorted(v.shape for v in prepared)
+    assert (4, 6) in shapes  # the transposed kernel
+    assert all(v.size <= 24 for v in prepared)  # no (4, 50) broadcast
+    np.testing.assert_array_equal(apply(prepared, x), f(p, x))

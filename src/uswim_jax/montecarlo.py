@@ -7,12 +7,15 @@ not depend on the chunk size or the number of devices, and the same trial keys
 serve every method and every programming step (common random numbers).
 """
 
+import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jcore
 
 from uswim_jax._checks import check_finite_tree
 from uswim_jax.device import noise_like, verified_mask
@@ -51,6 +54,84 @@ def trial_keys(key: jax.Array, num_trials: int, start: int = 0) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
+def split_params_only(
+    apply_fn: ApplyFn, params: Any, x: jax.Array
+) -> tuple[Callable[[Any], list], Callable[[list, jax.Array], jax.Array]]:
+    """Splits ``apply_fn`` into the part that reads the params alone and the rest.
+
+    Returns ``(prepare, apply)`` with ``apply(prepare(params), x) ==
+    apply_fn(params, x)``: ``prepare`` evaluates every step of ``apply_fn``'s
+    jaxpr whose inputs are all params (or constants) and whose output is no
+    larger than its largest input (reshapes, transposes and gathers of kernels,
+    e.g. ``Dense(layout="FN")``'s row permutation, or a quantizer), and returns
+    the values the other steps need; ``apply`` evaluates the rest. The steps are
+    the same primitives on the same values, so the result is the same. Steps
+    with side effects, and steps that would materialise something larger than
+    their inputs (a bias broadcast to the activations' shape), stay in
+    ``apply``. ``x`` only fixes the shape and dtype ``apply`` is traced for.
+
+    :func:`correct_count` uses it to run ``prepare`` once per trial instead of
+    once per image batch: XLA does not hoist these loop-invariant steps out of
+    the batch loop itself.
+    """
+    closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, x)
+    jaxpr = closed.jaxpr
+    n_params = len(jax.tree.leaves(params))
+    param_vars, x_vars = jaxpr.invars[:n_params], jaxpr.invars[n_params:]
+    known = set(jaxpr.constvars) | set(param_vars)
+    pre, rest = [], []
+    for eqn in jaxpr.eqns:
+        ins = [v for v in eqn.invars if not isinstance(v, jcore.Literal)]
+        if (
+            ins
+            and all(v in known for v in ins)
+            and not eqn.effects
+            and sum(map(_var_bytes, eqn.outvars)) <= max(map(_var_bytes, ins))
+        ):
+            pre.append(eqn)
+            known.update(eqn.outvars)
+        else:
+            rest.append(eqn)
+    needed: dict = {}  # ordered set of the known values ``apply`` reads
+    for v in [v for e in rest for v in e.invars] + list(jaxpr.outvars):
+        if not isinstance(v, jcore.Literal) and v in known:
+            needed[v] = None
+    needed_vars = list(needed)
+    src = getattr(jaxpr.debug_info, "func_src_info", "") or ""
+    main_in = needed_vars + list(x_vars)
+    prep = jcore.ClosedJaxpr(
+        jcore.Jaxpr(
+            jaxpr.constvars,
+            param_vars,
+            needed_vars,
+            pre,
+            debug_info=jcore.DebugInfo("prepare", src, None, None),
+        ),
+        closed.consts,
+    )
+    main = jcore.ClosedJaxpr(
+        jcore.Jaxpr(
+            [],
+            main_in,
+            jaxpr.outvars,
+            rest,
+            jaxpr.effects,
+            debug_info=jcore.DebugInfo("apply", src, None, None),
+        ),
+        [],
+    )
+    out_tree = jax.tree.structure(out_shape)
+
+    def prepare(p: Any) -> list:
+        return jcore.jaxpr_as_fun(prep)(*jax.tree.leaves(p))
+
+    def apply(prepared: list, xi: jax.Array) -> jax.Array:
+        out = jcore.jaxpr_as_fun(main)(*prepared, *jax.tree.leaves(xi))
+        return jax.tree.unflatten(out_tree, out)
+
+    return prepare, apply
+
+
 def correct_count(
     apply_fn: ApplyFn,
     params: Any,
@@ -59,7 +140,9 @@ def correct_count(
     batch_size: int | None = None,
 ) -> jax.Array:
     """Number of correct top-1 predictions over ``x``; evaluated in batches of
-    ``batch_size`` (the last one padded and masked) when given."""
+    ``batch_size`` (the last one padded and masked) when given. The steps of
+    ``apply_fn`` that read the params alone run once, before the batches
+    (:func:`split_params_only`)."""
     n = x.shape[0]
     if batch_size is None or batch_size >= n:
         pred = jnp.argmax(apply_fn(params, x), axis=-1)
@@ -70,10 +153,12 @@ def correct_count(
     yp = jnp.concatenate([y, jnp.full((pad,), -1, y.dtype)])
     xb = xp.reshape(nb, batch_size, *x.shape[1:])
     yb = yp.reshape(nb, batch_size)
+    prepare, apply = split_params_only(apply_fn, params, xb[0])
+    prepared = prepare(params)
 
     def one(args):
         xi, yi = args
-        pred = jnp.argmax(apply_fn(params, xi), axis=-1)
+        pred = jnp.argmax(apply(prepared, xi), axis=-1)
         return jnp.sum(pred == yi, dtype=jnp.int32)
 
     return jnp.sum(jax.lax.map(one, (xb, yb)))
@@ -113,6 +198,13 @@ def run_trials(
     ``chunk_size`` trials (``lax.map``), and, with ``shard=True``, the trial axis
     split over all local devices (``jax.shard_map``). Results do not depend on
     ``chunk_size`` or the device count."""
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int | np.integer) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive integer or None, got {chunk_size!r} "
+            '(evaluate and sweep also take "auto")'
+        )
     t = keys.shape[0]
     if not shard or jax.local_device_count() == 1:
         if chunk_size is None or chunk_size >= t:
@@ -135,6 +227,235 @@ def run_trials(
     return out[:t]
 
 
+#: ``chunk_size="auto"``: the share of the free memory the trials may take.
+AUTO_MEMORY_FRACTION = 0.5
+#: ``chunk_size="auto"`` on CPU: a chunk's working set for one image batch is
+#: kept within this share of the last-level cache. Calibrated on LeNet (im2col)
+#: with a 32 MiB L3 (2-core CPU): it picks 5 trials x 20 images, 4 x 40 and
+#: 2 x 100 (10 to 20 MiB of estimated working set), each as fast as the best
+#: chunk measured for its image batch; 20 x 10 or 25 x 16 ran slower.
+AUTO_CACHE_FRACTION = 0.6
+_FALLBACK_FREE_BYTES = 4 * 2**30
+_FALLBACK_CACHE_BYTES = 32 * 2**20
+
+
+def choose_chunk_size(
+    num_trials: int,
+    trial_bytes: int,
+    budget_bytes: int,
+    *,
+    block_bytes: int | None = None,
+    cache_bytes: int | None = None,
+    min_chunk: int = 2,
+) -> int:
+    """How many trials to evaluate at once: a pure function of the sizes.
+
+    1. Memory: at most ``budget_bytes // trial_bytes`` trials (at least 1).
+    2. Cache (when ``cache_bytes`` is given, i.e. on CPU): at most
+       ``cache_bytes // block_bytes`` trials, ``block_bytes`` being what one
+       trial touches per image batch, but at least ``min_chunk``: ``vmap``-ing
+       two trials already shares the first layer's input patches and gives the
+       matmuls a trial axis (measured faster than one at a time on LeNet), and
+       the cache only costs speed where the memory bound costs an OOM, so the
+       memory bound still wins.
+    3. At most ``num_trials``.
+    4. Even chunks: the largest divisor of ``num_trials`` in ``(cap / 2,
+       cap]`` when there is one, so ``lax.map`` has no remainder chunk to
+       compile; else the cap.
+
+    Examples:
+        >>> choose_chunk_size(100, 2**20, 2**30)  # memory allows all
+        100
+        >>> choose_chunk_size(100, 2**20, 2**30, block_bytes=3 * 2**20,
+        ...                   cache_bytes=16 * 2**20)  # 5 blocks fit, 5 | 100
+        5
+        >>> choose_chunk_size(100, 300 * 2**20, 2**30)  # 3 fit, 2 | 100
+        2
+    """
+    if num_trials < 1 or trial_bytes < 1 or budget_bytes < 0:
+        raise ValueError(
+            "num_trials and trial_bytes must be positive and budget_bytes "
+            f"non-negative, got {num_trials}, {trial_bytes}, {budget_bytes}"
+        )
+    cap = max(1, budget_bytes // trial_bytes)
+    if cache_bytes is not None:
+        if block_bytes is None or block_bytes < 1:
+            raise ValueError("cache_bytes needs a positive block_bytes")
+        cap = min(cap, max(min_chunk, cache_bytes // block_bytes))
+    cap = min(cap, num_trials)
+    for d in range(cap, cap // 2, -1):
+        if num_trials % d == 0:
+            return d
+    return cap
+
+
+def _nbytes_of(shape: tuple, dtype: Any) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _var_bytes(v: Any) -> int:
+    aval = getattr(v, "aval", None)
+    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+        return 0  # tokens and other non-arrays
+    return _nbytes_of(aval.shape, aval.dtype)
+
+
+def _peak_bytes(jaxpr: Any) -> int:
+    """Peak bytes of the values a jaxpr creates, from their live ranges in
+    equation order (inputs not counted; a nested jaxpr adds its own peak at its
+    equation). An estimate: XLA fuses away many of these values."""
+    outer = set(jaxpr.invars) | set(jaxpr.constvars)
+    last_use = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if not isinstance(v, jcore.Literal):
+                last_use[v] = i
+    for v in jaxpr.outvars:
+        if not isinstance(v, jcore.Literal):
+            last_use[v] = len(jaxpr.eqns)
+    live = peak = 0
+    for i, eqn in enumerate(jaxpr.eqns):
+        inner = max(
+            (
+                _peak_bytes(getattr(j, "jaxpr", j))
+                for j in jcore.jaxprs_in_params(eqn.params)
+            ),
+            default=0,
+        )
+        out = sum(map(_var_bytes, eqn.outvars))
+        peak = max(peak, live + inner + out)
+        live += out
+        dead = {v for v in eqn.invars if not isinstance(v, jcore.Literal)}
+        live -= sum(
+            _var_bytes(v) for v in dead if last_use.get(v) == i and v not in outer
+        )
+        live -= sum(_var_bytes(v) for v in eqn.outvars if v not in last_use)
+    return peak
+
+
+def forward_bytes(apply_fn: ApplyFn, params: Any, x: Any) -> int:
+    """Estimated peak bytes of the activations of ``apply_fn(params, x)``
+    (``x`` may be a ``jax.ShapeDtypeStruct``), from the live ranges of the values
+    in its jaxpr; params and ``x`` themselves are not counted."""
+    return _peak_bytes(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
+
+
+def _convolves_with_params(jaxpr: Any, param_vars: Any) -> bool:
+    """Whether a convolution's kernel depends on the params (looking into
+    nested jaxprs whenever their equation reads the params)."""
+    dep = set(param_vars)
+    for eqn in jaxpr.eqns:
+        reads = [not isinstance(v, jcore.Literal) and v in dep for v in eqn.invars]
+        if not any(reads):
+            continue
+        if eqn.primitive.name == "conv_general_dilated" and reads[1]:
+            return True
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            sub = getattr(sub, "jaxpr", sub)
+            if _convolves_with_params(sub, sub.invars + sub.constvars):
+                return True
+        dep.update(eqn.outvars)
+    return False
+
+
+def _free_memory_bytes(device: Any) -> int:
+    if device.platform == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return _FALLBACK_FREE_BYTES
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return _FALLBACK_FREE_BYTES
+
+
+def _last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (Linux sysfs), else 32 MiB."""
+    best = (0, 0)
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for name in os.listdir(base):
+            try:
+                with open(os.path.join(base, name, "level")) as f:
+                    level = int(f.read())
+                with open(os.path.join(base, name, "size")) as f:
+                    size = f.read().strip()
+            except (OSError, ValueError):
+                continue
+            unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:].upper(), 1)
+            value = int(size[:-1] if unit > 1 else size) * unit
+            best = max(best, (level, value))
+    except (OSError, ValueError):
+        pass
+    return best[1] or _FALLBACK_CACHE_BYTES
+
+
+def auto_chunk_size(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    eval_batch_size: int | None = None,
+    *,
+    shard: bool = False,
+) -> int:
+    """``chunk_size="auto"``: :func:`choose_chunk_size` with sizes estimated for
+    this model and data on the first local device.
+
+    - One trial holds a noisy copy of the params, the noise and its random
+      bits and the prepared params (4 x the params' bytes), plus the activations
+      of one forward pass over ``eval_batch_size`` images
+      (:func:`forward_bytes`); twice that is budgeted per trial.
+    - The budget is :data:`AUTO_MEMORY_FRACTION` of the free memory:
+      ``MemAvailable`` from ``/proc/meminfo`` on CPU, ``bytes_limit -
+      bytes_in_use`` of the device's memory stats on GPU and TPU.
+    - On CPU only, a chunk's working set per image batch (activations plus
+      params of each trial) stays within :data:`AUTO_CACHE_FRACTION` of the
+      last-level cache; on accelerators only the memory bounds the chunk.
+    - On CPU, a model with XLA convolutions whose kernels are params
+      (``conv_impl="xla"``) gets 1: under ``vmap`` they become grouped
+      convolutions, which XLA's CPU backend runs slower than one trial at a
+      time (LeNet over 2,000 images: 12.7 trials/s one at a time, 5.3 two at a
+      time, about 2.3 all at once).
+
+    With ``shard=True`` the trials per device are what is chunked. The choice is
+    made when traced (under ``jit``, once per compilation).
+    """
+    n = int(np.shape(x)[0])
+    b = n if eval_batch_size is None else min(int(eval_batch_size), n)
+    xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
+    jaxpr = jax.make_jaxpr(apply_fn)(params, xb).jaxpr
+    activations = _peak_bytes(jaxpr)
+    param_bytes = sum(
+        _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
+    )
+    device = jax.local_devices()[0]
+    cache = None
+    if device.platform == "cpu":
+        n_params = len(jax.tree.leaves(params))
+        if _convolves_with_params(jaxpr, jaxpr.invars[:n_params]):
+            return 1
+        cache = int(AUTO_CACHE_FRACTION * _last_level_cache_bytes())
+    t = num_trials
+    if shard and jax.local_device_count() > 1:
+        t = -(-num_trials // jax.local_device_count())
+    return choose_chunk_size(
+        t,
+        2 * (activations + 4 * param_bytes),
+        int(AUTO_MEMORY_FRACTION * _free_memory_bytes(device)),
+        block_bytes=max(1, activations + param_bytes),
+        cache_bytes=cache,
+    )
+
+
 def _check_data(x: Any, y: Any) -> None:
     if np.ndim(x) < 1 or np.shape(x)[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {np.shape(x)}")
@@ -155,7 +476,7 @@ def evaluate(
     verified: Any = None,
     num_trials: int = 100,
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     eval_batch_size: int | None = None,
     shard: bool = False,
 ) -> MCStats:
@@ -173,7 +494,13 @@ def evaluate(
         verified: ``None`` (nothing verified) or a boolean pytree like ``params``.
         num_trials: T.
         chunk_size: trials evaluated at once (``lax.map`` batch size); bounds
-            memory. ``None``: all at once.
+            memory. ``None``: all at once. ``"auto"`` (default): chosen from the
+            model's and data's sizes, the free memory and, on CPU, the cache
+            (:func:`auto_chunk_size`, :func:`choose_chunk_size`): on a 2-core CPU,
+            LeNet with ``conv_impl="im2col"`` gets 5 trials at
+            ``eval_batch_size=20`` and 2 with all 2,000 images per pass; with
+            XLA convolutions 1 (100 trials at once take about 17 GB). The
+            accuracies do not depend on it.
         eval_batch_size: images per forward pass inside a trial; ``None``: all.
         shard: split the trials over all local devices.
 
@@ -187,10 +514,12 @@ def evaluate(
     Performance (CPU): each trial's noise is drawn once per chunk, and the
     images are walked in ``eval_batch_size`` blocks with the chunk's trials
     ``vmap``-ed, so keep ``chunk_size * eval_batch_size`` at a few dozen to a few
-    hundred image-trials (cache-sized). XLA's CPU convolution with per-trial
-    kernels is slow under ``vmap``; a model whose convolutions are matmuls
-    (``build_model(..., conv_impl="im2col")``) is several times faster. Measured
-    settings: ``benchmarks/mc_throughput.py``.
+    hundred image-trials (cache-sized; ``chunk_size="auto"`` does this from the
+    activation sizes). The steps of ``apply_fn`` that read the params alone run
+    once per trial, not once per image block (:func:`correct_count`). XLA's CPU
+    convolution with per-trial kernels is slow under ``vmap``; a model whose
+    convolutions are matmuls (``build_model(..., conv_impl="im2col")``) is
+    several times faster. Measured settings: ``benchmarks/mc_throughput.py``.
     """
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
@@ -198,6 +527,10 @@ def evaluate(
     check_finite_tree("params", params)
     std = device.effective_std(params, verified_mask(params, verified))
     x, y = jnp.asarray(x), jnp.asarray(y)
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(
+            apply_fn, params, x, num_trials, eval_batch_size, shard=shard
+        )
 
     def trial(k):
         return noisy_accuracy(

@@ -21,6 +21,7 @@ from uswim_jax._tree import crossbar_size
 from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
+    auto_chunk_size,
     noisy_accuracy,
     run_trials,
     summarize,
@@ -144,7 +145,7 @@ def sweep(
     counts: jax.Array,
     num_trials: int,
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     eval_batch_size: int | None = None,
     shard: bool = False,
     reference: jax.Array | None = None,
@@ -167,7 +168,9 @@ def sweep(
             (e.g. :func:`counts_for_fractions`). May be traced: changing the
             budget does not recompile.
         num_trials: T.
-        chunk_size, eval_batch_size, shard: as in :func:`uswim_jax.evaluate`.
+        chunk_size, eval_batch_size, shard: as in :func:`uswim_jax.evaluate`
+            (``"auto"``: :func:`uswim_jax.montecarlo.auto_chunk_size`, chosen
+            once for every step).
         reference, baseline: (T,) per-trial accuracies with every / no weight
             verified, when already computed with the same key (e.g. shared by
             the methods of one setting); computed here when ``None``.
@@ -191,6 +194,10 @@ def sweep(
         if len(c) and (c.min() < 0 or c.max() > n or np.any(np.diff(c) < 0)):
             raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
     x, y = jnp.asarray(x), jnp.asarray(y)
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(
+            apply_fn, params, x, num_trials, eval_batch_size, shard=shard
+        )
     keys = trial_keys(key, num_trials)
     std_w, std_v = device.std(params)
 

@@ -5,6 +5,8 @@ The layers keep Flax's parameter names (``kernel``, ``bias``), so the crossbar
 predicate (conv and dense kernels) finds them.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -55,24 +57,64 @@ def quantize_ste(w: jax.Array, bits: int | None, scheme: str = "swim") -> jax.Ar
     return w + jax.lax.stop_gradient(quantize(w, bits, scheme) - w)
 
 
+#: Activation layouts :class:`Dense` accepts: ``NF`` (images major, the models'
+#: interface) and ``FN`` (features major, images on the minor axis; used after a
+#: CHWN conv trunk).
+DENSE_LAYOUTS = ("NF", "FN")
+
+
 class Dense(nn.Module):
-    """``y = x @ Q(kernel) + bias``."""
+    """``y = x @ Q(kernel) + bias``; the kernel is ``(in_features, features)``.
+
+    ``layout="FN"`` takes and returns the transposed activations: ``x`` is
+    ``(in_features, N)``, or ``(C, H, W, N)`` straight from a CHWN conv trunk,
+    and ``y`` is ``(features, N)``. A CHWN input is flattened in its own
+    ``(C, H, W)`` order, and the kernel's rows, which follow the ``(H, W, C)``
+    order of an NHWC flatten, are gathered to match; so the params and the
+    function are the same as for ``layout="NF"`` on the NHWC-flattened input.
+    That gather and the kernel transpose depend on the params alone, so
+    :func:`uswim_jax.montecarlo.correct_count` does them once per trial rather
+    than once per image batch.
+    """
 
     features: int
     use_bias: bool = True
     weight_bits: int | None = None
     quant_scheme: str = "swim"
+    layout: str = "NF"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.layout not in DENSE_LAYOUTS:
+            raise ValueError(
+                f"layout must be one of {DENSE_LAYOUTS}, got {self.layout!r}"
+            )
+        fn = self.layout == "FN"
+        n_in = math.prod(x.shape[:-1]) if fn else x.shape[-1]
         kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features)
+            "kernel", nn.initializers.lecun_normal(), (n_in, self.features)
         )
         kernel = quantize_ste(kernel, self.weight_bits, self.quant_scheme)
-        y = jnp.dot(x, kernel)
+        if not fn:
+            y = jnp.dot(x, kernel)
+        else:
+            if x.ndim == 4:  # (C, H, W, N): rows of the kernel are (H, W, C)
+                c, h, w, n = x.shape
+                kt = jnp.transpose(
+                    jnp.reshape(kernel, (h, w, c, self.features)), (3, 2, 0, 1)
+                )
+                kt = jnp.reshape(kt, (self.features, n_in))
+                x = jnp.reshape(x, (n_in, n))
+            elif x.ndim == 2:
+                kt = jnp.transpose(kernel)
+            else:
+                raise ValueError(
+                    f"layout 'FN' takes (F, N) or (C, H, W, N) input, got {x.shape}"
+                )
+            y = jnp.dot(kt, x)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
-            y = y + _expand(bias, y.ndim)
+            y = y + (jnp.reshape(bias, (-1, 1)) if fn else _expand(bias, y.ndim))
         return y
 
 
@@ -118,9 +160,13 @@ def conv_im2col(
         ``(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, O)``.
         ``"CHWN"`` (images on the minor axis, which keeps every copy and the
         matmul's long axis contiguous on CPU): ``(O, kh*kw*C) @ (kh*kw*C,
-        Ho*Wo*N)``. For stride 1 each patch row is one contiguous slice of the
-        padded input flattened to ``(C, Hp*Wp*N)``: the output is computed on the
-        ``Ho x Wp`` grid and its ``kw - 1`` wrapped columns are dropped.
+        Ho*Wo*N)``. For stride 1 each block of ``C`` patch rows is one
+        contiguous slice of the input padded on the left, top and bottom only
+        and flattened to ``(C, Hp*Wp*N)``, ``Wp = W + padding``, written in
+        place into the patch matrix (``dynamic_update_slice``, one copy per
+        element; stacking the slices costs two): the output is computed on the
+        ``Ho x Wp`` grid and its wrapped columns are dropped (a window that runs
+        off a row's right edge reads the next row's left padding, i.e. zeros).
 
     Args:
         x: the input, (N, H, W, C) or (C, H, W, N) as ``layout`` says.
@@ -148,23 +194,33 @@ def conv_im2col(
     if x.shape[0] != c:
         raise ValueError(f"x has {x.shape[0]} channels, the kernel expects {c}")
     n = x.shape[-1]
-    # rows of the patch matrix in (C, kh, kw) order
-    k2 = jnp.reshape(jnp.transpose(kernel, (3, 2, 0, 1)), (o, c * kh * kw))
     if s == 1 and kh * kw > 1:
-        # one extra zero row at the bottom keeps the last shifted slice in range
-        xp = jnp.pad(x, ((0, 0), (p, p + 1), (p, p), (0, 0)))
-        hp, wp = xp.shape[1], xp.shape[2]
-        ho, wo = hp - 1 - kh + 1, wp - kw + 1
+        # No right padding: a window running off a row's right edge reads the
+        # next row's left padding, which is zero. Extra zero rows at the bottom
+        # keep the last shifted slice in range.
+        wp = x.shape[2] + p
+        extra = -(-(kw - 1) // wp)
+        xp = jnp.pad(x, ((0, 0), (p, p + extra), (p, 0), (0, 0)))
+        hp = xp.shape[1]
+        ho, wo = hp - extra - kh + 1, x.shape[2] + 2 * p - kw + 1
         flat = jnp.reshape(xp, (c, hp * wp * n))
         size = ho * wp * n
-        cols = [
-            jax.lax.slice_in_dim(flat, (i * wp + j) * n, (i * wp + j) * n + size, 1, 1)
-            for i in range(kh)
-            for j in range(kw)
-        ]
-        patches = jnp.reshape(jnp.stack(cols, axis=1), (c * kh * kw, size))
+        # Rows of the patch matrix in (kh, kw, C) order, each block of C rows
+        # written in place into one buffer (XLA fuses each slice into its
+        # dynamic-update-slice; a concatenate would copy every slice twice).
+        patches = jnp.zeros((kh * kw * c, size), x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                start = (i * wp + j) * n
+                rows = jax.lax.slice_in_dim(flat, start, start + size, 1, 1)
+                patches = jax.lax.dynamic_update_slice_in_dim(
+                    patches, rows, (i * kw + j) * c, 0
+                )
+        k2 = jnp.reshape(jnp.transpose(kernel, (3, 0, 1, 2)), (o, kh * kw * c))
         y = jnp.reshape(jnp.dot(k2, patches), (o, ho, wp, n))
         return y[:, :, :wo, :]
+    # rows of the patch matrix in (C, kh, kw) order
+    k2 = jnp.reshape(jnp.transpose(kernel, (3, 2, 0, 1)), (o, c * kh * kw))
     if p:
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     cols = _patch_slices(x, kh, kw, s, (1, 2))

@@ -12,8 +12,10 @@ class ConvNet(nn.Module):
     followed by a 2x2 max-pool; dense 4096->1024->1024->classes with ReLU. Biases
     on all layers; 6,397,632 weights for 10 classes.
 
-    With ``conv_impl="im2col"`` the conv trunk runs in the CHWN layout (images on
-    the minor axis); the params and the function are the same."""
+    With ``conv_impl="im2col"`` the network runs in the CHWN layout (images on
+    the minor axis), the dense layers on ``(features, N)`` activations
+    (``Dense(layout="FN")``), and the logits are transposed back; the params and
+    the function are the same."""
 
     num_classes: int = 10
     weight_bits: int | None = None
@@ -33,7 +35,12 @@ class ConvNet(nn.Module):
             x = nn.relu(Conv(width, **c)(x))
             x = max_pool2(x, layout)
         if layout == "CHWN":
-            x = to_chwn(x)
+            # (256, 4, 4, N) feeds the dense layers as is (images on the minor
+            # axis); only the (classes, N) logits are transposed.
+            d = {**q, "layout": "FN"}
+            x = nn.relu(Dense(1024, **d)(x))
+            x = nn.relu(Dense(1024, **d)(x))
+            return jnp.transpose(Dense(self.num_classes, **d)(x))
         x = jnp.reshape(x, (x.shape[0], -1))
         x = nn.relu(Dense(1024, **q)(x))
         x = nn.relu(Dense(1024, **q)(x))

@@ -12,9 +12,10 @@ class LeNet(nn.Module):
     max-pool 2; dense 784->120, ReLU; 120->84, ReLU; 84->classes. Biases on all
     layers; 105,918 weights without biases.
 
-    With ``conv_impl="im2col"`` the conv trunk runs in the CHWN layout (images on
-    the minor axis: one transpose in, one out); the params and the function are
-    the same."""
+    With ``conv_impl="im2col"`` the network runs in the CHWN layout (images on
+    the minor axis: one transpose of the input), the dense layers on ``(features,
+    N)`` activations (``Dense(layout="FN")``), and the logits are transposed
+    back; the params and the function are the same."""
 
     num_classes: int = 10
     weight_bits: int | None = None
@@ -32,7 +33,12 @@ class LeNet(nn.Module):
         x = max_pool2(nn.relu(Conv(6, **c)(x)), layout)
         x = max_pool2(nn.relu(Conv(16, **c)(x)), layout)
         if layout == "CHWN":
-            x = to_chwn(x)
+            # (16, 7, 7, N) feeds the dense layers as is, images staying on the
+            # minor axis; only the (classes, N) logits are transposed.
+            d = {**q, "layout": "FN"}
+            x = nn.relu(Dense(120, **d)(x))
+            x = nn.relu(Dense(84, **d)(x))
+            return jnp.transpose(Dense(self.num_classes, **d)(x))
         x = jnp.reshape(x, (x.shape[0], -1))
         x = nn.relu(Dense(120, **q)(x))
         x = nn.relu(Dense(84, **q)(x))
