@@ -62,3 +62,25 @@ def test_exhaustive_pulses_matches_calibration(problem, key):
     n_dev = 8 * sum(int(np.size(params[k]["kernel"])) for k in ("l1", "l2"))
     per = float(exhaustive_pulses(key, params, model)) / n_dev
     assert 8.0 < per < 12.0
+
+
+def test_auto_chunk_gives_the_same_trials(problem, key):
+    """chunk_size="auto" only groups trials: per-trial results equal those of
+    explicit chunk sizes, for the trials and for the whole sweep."""
+    params, x, y = problem
+    model = PulseModel(sigma=0.5)
+    mask = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
+    outs = [
+        pulse_trials(key, mlp_apply, params, x, y, model, mask, 6, chunk_size=c)
+        for c in ("auto", 1, None)
+    ]
+    for other in outs[1:]:
+        np.testing.assert_allclose(outs[0], other, rtol=1e-6)
+    order = selection.global_order(selection.magnitude_score(params))
+    counts = jnp.asarray([0, int(order.shape[0]) // 2], jnp.int32)
+    curves = [
+        pulse_sweep(key, mlp_apply, params, x, y, model, order, counts, 6, chunk_size=c)
+        for c in ("auto", 4)
+    ]
+    np.testing.assert_allclose(curves[0].accuracies, curves[1].accuracies, rtol=1e-6)
+    np.testing.assert_allclose(curves[0].cycles, curves[1].cycles, rtol=1e-6)

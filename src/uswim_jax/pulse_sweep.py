@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax._tree import crossbar_size
+from uswim_jax.montecarlo import auto_chunk_size
 from uswim_jax.programming import PulseModel, program, pulse_write_cycles
 from uswim_jax.selection import mask_from_order
 from uswim_jax.sweep import Curve
@@ -58,7 +59,7 @@ def pulse_trials(
     verified: Any,
     num_trials: int,
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = None,
     eval_batch_size: int | None = None,
 ) -> jax.Array:
     """Per-trial ``(accuracy, total pulses, verify pulses)``, shape ``(T, 3)``.
@@ -73,11 +74,14 @@ def pulse_trials(
         verified: a boolean pytree like ``params`` (True = write-verify), or
             ``None`` for nothing verified.
         num_trials: T.
-        chunk_size: trials programmed and evaluated at once (``lax.map``).
+        chunk_size: trials programmed and evaluated at once (``lax.map``);
+            ``"auto"`` as in :func:`uswim_jax.montecarlo.evaluate`.
         eval_batch_size: images per forward pass.
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     n = jnp.float32(x.shape[0])
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(apply_fn, params, x, num_trials, eval_batch_size)
 
     def trial(k):
         res = program(k, params, model, verified)
@@ -110,7 +114,7 @@ def pulse_sweep(
     counts: jax.Array,
     num_trials: int,
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = None,
     eval_batch_size: int | None = None,
     reference: jax.Array | None = None,
     baseline: jax.Array | None = None,
@@ -139,6 +143,8 @@ def pulse_sweep(
     n = crossbar_size(params, model.crossbar)
     _, ex_key = jax.random.split(key)
     exhaustive = exhaustive_pulses(ex_key, params, model)
+    if chunk_size == "auto":  # resolved once for every step
+        chunk_size = auto_chunk_size(apply_fn, params, x, num_trials, eval_batch_size)
     kw = {"chunk_size": chunk_size, "eval_batch_size": eval_batch_size}
 
     def run(mask):
