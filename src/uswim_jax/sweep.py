@@ -5,6 +5,10 @@ Step ``k`` write-verifies the first ``counts[k]`` weights of an ``order``
 random numbers across steps and methods) and records accuracy statistics and the
 cumulative normalized write cycles. The result is a :class:`Curve`.
 
+Each trial draws its noise once and scans over the steps with it (trials
+outside, steps inside), so the draw is not repeated per step; the accuracies are
+exactly those of :func:`uswim_jax.evaluate` at each step with the same key.
+
 ``K`` denotes programming steps (budget points), ``T`` trials.
 """
 
@@ -18,10 +22,12 @@ import numpy as np
 
 from uswim_jax._checks import check_finite_tree
 from uswim_jax._tree import crossbar_size
+from uswim_jax.device import noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
     auto_chunk_size,
+    correct_count,
     noisy_accuracy,
     run_trials,
     summarize,
@@ -200,9 +206,13 @@ def sweep(
         )
     keys = trial_keys(key, num_trials)
     std_w, std_v = device.std(params)
+    crossbar = device.crossbar
+
+    def mask_std(mask):
+        return jax.tree.map(lambda m, a, b: jnp.where(m, b, a), mask, std_w, std_v)
 
     def accuracies(mask):
-        std = jax.tree.map(lambda m, a, b: jnp.where(m, b, a), mask, std_w, std_v)
+        std = mask_std(mask)
 
         def trial(k):
             return noisy_accuracy(
@@ -212,26 +222,39 @@ def sweep(
                 std,
                 x,
                 y,
-                crossbar=device.crossbar,
+                crossbar=crossbar,
                 eval_batch_size=eval_batch_size,
             )
 
         return run_trials(keys, trial, chunk_size=chunk_size, shard=shard)
 
-    def step(carry, count):
-        mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
+    counts = jnp.asarray(counts, jnp.int32)
+
+    def trial_curve(k):
+        # Trials outside, steps inside: each trial's noise is drawn once and
+        # reused by every step (the same z that noisy_accuracy draws from k).
+        z = noise_like(k, params, crossbar)
+
+        def step(carry, count):
+            mask = mask_from_order(order, params, count=count, predicate=crossbar)
+            noisy = jax.tree.map(
+                lambda w, s, n: (w + s * n).astype(w.dtype), params, mask_std(mask), z
+            )
+            correct = correct_count(apply_fn, noisy, x, y, eval_batch_size)
+            return carry, correct.astype(jnp.float32) / jnp.float32(x.shape[0])
+
+        return jax.lax.scan(step, None, counts)[1]
+
+    def step_cycles(carry, count):
+        mask = mask_from_order(order, params, count=count, predicate=crossbar)
         cyc = device.write_cycles(mask, params)
-        return carry, (
-            accuracies(mask),
-            cyc.normalized,
-            cyc.normalized_verified_only,
-        )
+        return carry, (cyc.normalized, cyc.normalized_verified_only)
 
     none = jax.tree.map(lambda s: jnp.zeros(s.shape, bool), std_w)
     cyc0 = device.write_cycles(none, params)
     every = jax.tree.map(lambda s: jnp.ones(s.shape, bool), std_w)
-    counts = jnp.asarray(counts, jnp.int32)
-    _, (accs, cycles, cycles_v) = jax.lax.scan(step, None, counts)
+    _, (cycles, cycles_v) = jax.lax.scan(step_cycles, None, counts)
+    accs = run_trials(keys, trial_curve, chunk_size=chunk_size, shard=shard).T
     return Curve(
         counts=counts,
         fractions=counts.astype(jnp.float32) / jnp.float32(n),
