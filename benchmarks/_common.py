@@ -6,6 +6,7 @@ images), machine information, round-robin timing and a linear fit.
 """
 
 import dataclasses
+import functools
 import os
 import platform
 import statistics
@@ -19,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax.models import Model, build_model
+from uswim_jax.montecarlo import evaluate
+from uswim_jax.selection import mask_from_order
 
 RUN_DIR = "runs/reproduce-mnist/train"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -152,3 +155,39 @@ def linear_fit(xs, ts) -> dict[str, float]:
             else float("nan")
         ),
     }
+
+
+#: The static arguments of the jitted drivers.
+STATIC = ("apply_fn", "num_trials", "chunk_size", "eval_batch_size")
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+def evaluate_driver(
+    key,
+    params,
+    x,
+    y,
+    device,
+    order,
+    count,
+    *,
+    apply_fn,
+    num_trials,
+    chunk_size,
+    eval_batch_size,
+):
+    """Per-trial accuracies of ``evaluate`` with the first ``count`` weights of
+    ``order`` verified (one step of a sweep, evaluated on its own)."""
+    mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
+    return evaluate(
+        key,
+        apply_fn,
+        params,
+        x,
+        y,
+        device,
+        mask,
+        num_trials,
+        chunk_size=chunk_size,
+        eval_batch_size=eval_batch_size,
+    ).accuracies

@@ -40,9 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as uj
-from benchmarks._common import RESULTS_DIR, block, lenet_problem, machine_info
-from uswim_jax.montecarlo import evaluate
-from uswim_jax.selection import mask_from_order
+from benchmarks._common import (
+    RESULTS_DIR,
+    block,
+    evaluate_driver,
+    lenet_problem,
+    machine_info,
+)
 from uswim_jax.sweep import counts_for_fractions, sweep
 
 RESULTS = os.path.join(RESULTS_DIR, "recompile.json")
@@ -112,36 +116,6 @@ def sweep_driver(
         eval_batch_size=eval_batch_size,
     )
     return c.accuracies, c.reference, c.baseline, c.cycles
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def evaluate_driver(
-    key,
-    params,
-    x,
-    y,
-    device,
-    order,
-    count,
-    *,
-    apply_fn,
-    num_trials,
-    chunk_size,
-    eval_batch_size,
-):
-    mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
-    return evaluate(
-        key,
-        apply_fn,
-        params,
-        x,
-        y,
-        device,
-        mask,
-        num_trials,
-        chunk_size=chunk_size,
-        eval_batch_size=eval_batch_size,
-    ).accuracies
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "sigma"))

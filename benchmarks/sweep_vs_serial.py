@@ -51,9 +51,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as uj
-from benchmarks._common import RESULTS_DIR, lenet_problem, machine_info, round_robin
+from benchmarks._common import (
+    RESULTS_DIR,
+    evaluate_driver,
+    lenet_problem,
+    machine_info,
+    round_robin,
+)
 from uswim_jax.device import verified_mask
-from uswim_jax.montecarlo import evaluate, noisy_accuracy, trial_keys
+from uswim_jax.montecarlo import noisy_accuracy, trial_keys
 from uswim_jax.selection import mask_from_order
 from uswim_jax.sweep import counts_for_fractions, sweep
 
@@ -101,36 +107,6 @@ def _sweep_jit(
     ).accuracies
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _evaluate_jit(
-    key,
-    params,
-    x,
-    y,
-    device,
-    order,
-    count,
-    *,
-    apply_fn,
-    num_trials,
-    chunk_size,
-    eval_batch_size,
-):
-    mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
-    return evaluate(
-        key,
-        apply_fn,
-        params,
-        x,
-        y,
-        device,
-        mask,
-        num_trials,
-        chunk_size=chunk_size,
-        eval_batch_size=eval_batch_size,
-    ).accuracies
-
-
 @jax.jit
 def _step_std(params, device, order, count):
     mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
@@ -174,7 +150,7 @@ def make_cases(
     def evaluate_case():
         return jnp.stack(
             [
-                _evaluate_jit(key, params, x, y, device, order, c, **common)
+                evaluate_driver(key, params, x, y, device, order, c, **common)
                 for c in step_counts
             ]
         )
