@@ -22,6 +22,7 @@ import numpy as np
 from uswim_jax.models import Model, build_model
 from uswim_jax.montecarlo import evaluate
 from uswim_jax.selection import mask_from_order
+from uswim_jax.sweep import sweep
 
 RUN_DIR = "runs/reproduce-mnist/train"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -191,3 +192,38 @@ def evaluate_driver(
         chunk_size=chunk_size,
         eval_batch_size=eval_batch_size,
     ).accuracies
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+def sweep_driver(
+    key,
+    params,
+    x,
+    y,
+    device,
+    order,
+    counts,
+    reference=None,
+    baseline=None,
+    *,
+    apply_fn,
+    num_trials,
+    chunk_size,
+    eval_batch_size,
+):
+    """The whole sweep in one jitted call (the :class:`Curve`)."""
+    return sweep(
+        key,
+        apply_fn,
+        params,
+        x,
+        y,
+        device,
+        order,
+        counts,
+        num_trials,
+        chunk_size=chunk_size,
+        eval_batch_size=eval_batch_size,
+        reference=reference,
+        baseline=baseline,
+    )

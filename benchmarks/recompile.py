@@ -42,10 +42,12 @@ import numpy as np
 import uswim_jax as uj
 from benchmarks._common import (
     RESULTS_DIR,
+    STATIC,
     block,
     evaluate_driver,
     lenet_problem,
     machine_info,
+    sweep_driver,
 )
 from uswim_jax.sweep import counts_for_fractions, sweep
 
@@ -53,7 +55,6 @@ RESULTS = os.path.join(RESULTS_DIR, "recompile.json")
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 COMPILE = "/jax/core/compile/backend_compile_duration"
-_STATIC = ("apply_fn", "num_trials", "chunk_size", "eval_batch_size")
 
 
 class EventLog:
@@ -87,38 +88,7 @@ class EventLog:
         return out
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def sweep_driver(
-    key,
-    params,
-    x,
-    y,
-    device,
-    order,
-    counts,
-    *,
-    apply_fn,
-    num_trials,
-    chunk_size,
-    eval_batch_size,
-):
-    c = sweep(
-        key,
-        apply_fn,
-        params,
-        x,
-        y,
-        device,
-        order,
-        counts,
-        num_trials,
-        chunk_size=chunk_size,
-        eval_batch_size=eval_batch_size,
-    )
-    return c.accuracies, c.reference, c.baseline, c.cycles
-
-
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "sigma"))
+@functools.partial(jax.jit, static_argnames=(*STATIC, "sigma"))
 def sweep_static_sigma(
     key,
     params,
@@ -167,7 +137,7 @@ def measure_driver(log, jitted, static, settings, repeats) -> dict:
     for s in settings:
         out, t = block(lambda s=s: fn(*s))
         loop_times.append(t)
-        acc = out[0] if isinstance(out, tuple) else out
+        acc = getattr(out, "accuracies", out)
         means.append(float(np.mean(np.asarray(acc))))
     loop_all = log.since(m)
     loop_own = log.since(m, name)

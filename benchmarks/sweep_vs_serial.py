@@ -57,11 +57,12 @@ from benchmarks._common import (
     lenet_problem,
     machine_info,
     round_robin,
+    sweep_driver,
 )
 from uswim_jax.device import verified_mask
 from uswim_jax.montecarlo import noisy_accuracy, trial_keys
 from uswim_jax.selection import mask_from_order
-from uswim_jax.sweep import counts_for_fractions, sweep
+from uswim_jax.sweep import counts_for_fractions
 
 RESULTS = os.path.join(RESULTS_DIR, "sweep_vs_serial.json")
 DEVICE = "UniformVariation(sigma=0.3, sigma_verified=0.03)"
@@ -69,42 +70,6 @@ SWEEP = "sweep (lax.scan, one call)"
 EVAL_K = "evaluate x K"
 SERIAL_SAME = "serial, same forward (K x T calls)"
 SERIAL_XLA = "serial, XLA conv, one batch (K x T calls)"
-
-_STATIC = ("apply_fn", "num_trials", "chunk_size", "eval_batch_size")
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _sweep_jit(
-    key,
-    params,
-    x,
-    y,
-    device,
-    order,
-    counts,
-    reference,
-    baseline,
-    *,
-    apply_fn,
-    num_trials,
-    chunk_size,
-    eval_batch_size,
-):
-    return sweep(
-        key,
-        apply_fn,
-        params,
-        x,
-        y,
-        device,
-        order,
-        counts,
-        num_trials,
-        chunk_size=chunk_size,
-        eval_batch_size=eval_batch_size,
-        reference=reference,
-        baseline=baseline,
-    ).accuracies
 
 
 @jax.jit
@@ -145,7 +110,9 @@ def make_cases(
     keys = [keys[t] for t in range(num_trials)]
 
     def sweep_case():
-        return _sweep_jit(key, params, x, y, device, order, counts_dev, *ends, **common)
+        return sweep_driver(
+            key, params, x, y, device, order, counts_dev, *ends, **common
+        ).accuracies
 
     def evaluate_case():
         return jnp.stack(
