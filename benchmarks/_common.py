@@ -7,6 +7,7 @@ images), machine information, round-robin timing and a linear fit.
 
 import dataclasses
 import functools
+import json
 import os
 import platform
 import statistics
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax._io import atomic_write_text
 from uswim_jax.models import Model, build_model
 from uswim_jax.montecarlo import evaluate
 from uswim_jax.selection import mask_from_order
@@ -227,3 +229,10 @@ def sweep_driver(
         reference=reference,
         baseline=baseline,
     )
+
+
+def write_result(out: dict, path: str) -> None:
+    """Writes a benchmark's JSON (keys in insertion order, which the README
+    tables follow) atomically, creating the folder, and says where."""
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -15,7 +15,6 @@ a chunk of unit-vector HVPs rather than run on all parameters.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import uswim_jax as uj
+from benchmarks._common import write_result
 
 
 def lenet() -> tuple:
@@ -197,10 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": {"obd_diagonal": 3.0, "hutchinson_per_probe": 2.5},
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"\nwrote {args.output}")
+    write_result(out, args.output)
     return out
 
 

@@ -60,7 +60,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, generated_images, linear_fit, machine_info
+from benchmarks._common import (
+    RESULTS_DIR,
+    generated_images,
+    linear_fit,
+    machine_info,
+    write_result,
+)
 
 RESULTS = os.path.join(RESULTS_DIR, "mc_scaling.json")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -465,10 +471,7 @@ def main(argv=None) -> dict:
         "summary": summary,
         "cases": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {output}")
+    write_result(out, output)
     return out
 
 

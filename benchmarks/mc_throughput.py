@@ -36,7 +36,6 @@ and random images, and says which in the JSON.
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as uj
+from benchmarks._common import write_result
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
     auto_chunk_size,
@@ -330,10 +330,7 @@ def main(argv=None) -> dict:
         "mean_accuracy_best": float(accs[best_fast].mean()),
         "cases": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {output}")
+    write_result(out, output)
     return out
 
 

@@ -31,7 +31,6 @@ with ``--quick``).
 import argparse
 import collections
 import functools
-import json
 import os
 import statistics
 
@@ -48,6 +47,7 @@ from benchmarks._common import (
     lenet_problem,
     machine_info,
     sweep_driver,
+    write_result,
 )
 from uswim_jax.sweep import counts_for_fractions, sweep
 
@@ -287,10 +287,7 @@ def main(argv=None) -> dict:
         "drivers": drivers,
         "control_static_sigma": control,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {output}")
+    write_result(out, output)
     return out
 
 

@@ -43,7 +43,6 @@ with ``--quick``).
 import argparse
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -58,6 +57,7 @@ from benchmarks._common import (
     machine_info,
     round_robin,
     sweep_driver,
+    write_result,
 )
 from uswim_jax.device import verified_mask
 from uswim_jax.montecarlo import noisy_accuracy, trial_keys
@@ -277,10 +277,7 @@ def main(argv=None) -> dict:
         "mean_accuracy_per_step": [float(a) for a in accs[SWEEP].mean(axis=1)],
         "cases": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {output}")
+    write_result(out, output)
     return out
 
 
