@@ -168,14 +168,13 @@ def test_fast_evaluate_gives_the_default_accuracies_float64():
     np.testing.assert_array_equal(out, ref)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU rule")
-def test_auto_chunk_is_one_for_xla_convolutions_on_cpu():
-    """Per-trial kernels make XLA's CPU convolution a grouped convolution under
-    ``vmap`` (slower than one trial at a time); the im2col model's matmuls batch
-    well, so ``"auto"`` gives it several trials."""
+def test_auto_chunk_batches_trials_for_xla_convolutions_too():
+    """Convolutions with per-trial kernels are rewritten as matmuls against the
+    stacked kernels (``uswim_jax._trialbatch``), so ``"auto"`` batches several
+    trials for the plain XLA-convolution model as for the im2col one."""
     from uswim_jax.montecarlo import auto_chunk_size
 
     model, params, x, _ = _lenet_problem()
-    assert auto_chunk_size(model.apply_fn, params, x, 20, 8) == 1
+    assert auto_chunk_size(model.apply_fn, params, x, 20, 8) > 1
     fast = build_model("lenet", conv_impl="im2col")
     assert auto_chunk_size(fast.apply_fn, params, x, 20, 8) > 1

@@ -7,7 +7,6 @@ not depend on the chunk size or the number of devices, and the same trial keys
 serve every method and every programming step (common random numbers).
 """
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -18,6 +17,10 @@ import numpy as np
 from jax.extend import core as jcore
 
 from uswim_jax._checks import check_finite_tree
+from uswim_jax._tree import crossbar_flags
+from uswim_jax._trialbatch import nbytes_of as _nbytes_of
+from uswim_jax._trialbatch import trial_batched
+from uswim_jax._trialbatch import var_bytes as _var_bytes
 from uswim_jax.device import noise_like, verified_mask
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -187,6 +190,158 @@ def noisy_accuracy(
     return correct.astype(jnp.float32) / jnp.float32(x.shape[0])
 
 
+def trials_correct(
+    apply_fn: ApplyFn,
+    stacked: Any,
+    batched: Any,
+    x: jax.Array,
+    y: jax.Array,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """Correct top-1 predictions over ``x`` of each of ``T`` trials, shape
+    ``(T,)``.
+
+    ``stacked`` is a params pytree whose leaves flagged in ``batched`` (a pytree
+    of bools like it) carry a leading trial axis; the others are shared by
+    every trial. ``apply_fn`` runs trial-batched
+    (:func:`uswim_jax._trialbatch.trial_batched`): its params-only steps run
+    once per trial before the image batches, the steps that read no per-trial
+    value run once per batch for all trials, and convolutions with per-trial
+    kernels are matmuls against the stacked kernels. The images are evaluated in
+    batches of ``batch_size`` (the last one padded and masked) when given.
+    """
+    n = x.shape[0]
+    template = jax.tree.map(
+        lambda a, b: jax.ShapeDtypeStruct(a.shape[1:] if b else a.shape, a.dtype),
+        stacked,
+        batched,
+    )
+    if batch_size is None or batch_size >= n:
+        tb = trial_batched(apply_fn, template, x, batched)
+        pred = jnp.argmax(tb(stacked, x), axis=-1)
+        return jnp.sum(pred == y[None], axis=1, dtype=jnp.int32)
+    nb = -(-n // batch_size)
+    pad = nb * batch_size - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    yp = jnp.concatenate([y, jnp.full((pad,), -1, y.dtype)])
+    xb = xp.reshape(nb, batch_size, *x.shape[1:])
+    yb = yp.reshape(nb, batch_size)
+    tb = trial_batched(apply_fn, template, xb[0], batched)
+    prepared = tb.prepare(stacked)
+
+    def one(args):
+        xi, yi = args
+        pred = jnp.argmax(tb.apply(prepared, xi), axis=-1)
+        return jnp.sum(pred == yi[None], axis=1, dtype=jnp.int32)
+
+    return jnp.sum(jax.lax.map(one, (xb, yb)), axis=0)
+
+
+def noisy_stack(
+    keys: jax.Array, params: Any, std: Any, crossbar: Callable | None = None
+) -> tuple[Any, Any]:
+    """``params + std * z`` for each key (``z = noise_like(key, params)``), as
+    ``(stacked, batched)``: the crossbar leaves with a leading trial axis, the
+    others (whose noise is zero) as they are; ``batched`` flags the former.
+    Trial ``t`` gets exactly what :func:`noisy_accuracy` uses for ``keys[t]``."""
+    flags = crossbar_flags(params, crossbar)
+    z = jax.vmap(lambda k: noise_like(k, params, crossbar))(keys)
+    return stack_noisy(params, std, z, flags), flags
+
+
+def stack_noisy(params: Any, std: Any, z: Any, batched: Any) -> Any:
+    """``params + std * z`` for a stack of draws ``z`` (leading trial axis) on the
+    leaves flagged in ``batched``; the other leaves as they are (their noise is
+    zero)."""
+    return jax.tree.map(
+        lambda w, s, n, f: (w[None] + s[None] * n).astype(w.dtype) if f else w,
+        params,
+        std,
+        z,
+        batched,
+    )
+
+
+def noisy_accuracies(
+    keys: jax.Array,
+    apply_fn: ApplyFn,
+    params: Any,
+    std: Any,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    crossbar: Callable | None = None,
+    eval_batch_size: int | None = None,
+) -> jax.Array:
+    """:func:`noisy_accuracy` for each of ``keys`` (a chunk of trials), shape
+    ``(T,)``, with the trials evaluated together (:func:`trials_correct`): the
+    chunk's noise is drawn first (the same draw per trial), then each image
+    batch runs once for all the trials. The keys are consumed."""
+    stacked, flags = noisy_stack(keys, params, std, crossbar)
+    correct = trials_correct(apply_fn, stacked, flags, x, y, eval_batch_size)
+    return correct.astype(jnp.float32) / jnp.float32(x.shape[0])
+
+
+def _check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int | np.integer) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive integer or None, got {chunk_size!r} "
+            '(evaluate and sweep also take "auto")'
+        )
+
+
+def _map_chunks(fn: Callable, keys: jax.Array, chunk_size: int | None) -> Any:
+    t = keys.shape[0]
+    if chunk_size is None or chunk_size >= t:
+        return fn(keys)
+    nb, rem = divmod(t, chunk_size)
+    main = jax.lax.map(fn, keys[: nb * chunk_size].reshape(nb, chunk_size))
+    main = jax.tree.map(lambda a: a.reshape(nb * chunk_size, *a.shape[2:]), main)
+    if not rem:
+        return main
+    last = fn(keys[nb * chunk_size :])
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), main, last)
+
+
+def run_chunks(
+    keys: jax.Array,
+    fn: Callable[[jax.Array], Any],
+    *,
+    chunk_size: int | None = None,
+    shard: bool = False,
+) -> Any:
+    """Applies ``fn(keys) -> (T, ...)``, which evaluates a chunk of trials at
+    once, to ``keys`` in chunks of ``chunk_size`` (``lax.map`` over the chunks,
+    the remainder as one more chunk), and, with ``shard=True``, the trial axis
+    split over all local devices (``jax.shard_map``). Results do not depend on
+    ``chunk_size`` or the device count as long as ``fn``'s result for a trial
+    does not depend on the other trials of its chunk."""
+    _check_chunk_size(chunk_size)
+    t = keys.shape[0]
+    if not shard or jax.local_device_count() == 1:
+        return _map_chunks(fn, keys, chunk_size)
+    devices = np.asarray(jax.local_devices())
+    n_dev = len(devices)
+    per = -(-t // n_dev)
+    pad = per * n_dev - t
+    padded = jnp.concatenate([keys, keys[:pad]]) if pad else keys
+    mesh = jax.sharding.Mesh(devices, ("trials",))
+    spec = jax.sharding.PartitionSpec("trials")
+    # check_vma=False: the trial-batched interpreter binds primitives directly,
+    # mixing per-device values with replicated ones (params, images) the way
+    # jax.numpy would after an implicit pvary.
+    out = jax.shard_map(
+        lambda k: _map_chunks(fn, k, chunk_size),
+        mesh=mesh,
+        in_specs=spec,
+        out_specs=spec,
+        check_vma=False,
+    )(padded)
+    return jax.tree.map(lambda a: a[:t], out)
+
+
 def run_trials(
     keys: jax.Array,
     fn: Callable[[jax.Array], jax.Array],
@@ -195,36 +350,9 @@ def run_trials(
     shard: bool = False,
 ) -> jax.Array:
     """Applies ``fn(key) -> scalar`` to each key: ``vmap`` within chunks of
-    ``chunk_size`` trials (``lax.map``), and, with ``shard=True``, the trial axis
-    split over all local devices (``jax.shard_map``). Results do not depend on
+    ``chunk_size`` trials (:func:`run_chunks`). Results do not depend on
     ``chunk_size`` or the device count."""
-    if chunk_size is not None and (
-        not isinstance(chunk_size, int | np.integer) or chunk_size < 1
-    ):
-        raise ValueError(
-            f"chunk_size must be a positive integer or None, got {chunk_size!r} "
-            '(evaluate and sweep also take "auto")'
-        )
-    t = keys.shape[0]
-    if not shard or jax.local_device_count() == 1:
-        if chunk_size is None or chunk_size >= t:
-            return jax.vmap(fn)(keys)
-        return jax.lax.map(fn, keys, batch_size=chunk_size)
-    devices = np.asarray(jax.local_devices())
-    n_dev = len(devices)
-    per = -(-t // n_dev)
-    pad = per * n_dev - t
-    padded = jnp.concatenate([keys, keys[:pad]]) if pad else keys
-    mesh = jax.sharding.Mesh(devices, ("trials",))
-    spec = jax.sharding.PartitionSpec("trials")
-
-    def local(k):
-        if chunk_size is None or chunk_size >= per:
-            return jax.vmap(fn)(k)
-        return jax.lax.map(fn, k, batch_size=chunk_size)
-
-    out = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec)(padded)
-    return out[:t]
+    return run_chunks(keys, jax.vmap(fn), chunk_size=chunk_size, shard=shard)
 
 
 #: ``chunk_size="auto"``: the share of the free memory the trials may take.
@@ -289,17 +417,6 @@ def choose_chunk_size(
     return cap
 
 
-def _nbytes_of(shape: tuple, dtype: Any) -> int:
-    return math.prod(shape) * np.dtype(dtype).itemsize
-
-
-def _var_bytes(v: Any) -> int:
-    aval = getattr(v, "aval", None)
-    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
-        return 0  # tokens and other non-arrays
-    return _nbytes_of(aval.shape, aval.dtype)
-
-
 def _peak_bytes(jaxpr: Any) -> int:
     """Peak bytes of the values a jaxpr creates, from their live ranges in
     equation order (inputs not counted; a nested jaxpr adds its own peak at its
@@ -338,24 +455,6 @@ def forward_bytes(apply_fn: ApplyFn, params: Any, x: Any) -> int:
     (``x`` may be a ``jax.ShapeDtypeStruct``), from the live ranges of the values
     in its jaxpr; params and ``x`` themselves are not counted."""
     return _peak_bytes(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
-
-
-def _convolves_with_params(jaxpr: Any, param_vars: Any) -> bool:
-    """Whether a convolution's kernel depends on the params (looking into
-    nested jaxprs whenever their equation reads the params)."""
-    dep = set(param_vars)
-    for eqn in jaxpr.eqns:
-        reads = [not isinstance(v, jcore.Literal) and v in dep for v in eqn.invars]
-        if not any(reads):
-            continue
-        if eqn.primitive.name == "conv_general_dilated" and reads[1]:
-            return True
-        for sub in jcore.jaxprs_in_params(eqn.params):
-            sub = getattr(sub, "jaxpr", sub)
-            if _convolves_with_params(sub, sub.invars + sub.constvars):
-                return True
-        dep.update(eqn.outvars)
-    return False
 
 
 def _free_memory_bytes(device: Any) -> int:
@@ -432,17 +531,19 @@ def auto_chunk_size(
     n = int(np.shape(x)[0])
     b = n if eval_batch_size is None else min(int(eval_batch_size), n)
     xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
-    jaxpr = jax.make_jaxpr(apply_fn)(params, xb).jaxpr
-    activations = _peak_bytes(jaxpr)
+    # The activations of one trial as evaluate runs it: trial-batched, with
+    # the im2col patches of the rewritten convolutions.
+    one = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)), params
+    )
+    tb = trial_batched(apply_fn, params, xb)
+    activations = _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
     param_bytes = sum(
         _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
     )
     device = jax.local_devices()[0]
     cache = None
     if device.platform == "cpu":
-        n_params = len(jax.tree.leaves(params))
-        if _convolves_with_params(jaxpr, jaxpr.invars[:n_params]):
-            return 1
         cache = int(AUTO_CACHE_FRACTION * _last_level_cache_bytes())
     t = num_trials
     if shard and jax.local_device_count() > 1:
@@ -532,9 +633,9 @@ def evaluate(
             apply_fn, params, x, num_trials, eval_batch_size, shard=shard
         )
 
-    def trial(k):
-        return noisy_accuracy(
-            k,
+    def chunk(keys):
+        return noisy_accuracies(
+            keys,
             apply_fn,
             params,
             std,
@@ -544,7 +645,7 @@ def evaluate(
             eval_batch_size=eval_batch_size,
         )
 
-    accs = run_trials(
-        trial_keys(key, num_trials), trial, chunk_size=chunk_size, shard=shard
+    accs = run_chunks(
+        trial_keys(key, num_trials), chunk, chunk_size=chunk_size, shard=shard
     )
     return summarize(accs)

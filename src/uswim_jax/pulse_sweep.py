@@ -19,34 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._tree import crossbar_size
-from uswim_jax.montecarlo import auto_chunk_size
+from uswim_jax._tree import crossbar_flags, crossbar_size
+from uswim_jax.montecarlo import auto_chunk_size, run_chunks, trial_keys, trials_correct
 from uswim_jax.programming import PulseModel, program, pulse_write_cycles
 from uswim_jax.selection import mask_from_order
 from uswim_jax.sweep import Curve
-
-
-def _correct(apply_fn, params, x, y, batch_size: int | None) -> jax.Array:
-    n = x.shape[0]
-    if batch_size is None or batch_size >= n:
-        return jnp.sum(jnp.argmax(apply_fn(params, x), -1) == y, dtype=jnp.int32)
-    nb = -(-n // batch_size)
-    pad = nb * batch_size - n
-    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    yp = jnp.concatenate([y, jnp.full((pad,), -1, y.dtype)])
-    xb = xp.reshape(nb, batch_size, *x.shape[1:])
-    yb = yp.reshape(nb, batch_size)
-
-    def one(args):
-        xi, yi = args
-        return jnp.sum(jnp.argmax(apply_fn(params, xi), -1) == yi, dtype=jnp.int32)
-
-    return jnp.sum(jax.lax.map(one, (xb, yb)))
-
-
-def _keys(key: jax.Array, num_trials: int) -> jax.Array:
-    idx = jnp.arange(num_trials, dtype=jnp.uint32)
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
 def pulse_trials(
@@ -83,16 +60,19 @@ def pulse_trials(
     if chunk_size == "auto":
         chunk_size = auto_chunk_size(apply_fn, params, x, num_trials, eval_batch_size)
 
-    def trial(k):
-        res = program(k, params, model, verified)
-        acc = _correct(apply_fn, res.params, x, y, eval_batch_size)
-        cyc = pulse_write_cycles(res, verified, exhaustive=1.0)
-        return jnp.stack([acc.astype(jnp.float32) / n, cyc.total, cyc.verify])
+    flags = crossbar_flags(params, model.crossbar)
 
-    keys = _keys(key, num_trials)
-    if chunk_size is None or chunk_size >= num_trials:
-        return jax.vmap(trial)(keys)
-    return jax.lax.map(trial, keys, batch_size=chunk_size)
+    def chunk(keys):
+        # The chunk's trials are programmed first (one program per key, as
+        # before), then evaluated together; off-crossbar leaves are exact, so
+        # they are shared by the trials.
+        res = jax.vmap(lambda k: program(k, params, model, verified))(keys)
+        stacked = jax.tree.map(lambda r, w, f: r if f else w, res.params, params, flags)
+        acc = trials_correct(apply_fn, stacked, flags, x, y, eval_batch_size)
+        cyc = jax.vmap(lambda r: pulse_write_cycles(r, verified, exhaustive=1.0))(res)
+        return jnp.stack([acc.astype(jnp.float32) / n, cyc.total, cyc.verify], axis=1)
+
+    return run_chunks(trial_keys(key, num_trials), chunk, chunk_size=chunk_size)
 
 
 def exhaustive_pulses(key: jax.Array, params: Any, model: PulseModel) -> jax.Array:

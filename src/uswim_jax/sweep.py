@@ -21,17 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax._checks import check_finite_tree
-from uswim_jax._tree import crossbar_size
+from uswim_jax._tree import crossbar_flags, crossbar_size
 from uswim_jax.device import noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
     auto_chunk_size,
-    correct_count,
-    noisy_accuracy,
-    run_trials,
+    noisy_accuracies,
+    run_chunks,
+    stack_noisy,
     summarize,
     trial_keys,
+    trials_correct,
 )
 from uswim_jax.selection import mask_from_order
 
@@ -214,8 +215,8 @@ def sweep(
     def accuracies(mask):
         std = mask_std(mask)
 
-        def trial(k):
-            return noisy_accuracy(
+        def chunk(k):
+            return noisy_accuracies(
                 k,
                 apply_fn,
                 params,
@@ -226,24 +227,24 @@ def sweep(
                 eval_batch_size=eval_batch_size,
             )
 
-        return run_trials(keys, trial, chunk_size=chunk_size, shard=shard)
+        return run_chunks(keys, chunk, chunk_size=chunk_size, shard=shard)
 
     counts = jnp.asarray(counts, jnp.int32)
+    flags = crossbar_flags(params, crossbar)
 
-    def trial_curve(k):
-        # Trials outside, steps inside: each trial's noise is drawn once and
-        # reused by every step (the same z that noisy_accuracy draws from k).
-        z = noise_like(k, params, crossbar)
+    def chunk_curve(k):
+        # Trials outside, steps inside: each trial's noise is drawn once (the
+        # same z that noisy_accuracy draws from its key) and reused by every
+        # step; the chunk's trials are evaluated together at each step.
+        z = jax.vmap(lambda kt: noise_like(kt, params, crossbar))(k)
 
         def step(carry, count):
             mask = mask_from_order(order, params, count=count, predicate=crossbar)
-            noisy = jax.tree.map(
-                lambda w, s, n: (w + s * n).astype(w.dtype), params, mask_std(mask), z
-            )
-            correct = correct_count(apply_fn, noisy, x, y, eval_batch_size)
+            noisy = stack_noisy(params, mask_std(mask), z, flags)
+            correct = trials_correct(apply_fn, noisy, flags, x, y, eval_batch_size)
             return carry, correct.astype(jnp.float32) / jnp.float32(x.shape[0])
 
-        return jax.lax.scan(step, None, counts)[1]
+        return jax.lax.scan(step, None, counts)[1].T  # (chunk, K)
 
     def step_cycles(carry, count):
         mask = mask_from_order(order, params, count=count, predicate=crossbar)
@@ -254,7 +255,7 @@ def sweep(
     cyc0 = device.write_cycles(none, params)
     every = jax.tree.map(lambda s: jnp.ones(s.shape, bool), std_w)
     _, (cycles, cycles_v) = jax.lax.scan(step_cycles, None, counts)
-    accs = run_trials(keys, trial_curve, chunk_size=chunk_size, shard=shard).T
+    accs = run_chunks(keys, chunk_curve, chunk_size=chunk_size, shard=shard).T
     return Curve(
         counts=counts,
         fractions=counts.astype(jnp.float32) / jnp.float32(n),

@@ -1,0 +1,494 @@
+"""Trial batching: one forward pass of any JAX model for many trials' params.
+
+:func:`trial_batched` turns ``apply_fn(params, x)`` into a pair ``(prepare,
+apply)`` with ``apply(prepare(stacked), x)[t] == apply_fn(params_t, x)``, where
+``stacked`` holds the params of ``T`` trials on a leading axis (only the leaves
+flagged ``batched``; the others are shared by every trial). It traces
+``apply_fn`` once (``jax.make_jaxpr``) and interprets the jaxpr, tracking which
+values carry the trial axis:
+
+- a step none of whose inputs carries the trial axis runs once, shared by every
+  trial (the first layer's input patches, a layer whose kernel is off the
+  crossbar, normalisation constants);
+- ``prepare`` runs, once per trial, every step that reads the params alone and
+  makes nothing larger than its largest input (reshapes, transposes and
+  gathers of kernels, quantizers; ``split_params_only``'s rule), and puts each
+  convolution's per-trial kernel into matrix form; ``apply`` runs the rest, so a
+  loop over image batches does that work once;
+- ``conv_general_dilated`` with a per-trial kernel becomes im2col: the patches
+  (built once when the input is shared, per trial otherwise; written in place
+  with ``dynamic_update_slice``) times the stacked kernels, as one matmul
+  ``(T*O, K) @ (K, P*N)`` for a shared input and a batched ``dot_general``
+  otherwise. Any rank, stride, padding, lhs/rhs dilation, ``feature_group_count``
+  and ``dimension_numbers``. The patches and the output keep the images on the
+  minor axis (``(C, spatial..., N)``, the "CHWN trunk"), and the value keeps
+  that physical layout through elementwise steps, pooling (``reduce_window_*``),
+  reductions and transposes until a step needs the logical layout;
+- call primitives (``jit``/``pjit``, ``closed_call``, ``custom_jvp_call``,
+  ``custom_vjp_call``, ``remat``) are interpreted recursively (their primal
+  bodies: this is a forward pass);
+- every other step with a per-trial input runs under ``jax.vmap``'s batching rule
+  (``dot_general`` gets the trial axis as a batch dimension, or folded into the
+  free dimensions when one side is shared); so does a convolution the rewrite
+  does not cover (``batch_group_count > 1``). Each primitive that takes the
+  ``vmap`` route is named once per trace in a ``logging.debug`` line.
+
+The rewritten convolutions compute the same sums in another order (float
+rounding differs at the last bits); everything else is the same primitives on
+the same values.
+"""
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jcore
+
+from uswim_jax._obd import CALL_PRIMITIVES, ELEMENTWISE_PRIMITIVES, _bind, _inner
+
+logger = logging.getLogger(__name__)
+
+#: Elementwise primitives run in whatever physical layout their batched
+#: operands share.
+_ELEMENTWISE = (ELEMENTWISE_PRIMITIVES - {"optimization_barrier"}) | {
+    "stop_gradient",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and",
+    "or",
+    "not",
+    "xor",
+    "is_finite",
+    "nextafter",
+}
+_REDUCE_WINDOW = frozenset(
+    {"reduce_window_max", "reduce_window_min", "reduce_window_sum"}
+)
+_REDUCE = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
+
+
+def nbytes_of(shape: Sequence[int], dtype: Any) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``."""
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def var_bytes(v: Any) -> int:
+    """Bytes of a jaxpr variable's value (0 for tokens and other non-arrays)."""
+    aval = getattr(v, "aval", None)
+    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+        return 0
+    return nbytes_of(aval.shape, aval.dtype)
+
+
+class _V:
+    """A value: the array, whether it carries the leading trial axis, and for a
+    batched value its physical layout ``perm`` (physical axis ``1 + j`` holds
+    logical axis ``perm[j]``; ``None``: the logical order)."""
+
+    __slots__ = ("val", "batched", "perm")
+
+    def __init__(self, val: Any, batched: bool = False, perm: Any = None) -> None:
+        self.val, self.batched = val, batched
+        self.perm = (
+            None
+            if perm is None or tuple(perm) == tuple(range(len(perm)))
+            else tuple(perm)
+        )
+
+
+def _logical(v: _V) -> Any:
+    """The array in its logical layout (trial axis first when batched)."""
+    if v.perm is None:
+        return v.val
+    return jnp.transpose(v.val, (0, *[1 + v.perm.index(i) for i in range(len(v.perm))]))
+
+
+def _in_order(v: _V, order: Sequence[int]) -> Any:
+    """The array with its (logical) axes in ``order``, the trial axis kept first."""
+    if not v.batched:
+        return (
+            jnp.transpose(v.val, order)
+            if tuple(order) != tuple(range(len(order)))
+            else v.val
+        )
+    perm = v.perm or tuple(range(len(order)))
+    axes = (0, *[1 + perm.index(o) for o in order])
+    return v.val if axes == tuple(range(len(axes))) else jnp.transpose(v.val, axes)
+
+
+def _literal(v: Any) -> _V:
+    return _V(v.val)
+
+
+class TrialBatched:
+    """``apply_fn`` interpreted for a stack of trials (see the module docstring).
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> outputs``.
+        params: one trial's params (arrays or ``jax.ShapeDtypeStruct``), fixing
+            the shapes ``apply_fn`` is traced for.
+        x: one input batch (array or ``jax.ShapeDtypeStruct``).
+        batched: a pytree of bools like ``params`` (or ``None``: every leaf),
+            True where the leaf carries a per-trial leading axis.
+    """
+
+    def __init__(self, apply_fn: Callable, params: Any, x: Any, batched: Any = None):
+        closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, x)
+        self.jaxpr, self.consts = closed.jaxpr, closed.consts
+        self.out_tree = jax.tree.structure(out_shape)
+        self.param_tree = jax.tree.structure(params)
+        self.n_params = self.param_tree.num_leaves
+        if batched is None:
+            self.batched = [True] * self.n_params
+        else:
+            self.batched = [bool(b) for b in self.param_tree.flatten_up_to(batched)]
+        self._logged: set = set()
+
+    # -- public --------------------------------------------------------------
+
+    def prepare(self, stacked: Any) -> dict:
+        """The params-only work for the trials in ``stacked`` (a pytree like
+        ``params``, batched leaves with a leading trial axis). Opaque; pass it to
+        :meth:`apply` within the same trace."""
+        leaves = self.param_tree.flatten_up_to(stacked)
+        ts = {
+            int(np.shape(a)[0]) for a, b in zip(leaves, self.batched, strict=True) if b
+        }
+        if len(ts) > 1:
+            raise ValueError(
+                f"batched leaves disagree on the number of trials: {sorted(ts)}"
+            )
+        cache: dict = {"num_trials": ts.pop() if ts else None}
+        ins = [_V(a, b) for a, b in zip(leaves, self.batched, strict=True)]
+        n_x = len(self.jaxpr.invars) - self.n_params
+        self._run(self.jaxpr, self.consts, ins + [None] * n_x, "", cache, prepare=True)
+        cache["params"] = ins
+        return cache
+
+    def apply(self, prepared: dict, x: Any, num_trials: int | None = None) -> Any:
+        """Outputs for every trial, each with a leading trial axis."""
+        t = prepared["num_trials"] or num_trials
+        xs = [_V(a) for a in jax.tree.leaves(x)]
+        outs = self._run(self.jaxpr, self.consts, prepared["params"] + xs, "", prepared)
+        res = []
+        for o in outs:
+            if o.batched:
+                res.append(_logical(o))
+            elif t is None:
+                raise ValueError("no batched params: pass num_trials")
+            else:
+                a = jnp.asarray(o.val)
+                res.append(jnp.broadcast_to(a, (t, *a.shape)))
+        return jax.tree.unflatten(self.out_tree, res)
+
+    def __call__(self, stacked: Any, x: Any) -> Any:
+        return self.apply(self.prepare(stacked), x)
+
+    # -- interpreter ---------------------------------------------------------
+
+    def _run(self, jaxpr, consts, invals, path, cache, prepare=False) -> list:
+        env: dict = {}
+        for v, c in zip(jaxpr.constvars, consts, strict=True):
+            env[v] = _V(c)
+        for v, a in zip(jaxpr.invars, invals, strict=True):
+            if a is not None:
+                env[v] = a
+
+        def read(v):
+            return _literal(v) if isinstance(v, jcore.Literal) else env.get(v)
+
+        for i, eqn in enumerate(jaxpr.eqns):
+            key = f"{path}/{i}"
+            ins = [read(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            if not prepare and key in cache:
+                outs = cache[key]
+            elif name in CALL_PRIMITIVES:
+                sub, sub_consts = _inner(eqn)
+                if len(sub.invars) != len(ins):
+                    outs = self._step_or_none(eqn, ins, key, cache, prepare)
+                else:
+                    outs = self._run(sub, sub_consts, ins, key, cache, prepare)
+            else:
+                outs = self._step_or_none(eqn, ins, key, cache, prepare)
+            for v, o in zip(eqn.outvars, outs, strict=True):
+                if o is not None and not isinstance(v, jcore.DropVar):
+                    env[v] = o
+        return [read(v) for v in jaxpr.outvars]
+
+    def _step_or_none(self, eqn, ins, key, cache, prepare) -> list:
+        if not prepare:
+            return self._step(eqn, ins, key, cache)
+        vars_in = [v for v in eqn.invars if not isinstance(v, jcore.Literal)]
+        hoist = (
+            vars_in
+            and all(a is not None for a in ins)
+            and not eqn.effects
+            and sum(map(var_bytes, eqn.outvars)) <= max(map(var_bytes, vars_in))
+        )
+        if hoist:
+            outs = self._step(eqn, ins, key, cache)
+            cache[key] = outs
+            return outs
+        if (
+            eqn.primitive.name == "conv_general_dilated"
+            and ins[1] is not None
+            and ins[1].batched
+            and self._conv_rewritable(eqn)
+        ):
+            cache[key + "/kernel"] = self._conv_kernel(eqn, ins[1])
+        return [None] * len(eqn.outvars)
+
+    def _fallback(self, eqn, ins, why: str = "") -> list:
+        name = eqn.primitive.name
+        if name not in self._logged:
+            self._logged.add(name)
+            logger.debug(
+                "trial batching: %s runs under jax.vmap's batching rule%s",
+                name,
+                f" ({why})" if why else "",
+            )
+        vals = [_logical(a) for a in ins]
+        axes = [0 if a.batched else None for a in ins]
+        outs = jax.vmap(lambda *a: _bind(eqn, a), in_axes=axes)(*vals)
+        return [_V(o, True) for o in outs]
+
+    def _step(self, eqn, ins, key, cache) -> list:
+        if not any(a.batched for a in ins):
+            return [_V(o) for o in _bind(eqn, [a.val for a in ins])]
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            if ins[1].batched and self._conv_rewritable(eqn):
+                kmat = cache.get(key + "/kernel")
+                if kmat is None:
+                    kmat = self._conv_kernel(eqn, ins[1])
+                return [self._conv(eqn, ins[0], kmat)]
+            if ins[1].batched:
+                return self._fallback(eqn, ins, "batch_group_count > 1")
+            return self._fallback(eqn, ins)
+        if name in _ELEMENTWISE:
+            return self._elementwise(eqn, ins)
+        if name == "transpose" and len(ins) == 1:
+            a = ins[0]
+            perm_in = a.perm or tuple(range(a.val.ndim - 1))
+            q = tuple(eqn.params["permutation"])
+            return [_V(a.val, True, tuple(q.index(p) for p in perm_in))]
+        if name in _REDUCE_WINDOW and len(ins) == 1:
+            return [self._reduce_window(eqn, ins[0])]
+        if name in _REDUCE and len(ins) == 1 and ins[0].perm is not None:
+            return [self._reduce(eqn, ins[0])]
+        return self._fallback(eqn, ins)
+
+    # -- layout-keeping rules --------------------------------------------------
+
+    def _elementwise(self, eqn, ins) -> list:
+        # Run in the layout of the largest batched operand; the others (shared
+        # ones of full rank, possibly with size-1 axes, and batched ones in
+        # another layout) are transposed to it, rank-0 ones pass as they are.
+        rank = max(np.ndim(a.val) - a.batched for a in ins)
+        big = max(
+            (a for a in ins if a.batched and a.val.ndim > 1),
+            key=lambda a: a.val.size,
+            default=None,
+        )
+        perm = None if big is None else big.perm
+        vals, axes = [], []
+        for a in ins:
+            nd = np.ndim(a.val) - a.batched
+            if 0 < nd < rank:  # not an elementwise operand shape: let vmap say
+                return self._fallback(eqn, [_V(_logical(b), b.batched) for b in ins])
+            if a.batched:
+                same = a.perm == perm or nd == 0
+                vals.append(a.val if same else _in_order(a, perm or range(nd)))
+                axes.append(0)
+            else:
+                vals.append(jnp.transpose(a.val, perm) if perm and nd else a.val)
+                axes.append(None)
+        outs = jax.vmap(lambda *v: _bind(eqn, v), in_axes=axes)(*vals)
+        return [_V(o, True, perm) for o in outs]
+
+    def _reduce_window(self, eqn, a: _V) -> _V:
+        perm = a.perm or tuple(range(a.val.ndim - 1))
+        p = dict(eqn.params)
+        for name in (
+            "window_dimensions",
+            "window_strides",
+            "padding",
+            "base_dilation",
+            "window_dilation",
+        ):
+            if name in p:
+                p[name] = tuple(p[name][j] for j in perm)
+        name = eqn.primitive.name
+        if (
+            name != "reduce_window_sum"
+            and all(d == 1 for d in p["base_dilation"])
+            and all(pad == (0, 0) for pad in p["padding"])
+        ):
+            # max/min of strided slices: exact, and XLA's CPU reduce_window is
+            # slower than the elementwise max of the slices.
+            x = a.val
+            op = lax.max if name == "reduce_window_max" else lax.min
+            out_shape = eqn.outvars[0].aval.shape
+            outs = [out_shape[j] for j in perm]
+            acc = None
+            wins, strides, wd = (
+                p["window_dimensions"],
+                p["window_strides"],
+                p["window_dilation"],
+            )
+            for offs in itertools.product(*[range(w) for w in wins]):
+                start = [0] + [o * d for o, d in zip(offs, wd, strict=True)]
+                step = [1, *strides]
+                limit = [x.shape[0]] + [
+                    s0 + st * (o - 1) + 1
+                    for s0, st, o in zip(start[1:], strides, outs, strict=True)
+                ]
+                sl = lax.slice(x, start, limit, step)
+                acc = sl if acc is None else op(acc, sl)
+            return _V(acc, True, a.perm)
+        out = jax.vmap(lambda v: eqn.primitive.bind(v, **p))(a.val)
+        return _V(out, True, a.perm)
+
+    def _reduce(self, eqn, a: _V) -> _V:
+        perm = a.perm
+        axes = tuple(eqn.params["axes"])
+        phys = tuple(sorted(perm.index(ax) for ax in axes))
+        p = dict(eqn.params, axes=phys)
+        out = jax.vmap(lambda v: eqn.primitive.bind(v, **p))(a.val)
+        kept = [perm[j] for j in range(len(perm)) if j not in phys]
+        order = sorted(kept)
+        return _V(out, True, tuple(order.index(k) for k in kept))
+
+    # -- convolution -------------------------------------------------------------
+
+    @staticmethod
+    def _conv_rewritable(eqn) -> bool:
+        return eqn.params["batch_group_count"] == 1
+
+    @staticmethod
+    def _conv_kernel(eqn, rhs: _V) -> Any:
+        """Per-trial kernel as ``(T, O, W*I)`` (window-major rows, ``W`` the
+        number of kernel positions, ``I`` the input features per group) or, with
+        feature groups, ``(T, G, O/G, W, I)``."""
+        _, rhs_spec, _ = eqn.params["dimension_numbers"]
+        k = _in_order(rhs, (rhs_spec[0], *rhs_spec[2:], rhs_spec[1]))
+        t, o = k.shape[0], k.shape[1]
+        win, cg = math.prod(k.shape[2:-1]), k.shape[-1]
+        g = eqn.params["feature_group_count"]
+        if g == 1:
+            return jnp.reshape(k, (t, o, win * cg))
+        return jnp.reshape(k, (t, g, o // g, win, cg))
+
+    @staticmethod
+    def _conv(eqn, lhs: _V, kmat: Any) -> _V:
+        p = eqn.params
+        lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+        d = len(lhs_spec) - 2
+        g = p["feature_group_count"]
+        rhs_shape = eqn.invars[1].aval.shape
+        out_aval = eqn.outvars[0].aval
+        ks = [rhs_shape[rhs_spec[2 + i]] for i in range(d)]
+        strides = tuple(p["window_strides"])
+        rd = tuple(p["rhs_dilation"] or (1,) * d)
+        ld = tuple(p["lhs_dilation"] or (1,) * d)
+        outs = [out_aval.shape[out_spec[2 + i]] for i in range(d)]
+        # (C, S..., N), trial axis first when batched
+        x = _in_order(lhs, (lhs_spec[1], *lhs_spec[2:], lhs_spec[0]))
+        lead = 1 if lhs.batched else 0
+        cfg = [(0, 0, 0)] * (lead + 1)
+        cfg += [(lo, hi, dl - 1) for (lo, hi), dl in zip(p["padding"], ld, strict=True)]
+        cfg += [(0, 0, 0)]
+        if any(c != (0, 0, 0) for c in cfg):
+            x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+        c, n = x.shape[lead], x.shape[-1]
+        pn = math.prod(outs) * n
+        win = math.prod(ks)
+        lead_shape = x.shape[:lead]
+        blocks = []
+        for offs in itertools.product(*[range(k) for k in ks]):
+            start = [0] * x.ndim
+            limit = list(x.shape)
+            step = [1] * x.ndim
+            for i in range(d):
+                a = lead + 1 + i
+                start[a] = offs[i] * rd[i]
+                limit[a] = start[a] + strides[i] * (outs[i] - 1) + 1
+                step[a] = strides[i]
+            blocks.append(lax.slice(x, start, limit, step))
+        # Each window position's strided slice is written in place into one
+        # (W*C, out..., N) buffer, whose reshape to (W*C, P*N) is free.
+        if win == 1:
+            patches = blocks[0]
+        else:
+            patches = jnp.zeros((*lead_shape, win * c, *outs, n), x.dtype)
+            for w, blk in enumerate(blocks):
+                patches = lax.dynamic_update_slice_in_dim(patches, blk, w * c, lead)
+        patches = jnp.reshape(patches, (*lead_shape, win * c, pn))
+        prec, pet = p.get("precision"), p.get("preferred_element_type")
+        t = kmat.shape[0]
+        if g == 1:
+            o = kmat.shape[1]
+            if not lhs.batched:
+                y = lax.dot_general(
+                    jnp.reshape(kmat, (t * o, win * c)),
+                    patches,
+                    (((1,), (0,)), ((), ())),
+                    precision=prec,
+                    preferred_element_type=pet,
+                )
+            else:
+                y = lax.dot_general(
+                    kmat,
+                    patches,
+                    (((2,), (1,)), ((0,), (0,))),
+                    precision=prec,
+                    preferred_element_type=pet,
+                )
+        else:
+            og, cg = kmat.shape[2], kmat.shape[4]
+            o = g * og
+            patches = jnp.reshape(patches, (*lead_shape, win, g, cg, pn))
+            if not lhs.batched:
+                y = lax.dot_general(
+                    kmat,
+                    patches,
+                    (((3, 4), (0, 2)), ((1,), (1,))),
+                    precision=prec,
+                    preferred_element_type=pet,
+                )  # (G, T, Og, PN)
+                y = jnp.transpose(y, (1, 0, 2, 3))
+            else:
+                y = lax.dot_general(
+                    kmat,
+                    patches,
+                    (((3, 4), (1, 3)), ((0, 1), (0, 2))),
+                    precision=prec,
+                    preferred_element_type=pet,
+                )  # (T, G, Og, PN)
+        y = jnp.reshape(y, (t, o, *outs, n)).astype(out_aval.dtype)
+        return _V(y, True, (out_spec[1], *out_spec[2:], out_spec[0]))
+
+
+def trial_batched(
+    apply_fn: Callable, params: Any, x: Any, batched: Any = None
+) -> TrialBatched:
+    """``apply_fn`` for a stack of trials' params (see the module docstring).
+
+    Returns a :class:`TrialBatched` ``tb``: ``tb(stacked, x)`` or
+    ``tb.apply(tb.prepare(stacked), x)`` gives the outputs of every trial with a
+    leading trial axis. ``params`` and ``x`` are one trial's params and one input
+    batch (arrays or ``jax.ShapeDtypeStruct``); ``batched`` flags the leaves of
+    ``stacked`` that carry the trial axis (default: all).
+    """
+    return TrialBatched(apply_fn, params, x, batched)
