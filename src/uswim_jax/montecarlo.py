@@ -44,7 +44,7 @@ def summarize(accuracies: jax.Array) -> MCStats:
     t = acc.shape[-1]
     mean = jnp.mean(acc, axis=-1)
     std = jnp.std(acc, axis=-1, ddof=1) if t > 1 else jnp.zeros_like(mean)
-    half = 1.959963984540054 * std / np.sqrt(t)
+    half = 1.959963984540054 * std / jnp.asarray(np.sqrt(t), std.dtype)
     ci = jnp.stack([mean - half, mean + half], axis=-1)
     p1 = jnp.percentile(acc, 1.0, axis=-1)
     p5 = jnp.percentile(acc, 5.0, axis=-1)

@@ -1,0 +1,387 @@
+"""Bring your own model: Monte Carlo throughput of ``evaluate`` on models written
+the way users write them (issue 13).
+
+Run as ``python -m benchmarks.byom`` (``--quick`` for a small CI-sized
+variant). In one process, side by side:
+
+- the dense float32 matmul rate (2048^3, best of 7), measured before the cases
+  and after every round of them; the % column uses the highest;
+- LeNet (the project's architecture: conv 6 and 16 3x3 pad 1, 2x2 max-pools,
+  dense 784-120-84-10) written four ways: plain ``lax`` (a dict of arrays and a
+  function), ``flax.linen``, ``flax.nnx`` (split state) and ``equinox``
+  (``(C, H, W)`` modules vmapped over the images); and the project's own
+  LeNet with ``conv_impl="xla"`` and ``"im2col"``;
+- the project's ConvNet and ResNet-18 (32x32x3 input; ResNet width 64 and a
+  narrow width 16), with fewer trials and images (stated per case): a ResNet-18
+  forward pass is 0.56 GFLOP per image, so 100 trials of 2,000 images would take
+  over half an hour on two cores.
+
+Each case is ``uswim_jax.evaluate`` as a user calls it (``chunk_size="auto"``,
+jitted once) with ``eval_batch_size`` given, against its own serial loop: a
+Python loop over trials of the same jitted single-trial noisy forward pass
+(``noisy_accuracy``; the loop is timed on a prefix of the trials and reported
+per trial). Steady-state times are the best of the rounds (round robin over the
+cases, so load changes hit all alike); compile seconds are first call minus the
+median steady call. GFLOP/s counts 2 x the multiply-accumulates of every
+convolution and matmul in the model's jaxpr (the real layer shapes, not the
+extra columns an im2col path computes, not the noise). Per-trial accuracies of
+``evaluate`` are compared with the serial loop's on the common trials. Writes
+``benchmarks/results/byom.json`` (``byom_quick.json`` with ``--quick``).
+"""
+
+import argparse
+import math
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import nnx
+from jax import lax
+from jax.extend import core as jcore
+
+import uswim_jax as uj
+from benchmarks._common import block, generated_images, machine_info, write_result
+from benchmarks.mc_throughput import matmul_gflops
+from uswim_jax.models import build_model
+from uswim_jax.montecarlo import auto_chunk_size, evaluate, noisy_accuracy, trial_keys
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "byom.json")
+
+
+def crossbar(path: str, leaf) -> bool:
+    """Kernels in every framework's naming (nnx paths end in ``/value``)."""
+    return np.ndim(leaf) >= 2 and any(
+        s in ("kernel", "weight", "w") for s in path.split("/")
+    )
+
+
+# -- LeNet four ways ----------------------------------------------------------
+
+
+def lenet_lax(key):
+    ks = jax.random.split(key, 5)
+
+    def init(k, shape):
+        fan_in = math.prod(shape[:-1])
+        return jax.random.normal(k, shape) / np.float32(np.sqrt(fan_in))
+
+    p = {
+        "conv1": {"w": init(ks[0], (3, 3, 1, 6)), "b": jnp.zeros(6)},
+        "conv2": {"w": init(ks[1], (3, 3, 6, 16)), "b": jnp.zeros(16)},
+        "fc1": {"w": init(ks[2], (784, 120)), "b": jnp.zeros(120)},
+        "fc2": {"w": init(ks[3], (120, 84)), "b": jnp.zeros(84)},
+        "fc3": {"w": init(ks[4], (84, 10)), "b": jnp.zeros(10)},
+    }
+
+    def conv_relu_pool(x, c):
+        y = lax.conv_general_dilated(
+            x,
+            c["w"],
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        y = jax.nn.relu(y + c["b"][None, None, None, :])
+        return lax.reduce_window(
+            y, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+        )
+
+    def apply_fn(p, x):
+        x = conv_relu_pool(conv_relu_pool(x, p["conv1"]), p["conv2"])
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.relu(x @ p["fc1"]["w"] + p["fc1"]["b"][None])
+        x = jax.nn.relu(x @ p["fc2"]["w"] + p["fc2"]["b"][None])
+        return x @ p["fc3"]["w"] + p["fc3"]["b"][None]
+
+    return p, apply_fn, "NHWC"
+
+
+class _LinenLeNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        for f in (6, 16):
+            x = nn.max_pool(nn.relu(nn.Conv(f, (3, 3), padding=1)(x)), (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(120)(x))
+        x = nn.relu(nn.Dense(84)(x))
+        return nn.Dense(10)(x)
+
+
+def lenet_linen(key):
+    m = _LinenLeNet()
+    return m.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32)), m.apply, "NHWC"
+
+
+class _NnxLeNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(1, 6, (3, 3), padding=1, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 16, (3, 3), padding=1, rngs=rngs)
+        self.fc1 = nnx.Linear(784, 120, rngs=rngs)
+        self.fc2 = nnx.Linear(120, 84, rngs=rngs)
+        self.fc3 = nnx.Linear(84, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nn.max_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
+        x = nn.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        return self.fc3(nnx.relu(self.fc2(nnx.relu(self.fc1(x)))))
+
+
+def lenet_nnx(key):
+    graphdef, state = nnx.split(_NnxLeNet(nnx.Rngs(params=key)))
+    return state, lambda s, x: nnx.merge(graphdef, s)(x), "NHWC"
+
+
+class _EqxLeNet(eqx.Module):
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    fc3: eqx.nn.Linear
+
+    def __init__(self, key):
+        k = jax.random.split(key, 5)
+        self.conv1 = eqx.nn.Conv2d(1, 6, 3, padding=1, key=k[0])
+        self.conv2 = eqx.nn.Conv2d(6, 16, 3, padding=1, key=k[1])
+        self.fc1 = eqx.nn.Linear(784, 120, key=k[2])
+        self.fc2 = eqx.nn.Linear(120, 84, key=k[3])
+        self.fc3 = eqx.nn.Linear(84, 10, key=k[4])
+
+    def __call__(self, x):  # one (C, H, W) image
+        pool = eqx.nn.MaxPool2d(2, 2)
+        x = pool(jax.nn.relu(self.conv1(x)))
+        x = pool(jax.nn.relu(self.conv2(x)))
+        x = jax.nn.relu(self.fc1(x.reshape(-1)))
+        return self.fc3(jax.nn.relu(self.fc2(x)))
+
+
+def lenet_equinox(key):
+    params, static = eqx.partition(_EqxLeNet(key), eqx.is_array)
+    return params, lambda p, x: jax.vmap(eqx.combine(p, static))(x), "NCHW"
+
+
+def project(name, **kw):
+    def build(key):
+        model = build_model(name, **kw)
+        return model.init(key), model.apply_fn, "NHWC"
+
+    return build
+
+
+# -- FLOPs ----------------------------------------------------------------------
+
+
+def forward_flops(jaxpr) -> int:
+    """2 x multiply-accumulates of every convolution and dot in ``jaxpr``
+    (recursively through nested jaxprs)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        out = eqn.outvars[0].aval.shape if eqn.outvars else ()
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            spec = eqn.params["dimension_numbers"].rhs_spec
+            macs_per_out = rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
+            total += 2 * math.prod(out) * macs_per_out
+        elif name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(out) * math.prod(lhs[i] for i in lc)
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            total += forward_flops(getattr(sub, "jaxpr", sub))
+    return total
+
+
+# -- cases ----------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small CI variant")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", default=None, help="comma-separated case names")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    q = args.quick
+    repeats = args.repeats or (1 if q else 2)
+    lenet = (
+        (20, 200, 20, 4) if q else (100, 2000, 20, 20)
+    )  # trials, images, batch, serial
+    cases = {
+        "LeNet, plain lax": (lenet_lax, (28, 28, 1), "NHWC", lenet),
+        "LeNet, flax.linen": (lenet_linen, (28, 28, 1), "NHWC", lenet),
+        "LeNet, flax.nnx": (lenet_nnx, (28, 28, 1), "NHWC", lenet),
+        "LeNet, equinox": (lenet_equinox, (1, 28, 28), "NCHW", lenet),
+        "LeNet, project (conv_impl=xla)": (
+            project("lenet"),
+            (28, 28, 1),
+            "NHWC",
+            lenet,
+        ),
+        "LeNet, project (conv_impl=im2col)": (
+            project("lenet", conv_impl="im2col"),
+            (28, 28, 1),
+            "NHWC",
+            lenet,
+        ),
+        "ConvNet, project (xla)": (
+            project("convnet"),
+            (32, 32, 3),
+            "NHWC",
+            (4, 40, 20, 2) if q else (10, 200, 20, 3),
+        ),
+        "ResNet-18 width 16, project (xla)": (
+            project("resnet18", width=16),
+            (32, 32, 3),
+            "NHWC",
+            (4, 40, 20, 2) if q else (20, 400, 20, 3),
+        ),
+        "ResNet-18 width 64, project (xla)": (
+            project("resnet18"),
+            (32, 32, 3),
+            "NHWC",
+            (2, 20, 20, 1) if q else (10, 100, 20, 2),
+        ),
+    }
+    if args.only:
+        keep = set(args.only.split(","))
+        cases = {k: v for k, v in cases.items() if k in keep}
+    info = machine_info()
+    device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
+    peaks = [matmul_gflops()]
+    print(f"float32 matmul 2048^3: {peaks[0]:.1f} GFLOP/s", flush=True)
+    key = jax.random.key(42)
+    runs = {}
+    for name, (build, shape, layout, (t, n, b, ts)) in cases.items():
+        params, apply_fn, _ = build(jax.random.key(0))
+        x, _ = generated_images(n, shape)
+        x = jnp.asarray(x)
+        # labels: the noise-free predictions (accuracy 1 without noise)
+        y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
+        flop_image = forward_flops(jax.make_jaxpr(apply_fn)(params, x[:1]).jaxpr)
+        std = device_model.effective_std(params, None)
+        ev = jax.jit(
+            lambda key, params, x, y, t=t, b=b, apply_fn=apply_fn: (
+                evaluate(
+                    key,
+                    apply_fn,
+                    params,
+                    x,
+                    y,
+                    device_model,
+                    None,
+                    t,
+                    eval_batch_size=b,
+                ).accuracies
+            )
+        )
+        one = jax.jit(
+            lambda k, params, x, y, apply_fn=apply_fn, std=std: noisy_accuracy(
+                k, apply_fn, params, std, x, y, crossbar=crossbar
+            )
+        )
+        keys = trial_keys(key, ts)
+        keys = [keys[i] for i in range(ts)]
+
+        def serial(keys=keys, one=one, params=params, x=x, y=y):
+            return jnp.stack([one(k, params, x, y) for k in keys])
+
+        chunk = auto_chunk_size(apply_fn, params, x, t, b)
+        runs[name] = {
+            "evaluate": lambda ev=ev, params=params, x=x, y=y: ev(key, params, x, y),
+            "serial": serial,
+            "info": {
+                "layout": layout,
+                "input_shape": list(shape),
+                "num_trials": t,
+                "num_images": n,
+                "eval_batch_size": b,
+                "auto_chunk_size": chunk,
+                "serial_trials_timed": ts,
+                "flops_per_image": flop_image,
+            },
+        }
+        print(
+            f"{name}: {t} trials x {n} images, batch {b}, auto chunk {chunk}",
+            flush=True,
+        )
+    results, accs = {}, {}
+    for name, r in runs.items():
+        out = {}
+        for kind in ("evaluate", "serial"):
+            res, first = block(r[kind])
+            accs[(name, kind)] = np.asarray(res)
+            out[kind] = {"first_call_s": first, "times": []}
+        results[name] = out
+        print(
+            f"first call {name:40s} evaluate {out['evaluate']['first_call_s']:7.1f} s"
+            f"  serial {out['serial']['first_call_s']:7.1f} s",
+            flush=True,
+        )
+    for _ in range(repeats):
+        for name, r in runs.items():
+            for kind in ("evaluate", "serial"):
+                results[name][kind]["times"].append(block(r[kind])[1])
+        peaks.append(matmul_gflops())
+    peak = max(peaks)
+    table = {}
+    print(
+        f"\n{'case':40s} {'trials/s':>9s} {'GFLOP/s':>8s} {'%mm':>5s} "
+        f"{'x serial':>8s} {'compile s':>9s}"
+    )
+    for name, r in runs.items():
+        i = r["info"]
+        e, s = results[name]["evaluate"], results[name]["serial"]
+        e_best, s_best = min(e["times"]), min(s["times"])
+        e_med = float(np.median(e["times"]))
+        s_med = float(np.median(s["times"]))
+        rate = i["num_trials"] / e_best
+        serial_rate = i["serial_trials_timed"] / s_best
+        gflops = rate * i["num_images"] * i["flops_per_image"] / 1e9
+        common = i["serial_trials_timed"]
+        diff = accs[(name, "evaluate")][:common] - accs[(name, "serial")]
+        table[name] = {
+            **i,
+            "trials_per_s": rate,
+            "gflops": gflops,
+            "pct_of_matmul": 100 * gflops / peak,
+            "serial_trials_per_s": serial_rate,
+            "x_serial": rate / serial_rate,
+            "evaluate_first_call_s": e["first_call_s"],
+            "evaluate_steady_s_min": e_best,
+            "evaluate_steady_s_median": e_med,
+            "compile_s": max(e["first_call_s"] - e_med, 0.0),
+            "serial_compile_s": max(s["first_call_s"] - s_med, 0.0),
+            "trials_differing_from_serial": int(np.sum(diff != 0)),
+            "max_abs_acc_diff_vs_serial": float(np.max(np.abs(diff))),
+            "mean_accuracy": float(accs[(name, "evaluate")].mean()),
+        }
+        c = table[name]
+        print(
+            f"{name:40s} {rate:9.2f} {gflops:8.1f} {c['pct_of_matmul']:5.1f} "
+            f"{c['x_serial']:8.2f} {c['compile_s']:9.1f}",
+            flush=True,
+        )
+    out = {
+        "benchmark": "byom",
+        "quick": q,
+        **info,
+        "load_average_end": list(os.getloadavg()),
+        "repeats": repeats,
+        "device_model": "UniformVariation(sigma=0.3, sigma_verified=0.03)",
+        "data": "uniform-noise images, labels = noise-free predictions",
+        "matmul_gflops_each_round": peaks,
+        "pct_of_matmul_uses": "max over the rounds",
+        "cases": table,
+    }
+    write_result(
+        out, args.output or (RESULTS.replace(".json", "_quick.json") if q else RESULTS)
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
