@@ -232,6 +232,41 @@ def cpu_performance(
     return "\n".join(lines)
 
 
+def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json") -> str:
+    """Monte Carlo throughput on users' own models (plain lax, flax.linen,
+    flax.nnx, equinox) and the project's, from ``benchmarks/byom.py``."""
+    d = json.loads(path.read_text())
+    rounds = d["matmul_gflops_each_round"]
+    lines = [
+        f'`evaluate` with `chunk_size="auto"` on {d["cpu_count"]} CPU cores (JAX '
+        f"{d['jax_version']}; load average {d['load_average_start'][0]:.1f} at the "
+        f"start and {d['load_average_end'][0]:.1f} at the end from other jobs, so "
+        "compare rows, not absolute times). Dense float32 matmul measured in the "
+        f"same run, before and after each round: "
+        f"{', '.join(f'{g:.0f}' for g in rounds)} GFLOP/s (the % column uses the "
+        f'highest, {max(rounds):.0f}). "x serial" is against a Python loop '
+        "over trials of the same jitted single-trial noisy forward pass.",
+        "",
+        "| model | trials x images | trials/s | GFLOP/s | % of matmul | "
+        "x serial loop | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in d["cases"].items():
+        lines.append(
+            f"| {name} | {c['num_trials']} x {c['num_images']:,} | "
+            f"{c['trials_per_s']:.1f} | {c['gflops']:.1f} | "
+            f"{c['pct_of_matmul']:.1f} | {c['x_serial']:.2f} | "
+            f"{c['compile_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "From `python -m benchmarks.byom` (`benchmarks/results/byom.json`). The "
+        "same transformation (`uswim_jax._trialbatch`) runs for every model: no "
+        "model-side changes, no special layers.",
+    ]
+    return "\n".join(lines)
+
+
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -346,6 +381,7 @@ def fashion_results() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "fashion-results": fashion_results,
     "cpu-performance": cpu_performance,
+    "byom-performance": byom_performance,
     "sweep-performance": sweep_performance,
     "gpu-performance": gpu_performance,
     "mnist-results": mnist_results,

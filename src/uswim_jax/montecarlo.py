@@ -519,11 +519,11 @@ def auto_chunk_size(
     - On CPU only, a chunk's working set per image batch (activations plus
       params of each trial) stays within :data:`AUTO_CACHE_FRACTION` of the
       last-level cache; on accelerators only the memory bounds the chunk.
-    - On CPU, a model with XLA convolutions whose kernels are params
-      (``conv_impl="xla"``) gets 1: under ``vmap`` they become grouped
-      convolutions, which XLA's CPU backend runs slower than one trial at a
-      time (LeNet over 2,000 images: 12.7 trials/s one at a time, 5.3 two at a
-      time, about 2.3 all at once).
+    - The activations are those of the trial-batched forward pass that
+      :func:`evaluate` runs (:func:`uswim_jax._trialbatch.trial_batched`, one
+      trial), im2col patches included; any model gets several trials (its
+      convolutions with per-trial kernels are matmuls, not grouped
+      convolutions).
 
     With ``shard=True`` the trials per device are what is chunked. The choice is
     made when traced (under ``jit``, once per compilation).
@@ -597,10 +597,7 @@ def evaluate(
         chunk_size: trials evaluated at once (``lax.map`` batch size); bounds
             memory. ``None``: all at once. ``"auto"`` (default): chosen from the
             model's and data's sizes, the free memory and, on CPU, the cache
-            (:func:`auto_chunk_size`, :func:`choose_chunk_size`): on a 2-core CPU,
-            LeNet with ``conv_impl="im2col"`` gets 5 trials at
-            ``eval_batch_size=20`` and 2 with all 2,000 images per pass; with
-            XLA convolutions 1 (100 trials at once take about 17 GB). The
+            (:func:`auto_chunk_size`, :func:`choose_chunk_size`). The
             accuracies do not depend on it.
         eval_batch_size: images per forward pass inside a trial; ``None``: all.
         shard: split the trials over all local devices.
@@ -612,15 +609,15 @@ def evaluate(
         ValueError: bad ``num_trials``, empty or mismatched data, NaN params, or
             a ``verified`` mask that does not match ``params``.
 
-    Performance (CPU): each trial's noise is drawn once per chunk, and the
-    images are walked in ``eval_batch_size`` blocks with the chunk's trials
-    ``vmap``-ed, so keep ``chunk_size * eval_batch_size`` at a few dozen to a few
-    hundred image-trials (cache-sized; ``chunk_size="auto"`` does this from the
-    activation sizes). The steps of ``apply_fn`` that read the params alone run
-    once per trial, not once per image block (:func:`correct_count`). XLA's CPU
-    convolution with per-trial kernels is slow under ``vmap``; a model whose
-    convolutions are matmuls (``build_model(..., conv_impl="im2col")``) is
-    several times faster. Measured settings: ``benchmarks/mc_throughput.py``.
+    Performance: a chunk's noise is drawn first (the same draw per trial as
+    :func:`noisy_accuracy`), then the images are walked in ``eval_batch_size``
+    blocks, each evaluated once for all the chunk's trials by the
+    trial-batched ``apply_fn`` (:func:`trials_correct`): work that reads no
+    per-trial value runs once per block, the params-only steps once per trial,
+    and convolutions with per-trial kernels become matmuls against the stacked
+    kernels, for any JAX model (flax, equinox, plain ``lax``). Keep
+    ``chunk_size * eval_batch_size`` cache-sized on CPU (``"auto"`` does).
+    Measured: ``benchmarks/byom.py``, ``benchmarks/mc_throughput.py``.
     """
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
