@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 import uswim_jax as uj
-from uswim_jax._trialbatch import trial_batched
+from uswim_jax._trialbatch import TrialBatched, trial_batched
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import evaluate, noisy_accuracy, trial_keys
 from uswim_jax.selection import mask_from_order
@@ -47,7 +47,7 @@ def _plain(apply_fn, stacked, x, batched=None):
     return jax.jit(jax.vmap(apply_fn, in_axes=(axes, None)))(stacked, x)
 
 
-def _batched(apply_fn, stacked, x, batched=None):
+def _batched(apply_fn, stacked, x, batched=None, conv_patch_rows=None):
     leaves, tree = jax.tree.flatten(stacked)
     flags = [True] * len(leaves) if batched is None else tree.flatten_up_to(batched)
     one = jax.tree.unflatten(
@@ -57,7 +57,8 @@ def _batched(apply_fn, stacked, x, batched=None):
             for a, f in zip(leaves, flags, strict=True)
         ],
     )
-    return jax.jit(trial_batched(apply_fn, one, x, batched))(stacked, x)
+    tb = TrialBatched(apply_fn, one, x, batched, conv_patch_rows)
+    return jax.jit(tb)(stacked, x)
 
 
 # -- convolutions ------------------------------------------------------------
@@ -126,11 +127,13 @@ def _conv_problem(cfg, trials=3):
 
 
 @settings(max_examples=15, deadline=None)
-@given(conv_configs())
-def test_conv_rewrite_matches_vmap(cfg):
+@given(conv_configs(), st.sampled_from([None, 0]))
+def test_conv_rewrite_matches_vmap(cfg, rows):
     """Any rank, layout, stride, padding (negative too), lhs/rhs dilation and
     feature grouping, with the input shared by the trials or per trial, followed
-    by an elementwise step in the rewrite's physical layout and a reduction."""
+    by an elementwise step in the rewrite's physical layout and a reduction;
+    im2col everywhere (``conv_patch_rows=None``) or, for a per-trial input, one
+    XLA convolution per trial (``0``)."""
     with jax.enable_x64(True):
         x, k, conv = _conv_problem(cfg)
 
@@ -144,7 +147,7 @@ def test_conv_rewrite_matches_vmap(cfg):
         else:
             stacked, xi, batched = {"k": k, "x": x}, jnp.zeros(()), None
         want = _plain(apply_fn, stacked, xi, batched)
-        got = _batched(apply_fn, stacked, xi, batched)
+        got = _batched(apply_fn, stacked, xi, batched, rows)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL)
 
