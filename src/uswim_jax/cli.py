@@ -64,7 +64,7 @@ def _training_flags(p: argparse.ArgumentParser, epochs_help: str) -> None:
 
 
 def _curvature_flags(p: argparse.ArgumentParser) -> None:
-    """The one-pass diagonal's quirk switches (method.md §4.3)."""
+    """The one-pass diagonal's quirk switches (docs/method.md §8)."""
     p.add_argument(
         "--avg-pool",
         choices=("exact", "authors"),

@@ -4,7 +4,7 @@ Every estimator returns a pytree shaped like ``params`` holding, per scalar
 parameter, an estimate of the diagonal of the loss Hessian:
 
 - :func:`obd_diagonal`: the paper's one-pass diagonal (Becker–LeCun / Optimal
-  Brain Damage backprop, method.md §4.3), implemented generically over the jaxpr
+  Brain Damage backprop, docs/method.md §4), implemented generically over the jaxpr
   of ``apply_fn`` (see ``_obd.py``); :func:`obd_over_dataset` runs it over a
   dataset in batches and also returns the authors' first-order term.
 - :func:`hutchinson_diagonal`: Rademacher probes and forward-over-reverse HVPs.
@@ -16,7 +16,7 @@ parameter, an estimate of the diagonal of the loss Hessian:
 
 Convention: ``B`` is the number of samples; the model-based estimators
 (``obd``, ``ggn``, ``fisher``) use the loss *summed* over samples (no ``1/B``), as
-the authors' code does for the second-order term (method.md §4.2 step 2). Labels
+the authors' code does for the second-order term (docs/method.md §4.3). Labels
 ``y`` are integer class indices of shape ``(B,)`` for ``loss="cross_entropy"`` and
 targets shaped like the logits for ``loss="squared_error"`` (``0.5 * (z - y)**2``).
 
@@ -210,13 +210,13 @@ def obd_diagonal(
         loss Hessian with respect to the logits.
       avg_pool: ``"exact"`` (a division by a constant after a window or axis sum
         scales ``h`` by ``1/k**2``) or ``"authors"`` (by ``1/k``, the quirk of the
-        authors' average-pool rule, method.md §4.3). ``"authors"`` applies to
+        authors' average-pool rule, docs/method.md §8). ``"authors"`` applies to
         every division of a ``reduce_window_sum`` or ``reduce_sum`` output by a
         value that does not depend on the params, which is how ``nn.avg_pool``
         and ``jnp.mean`` (global average pool) lower; it is meant for the
         ResNet-18 reproduction and would also touch, say, a layer norm's mean.
       q_scale: ``"exact"`` or ``"authors"``: the quirk of the authors' quantized
-        layers (``QSLinear``/``QSConv2d``, method.md §4.3 last rows and §4.4),
+        layers (``QSLinear``/``QSConv2d``, docs/method.md §8),
         which compute ``op(x * a_l, W_l / a_l)`` with ``a_l = max|W_l|`` and
         carry ``h`` through ``x * a_l`` as ``h * a_l`` instead of ``h * a_l**2``.
         With ``"authors"``, at every bilinear primitive (``dot_general``,
@@ -252,8 +252,8 @@ def obd_diagonal(
         not touch the params (input preprocessing) is fine.
 
     References:
-      method.md §4.3 (per-layer rules, seed, quirks) and §4.4; architecture.md,
-      "The paper's one-pass second derivative, for any JAX model".
+      docs/method.md §4.1 (per-layer rules, seed), §4.2 (the interpreter) and
+      §8 (the authors' quirks).
     """
     _check_rules(loss, avg_pool, q_scale)
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -336,21 +336,21 @@ def obd_over_dataset(
         :func:`obd_diagonal`).
       augment: ``augment(key, xb) -> xb``, applied to every batch before both
         passes (the authors run the second-derivative pass with the training
-        augmentations, method.md §4.2 step 2); batch ``i`` gets
+        augmentations, docs/method.md §4.3); batch ``i`` gets
         ``fold_in(key, i)``. ``None``: no augmentation.
       key: a ``jax.random`` key, required with ``augment``; the key is consumed.
 
     Returns:
       ``(hess, grad)``: ``hess`` is the one-pass diagonal summed over all samples;
       ``grad`` is the sum over batches of the gradient of the batch-*mean* loss
-      (the authors' first-order term, method.md §4.2 step 2).
+      (the authors' first-order term, docs/method.md §4.3).
 
     Raises:
       ValueError: for a non-positive ``batch_size``, mismatched lengths or an
         unknown ``loss``, ``avg_pool`` or ``q_scale``.
 
     References:
-      method.md §4.2 steps 2–3 and §10.3.
+      docs/method.md §4.3 and §5.2.
     """
     check_positive("batch_size", batch_size)
     batch_size = int(batch_size)
@@ -491,7 +491,8 @@ def hutchinson_diagonal(
       ValueError: if ``num_probes`` or ``chunk_size`` is not positive.
 
     References:
-      Hutchinson (1989); style.md rule 6; optax ``hutchinson_estimator_diag_hessian``.
+      Hutchinson (1989); docs/method.md §4.4; optax
+      ``hutchinson_estimator_diag_hessian``.
     """
     check_positive("num_probes", num_probes)
     if chunk_size is not None:

@@ -6,7 +6,7 @@ leaves, so sweeping them under ``jit`` or ``vmap`` never recompiles; structural
 choices (bits, level edges, the crossbar predicate) are static.
 
 Units. ``sigma`` is the std of one device's programming error in units of that
-device's conductance level step (method.md §3.2). A weight is bit-sliced onto
+device's conductance level step (docs/method.md §2.2). A weight is bit-sliced onto
 ``N / m`` devices (``N = weight_bits``, ``m = device_bits``) with place values
 ``2^(-i*m)`` of the layer's range ``max|W_l|``, so the per-weight error std is::
 
@@ -45,11 +45,11 @@ from uswim_jax._checks import (
 )
 from uswim_jax._tree import CrossbarPredicate, default_crossbar, map_crossbar, path_str
 
-#: The authors' code defaults (method.md §3.3, §7): device std before and after
+#: The authors' code defaults (docs/method.md §2.2): device std before and after
 #: write-verify, in units of the device level step.
 DEFAULT_SIGMA = 0.3
 DEFAULT_SIGMA_VERIFIED = 0.03
-#: Default cost of write-verifying one device, in write cycles (method.md §3.5).
+#: Default cost of write-verifying one device, in write cycles (docs/method.md §2.5).
 DEFAULT_VERIFY_CYCLES = 10.0
 
 PyTree = Any
@@ -105,7 +105,7 @@ def place_values(weight_bits: int = 8, device_bits: int = 1) -> np.ndarray:
 
 
 def slicing_factor(weight_bits: int = 8, device_bits: int = 1) -> float:
-    """``c(N, m) = sqrt(sum_{i=1}^{N/m} 4^(-i*m))`` (method.md §3.2).
+    """``c(N, m) = sqrt(sum_{i=1}^{N/m} 4^(-i*m))`` (docs/method.md §2.2).
 
     The std of a weight's error, in units of ``max|W_l|``, when each of its
     ``N / m`` devices gets an independent unit-std error in its own level steps.
@@ -247,7 +247,7 @@ class WriteCycles(NamedTuple):
 
     ``normalized`` = total / exhaustive counts the single writes of unverified
     weights; ``normalized_verified_only`` = verify / exhaustive does not
-    (method.md §3.5). All fields are scalar arrays, so this is jit-traceable and
+    (docs/method.md §2.5). All fields are scalar arrays, so this is jit-traceable and
     can be carried through ``lax.scan``.
     """
 
@@ -489,7 +489,7 @@ class UniformVariation(GaussianVariation):
     """SWIM's uniform model: every weight gets the same relative std.
 
     A written weight gets additive ``N(0, (sigma * c(N, m) * max|W_l|)^2)``, a
-    write-verified one the same with ``sigma_verified`` (method.md §3.2-3.3).
+    write-verified one the same with ``sigma_verified`` (docs/method.md §2.2-2.3).
 
     Args:
         sigma: device std before write-verify, in device level steps (>= 0).
@@ -666,7 +666,7 @@ jax.tree_util.register_dataclass(
 
 @dataclasses.dataclass(frozen=True)
 class StateDependentVariation(GaussianVariation):
-    """U-SWIM's non-uniform model, as in the authors' code (method.md §3.4).
+    """U-SWIM's non-uniform model, as in the authors' code (docs/method.md §2.4).
 
     A weight is in a middle state when ``low < |W| / max|W_l| < high`` (strict,
     default 0.25 and 0.75) and then gets ``s`` times the std of an extreme-state

@@ -4,11 +4,11 @@ A *score* is a pytree like ``params``; larger means "verify first". Scores are
 defined on crossbar leaves (conv and dense kernels by default, see
 :func:`uswim_jax.default_crossbar`); off the crossbar they are zero and ignored.
 :func:`global_order` ranks every crossbar weight of every layer in one list (the
-authors select globally, with no per-layer budget, method.md §4.2 step 5), and
+authors select globally, with no per-layer budget, docs/method.md §6), and
 :func:`mask_from_order` turns the first ``count`` entries into a mask, so masks
 nest as the budget grows.
 
-Per-layer normalisation (method.md §4.2 step 1): SWIM takes derivatives with
+Per-layer normalisation (docs/method.md §5.1): SWIM takes derivatives with
 respect to ``W_hat = W / max|W_l|``, so ``h_hat = max|W_l|**2 * H`` and
 ``g_hat = max|W_l| * g`` (:func:`normalized_derivatives`).
 
@@ -65,7 +65,7 @@ def normalized_derivatives(
       ValueError: if ``hess`` or ``grad`` does not match ``params``.
 
     References:
-      method.md §4.2 step 1, §10.2.
+      docs/method.md §5.1.
     """
     check_same_structure("hess", hess, params, "params")
     check_finite_tree("hess", hess)
@@ -114,7 +114,7 @@ def state_multiplier(
       A pytree like ``params`` with ``k`` on crossbar leaves and ones elsewhere.
 
     References:
-      method.md §3.4 and §10.6.
+      docs/method.md §2.4 and §5.3.
     """
 
     check_positive("s", s)
@@ -193,7 +193,7 @@ def swim_score(
       ValueError: if ``hess``/``grad`` do not match ``params``.
 
     References:
-      method.md §4.2 steps 1–4.
+      docs/method.md §5.1 and §5.2.
     """
     return _swim_core(params, hess, grad, None, alpha, first_order, predicate)
 
@@ -220,7 +220,7 @@ def uswim_score(
         ``0.25 < |W|/max|W_l| < 0.75`` else 1 (ignored if ``multiplier`` is given).
       alpha: weight of the curvature term.
       k_power: 1 (the authors' code, std ratio) or 2 (variance ratio, the Taylor
-        argument of §4.1).
+        argument of docs/method.md §3).
       first_order: include ``2 g_hat``.
       multiplier: a pytree like ``params`` of per-weight ``k`` from any device
         model, overriding ``s``.
@@ -233,7 +233,7 @@ def uswim_score(
       ValueError: if ``k_power`` is not 1 or 2, or trees do not match.
 
     References:
-      method.md §3.4 and §4.2 step 4.
+      docs/method.md §2.4 and §5.3.
     """
     if k_power not in (1, 2):
         raise ValueError(f"k_power must be 1 or 2, got {k_power!r}")
@@ -261,7 +261,7 @@ def expected_loss_score(hess: Any, std_written: Any, std_verified: Any) -> Any:
       Scores like ``hess``.
 
     References:
-      method.md §4.1.
+      docs/method.md §3 and §5.5.
     """
 
     check_finite_tree("hess", hess)
@@ -289,7 +289,7 @@ def magnitude_score(params: Any, *, predicate: CrossbarPredicate | None = None) 
     """Per-layer normalised magnitude ``|W| / max|W_l|`` (the authors' baseline).
 
     References:
-      method.md §4.2 ("magnitude") and §6.
+      docs/method.md §5.4.
     """
     return map_crossbar(
         lambda w: jnp.abs(w) / _layer_scale(w),
@@ -349,7 +349,7 @@ def global_order(
       ValueError: if there is no crossbar leaf.
 
     References:
-      method.md §4.2 step 5.
+      docs/method.md §6.
     """
     parts = _crossbar_leaves(scores, predicate)
     if not parts:

@@ -1,7 +1,7 @@
 """Training with optax: a jitted step, a progress bar, checkpoints every epoch,
 resume from the run folder. Deterministic from the seed.
 
-Recipes as the authors (method.md §7): Adam 1e-3 for LeNet and the ConvNet; SGD
+Recipes as the authors (docs/method.md §9): Adam 1e-3 for LeNet and the ConvNet; SGD
 0.01, momentum 0.9, weight decay 5e-4 with cosine annealing for ResNet-18; batch
 128. Each epoch visits a fresh permutation of the training set in full batches
 (the last partial batch is dropped, so batch-norm never sees a tiny batch).

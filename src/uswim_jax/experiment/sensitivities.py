@@ -55,8 +55,8 @@ def compute_sensitivities(
     t0 = time.perf_counter()
     aug = {}
     if config.curvature_augment:
-        # Training augmentations in the second-derivative pass (method.md §4.2
-        # step 2, §10.3), batch-norm in inference mode (apply_fn).
+        # Training augmentations in the second-derivative pass (docs/method.md
+        # §4.3), batch-norm in inference mode (apply_fn).
         from uswim_jax.train import augment_batch
 
         aug = {
@@ -111,7 +111,7 @@ def compute_sensitivities(
 
 
 def _finetuned(model, params, train_data, config, run_dir: Path, log) -> Any:
-    """Noise-aware fine-tuning of the trained model (method.md §6), cached in
+    """Noise-aware fine-tuning of the trained model (docs/method.md §7.4), cached in
     ``run_dir/finetuned.npz``."""
     from uswim_jax.finetune import FinetuneConfig, noise_aware_finetune
 
