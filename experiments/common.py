@@ -29,6 +29,7 @@ REPORT_FILES = (
     "references.csv",
     "run_info.json",
     "accuracy_vs_cycles.png",
+    "accuracy_vs_verified_fraction.png",
     "config.json",
     "manifest.json",
 )

@@ -260,7 +260,8 @@ def _add_sensitivity(sub) -> None:
             "Compute the one-pass diagonal (SWIM's), Hutchinson (with its standard "
             "error), the GGN and the empirical Fisher diagonals of a trained run on "
             "the same training images, and write rank correlations and top-k "
-            "overlaps (per layer and overall) with a histogram plot."
+            "overlaps (per layer and overall) with a plot: histograms and "
+            "per-weight hexbins of the estimators."
         ),
     )
     p.add_argument("--run-dir", required=True, help="a training run folder")
