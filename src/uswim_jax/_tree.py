@@ -121,8 +121,7 @@ def check_crossbar(
     if any(on_crossbar(predicate, path_str(p), x) for p, x in pairs):
         return
     shown = [
-        f"{path_str(p) or '<root>'} {np.shape(x)} {_dtype(x)}"
-        for p, x in pairs[:8]
+        f"{path_str(p) or '<root>'} {np.shape(x)} {_dtype(x)}" for p, x in pairs[:8]
     ]
     more = f", ... ({len(pairs)} leaves)" if len(pairs) > 8 else ""
     leaves = "; ".join(shown) + more if pairs else "none (an empty pytree)"
