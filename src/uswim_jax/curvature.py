@@ -36,8 +36,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from uswim_jax import _obd
-from uswim_jax._checks import check_finite_tree, check_positive
-from uswim_jax._tree import CrossbarPredicate, default_crossbar, path_str
+from uswim_jax._checks import (
+    check_finite_tree,
+    check_labels,
+    check_model_data,
+    check_positive,
+    num_samples,
+)
+from uswim_jax._tree import CrossbarPredicate, check_crossbar, on_crossbar, path_str
 
 LOSSES = ("cross_entropy", "squared_error")
 #: The rules :func:`obd_diagonal` offers for the authors' two quirks.
@@ -89,29 +95,33 @@ def make_loss_fn(
       :func:`exact_diagonal`.
 
     Raises:
-      ValueError: for an unknown ``loss`` or ``reduction``.
+      ValueError: for an unknown ``loss`` or ``reduction``, or data that do not
+        fit (see ``uswim_jax._checks.check_model_data``): ``y`` is checked here,
+        and against the logits when ``loss_fn`` is first traced.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    _check_samples(x, y)
+    n = num_samples(x)
+    labels = _label_kind(loss)
+    check_labels(y, n, None, labels)
+    check_finite_tree("x", x)
 
     def loss_fn(params: Any) -> jax.Array:
-        per = _per_example_loss(apply_fn(params, x), y, loss)
+        z = apply_fn(params, x)
+        check_labels(y, n, tuple(np.shape(z)), labels)  # at trace time
+        per = _per_example_loss(z, y, loss)
         return jnp.sum(per) if reduction == "sum" else jnp.mean(per)
 
     return loss_fn
 
 
-def _check_samples(x: Any, y: Any) -> None:
-    """Raises ``ValueError`` unless ``x`` and ``y`` hold the same, non-zero
-    number of samples on axis 0."""
-    if np.ndim(x) < 1 or np.shape(x)[0] == 0:
-        raise ValueError(f"x must hold at least one sample, got shape {np.shape(x)}")
-    if np.ndim(y) < 1 or np.shape(y)[0] != np.shape(x)[0]:
-        n = np.shape(x)[0]
-        raise ValueError(f"y must have {n} samples to match x, got {np.shape(y)}")
+def _label_kind(loss: Any) -> str:
+    """What ``y`` holds under ``loss`` (see ``uswim_jax._checks.LABEL_KINDS``)."""
+    if callable(loss):
+        return "any"
+    return "classes" if loss == "cross_entropy" else "targets"
 
 
 def _check_rules(loss: Any, avg_pool: Any, q_scale: Any) -> None:
@@ -244,8 +254,10 @@ def obd_diagonal(
       ``d2L/dw2`` of the summed loss.
 
     Raises:
-      ValueError: for an unknown ``loss``, ``avg_pool`` or ``q_scale``, or
-        non-array logits.
+      ValueError: for an unknown ``loss``, ``avg_pool`` or ``q_scale``, data
+        that do not fit the model (``uswim_jax._checks.check_model_data``: NaN
+        params or inputs, labels of the wrong dtype, shape or range, logits not
+        of shape ``(B, C)``), or params with no crossbar leaf.
       NotImplementedError: naming a primitive on the path from params to logits
         that has no rule (control flow such as ``scan``, ``while`` or ``cond``).
         ``OBD_SUPPORTED_PRIMITIVES`` lists those handled; control flow that does
@@ -256,6 +268,8 @@ def obd_diagonal(
       §8 (the authors' quirks).
     """
     _check_rules(loss, avg_pool, q_scale)
+    check_crossbar("params", params, predicate)
+    check_model_data(apply_fn, params, x, y, labels=_label_kind(loss))
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     leaves = [leaf for _, leaf in path_leaves]
     x_leaves, x_def = jax.tree_util.tree_flatten(x)
@@ -274,9 +288,8 @@ def obd_diagonal(
     in_source = None
     q_scales = None
     if q_scale == "authors":
-        pred = default_crossbar if predicate is None else predicate
         in_source = [
-            i if act and pred(path_str(path), leaf) else None
+            i if act and on_crossbar(predicate, path_str(path), leaf) else None
             for i, ((path, leaf), act) in enumerate(
                 zip(path_leaves, in_active, strict=False)
             )
@@ -346,8 +359,9 @@ def obd_over_dataset(
       (the authors' first-order term, docs/method.md §4.3).
 
     Raises:
-      ValueError: for a non-positive ``batch_size``, mismatched lengths or an
-        unknown ``loss``, ``avg_pool`` or ``q_scale``.
+      ValueError: for a non-positive ``batch_size``, an unknown ``loss``,
+        ``avg_pool`` or ``q_scale``, data that do not fit the model (as
+        :func:`obd_diagonal`) or params with no crossbar leaf.
 
     References:
       docs/method.md §4.3 and §5.2.
@@ -357,17 +371,11 @@ def obd_over_dataset(
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     _check_rules(loss, avg_pool, q_scale)
-    num = int(np.shape(x)[0])
-    if int(np.shape(y)[0]) != num:
-        raise ValueError(
-            f"x and y must have the same number of samples, got {num} and "
-            f"{np.shape(y)[0]}"
-        )
-    if num == 0:
-        raise ValueError("x must hold at least one sample")
+    check_crossbar("params", params, predicate)
+    check_model_data(apply_fn, params, x, y, labels=_label_kind(loss))
+    num = num_samples(x)
     if augment is not None and key is None:
         raise ValueError("key is required when augment is given")
-    check_finite_tree("params", params)
     options = {
         "apply_fn": apply_fn,
         "loss": loss,
@@ -614,15 +622,14 @@ def _sum_over_examples(fn: Callable, xs: tuple, chunk_size: int | None) -> list:
 
 
 def _check_per_example_args(
-    loss: str, chunk_size: int | None, params: Any, x: Any, y: Any
+    loss: str, chunk_size: int | None, apply_fn: Any, params: Any, x: Any, y: Any
 ) -> None:
     """The argument checks shared by the per-example estimators."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
-    check_finite_tree("params", params)
-    _check_samples(x, y)
+    check_model_data(apply_fn, params, x, y, labels=_label_kind(loss))
 
 
 def ggn_diagonal(
@@ -654,9 +661,10 @@ def ggn_diagonal(
       A pytree like ``params``: the GGN diagonal of the loss summed over samples.
 
     Raises:
-      ValueError: for an unknown ``loss`` or a non-positive ``chunk_size``.
+      ValueError: for an unknown ``loss``, a non-positive ``chunk_size`` or data
+        that do not fit the model (as :func:`obd_diagonal`).
     """
-    _check_per_example_args(loss, chunk_size, params, x, y)
+    _check_per_example_args(loss, chunk_size, apply_fn, params, x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:
@@ -699,9 +707,10 @@ def fisher_diagonal(
       A pytree like ``params``: ``sum_n (d l_n / d w)**2``.
 
     Raises:
-      ValueError: for an unknown ``loss`` or a non-positive ``chunk_size``.
+      ValueError: for an unknown ``loss``, a non-positive ``chunk_size`` or data
+        that do not fit the model (as :func:`obd_diagonal`).
     """
-    _check_per_example_args(loss, chunk_size, params, x, y)
+    _check_per_example_args(loss, chunk_size, apply_fn, params, x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:

@@ -43,7 +43,17 @@ from uswim_jax._checks import (
     check_finite_tree,
     check_same_structure,
 )
-from uswim_jax._tree import CrossbarPredicate, default_crossbar, map_crossbar, path_str
+from uswim_jax._tree import (
+    CrossbarPredicate,
+    check_crossbar,
+    default_crossbar,
+    map_crossbar,
+    on_crossbar,
+    path_str,
+)
+
+#: How to choose the crossbar leaves of a device model, for error messages.
+DEVICE_FIX = "pass crossbar=... to the device model"
 
 #: The authors' code defaults (docs/method.md §2.2): device std before and after
 #: write-verify, in units of the device level step.
@@ -173,13 +183,16 @@ def noise_like(
     Returns:
         A pytree like ``params``: N(0, 1) draws on crossbar leaves, zeros on the
         others.
+
+    Raises:
+        ValueError: if no leaf of ``params`` is on the crossbar.
     """
-    predicate = default_crossbar if predicate is None else predicate
+    check_crossbar("params", params, predicate)
 
     def draw(path, x):
         p = path_str(path)
         dtype = _float_dtype(x)
-        if predicate(p, x):
+        if on_crossbar(predicate, p, x):
             return jax.random.normal(leaf_key(key, p), jnp.shape(x), dtype)
         return jnp.zeros(jnp.shape(x), dtype)
 
@@ -353,8 +366,10 @@ class GaussianVariation:
             leaves); zeros on leaves off the crossbar.
 
         Raises:
-            ValueError: naming ``params`` if a concrete leaf holds NaN or Inf.
+            ValueError: naming ``params`` if a concrete leaf holds NaN or Inf or
+                if no leaf is on the crossbar.
         """
+        check_crossbar("params", params, self.crossbar, fix=DEVICE_FIX)
         check_finite_tree("params", params)
         pairs = map_crossbar(
             self._leaf_std,
@@ -441,7 +456,8 @@ class GaussianVariation:
 
         Raises:
             ValueError: naming ``verified`` if the mask does not match ``params``
-                or a concrete fraction lies outside [0, 1].
+                or a concrete fraction lies outside [0, 1], or ``params`` if no
+                leaf is on the crossbar.
         """
         if params is None:
             if verified is None:
@@ -453,6 +469,7 @@ class GaussianVariation:
             return gaussian_write_cycles(
                 verified, 1.0, self.devices_per_weight, self.verify_cycles
             )
+        check_crossbar("params", params, self.crossbar, fix=DEVICE_FIX)
         mask = verified_mask(params, verified)
         counts = map_crossbar(
             lambda x, m: (

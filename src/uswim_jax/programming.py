@@ -31,10 +31,17 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uswim_jax._checks import check_finite_tree
-from uswim_jax._tree import CrossbarPredicate, default_crossbar, path_str
+from uswim_jax._tree import (
+    CrossbarPredicate,
+    check_crossbar,
+    default_crossbar,
+    on_crossbar,
+    path_str,
+)
 from uswim_jax.device import (
     DEFAULT_SIGMA,
     DEFAULT_VERIFY_CYCLES,
+    DEVICE_FIX,
     GaussianVariation,
     WriteCycles,
     _check_nonneg,
@@ -319,14 +326,16 @@ def program(
 
     Raises:
         ValueError: naming ``verified`` if it does not match ``params``, or
-            ``params`` if a concrete leaf holds NaN or Inf.
+            ``params`` if a concrete leaf holds NaN or Inf or no leaf is on the
+            crossbar.
     """
+    check_crossbar("params", params, model.crossbar, fix=DEVICE_FIX)
     check_finite_tree("params", params)
     mask = verified_mask(params, verified)
     n_dev = model.devices_per_weight
     pairs, treedef = jax.tree_util.tree_flatten_with_path(params)
     masks = treedef.flatten_up_to(mask)
-    on = [bool(model.crossbar(path_str(p), x)) for p, x in pairs]
+    on = [on_crossbar(model.crossbar, path_str(p), x) for p, x in pairs]
     xs = [jnp.asarray(x) for _, x in pairs]
     cross = [x for x, o in zip(xs, on, strict=True) if o]
 

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from uswim_jax._tree import CrossbarPredicate, crossbar_flags, path_str
+from uswim_jax._tree import CrossbarPredicate, check_crossbar, crossbar_flags, path_str
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.2)
 
@@ -99,10 +99,12 @@ def compare_estimators(
       ``spearman`` and ``top{100*f:g}%`` per fraction.
 
     Raises:
-      ValueError: with fewer than two estimators or mismatched leaves.
+      ValueError: with fewer than two estimators, mismatched leaves, or params
+        with no crossbar leaf.
     """
     if len(scores) < 2:
         raise ValueError("scores must hold at least two estimators")
+    check_crossbar("params", params, predicate)
     layers = list(crossbar_arrays(params, predicate))
     arrays = {}
     for name, tree in scores.items():
