@@ -18,7 +18,7 @@ from uswim_jax.pulse_sweep import pulse_sweep, pulse_trials
 
 KEY = jax.random.key(0)
 LOUD = u.UniformVariation(3.0, 0.03)  # noise that must change predictions
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "byom.md"
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs/byom.md"
 
 
 @pytest.fixture(scope="module", params=KINDS)
