@@ -31,10 +31,19 @@ from uswim_jax.device import (
     DEFAULT_VERIFY_CYCLES as DEFAULT_VERIFY_CYCLES,
 )
 from uswim_jax.device import (
+    ClosedFormStd as ClosedFormStd,
+)
+from uswim_jax.device import (
+    DeviceModel as DeviceModel,
+)
+from uswim_jax.device import (
     GaussianVariation as GaussianVariation,
 )
 from uswim_jax.device import (
     LevelTableVariation as LevelTableVariation,
+)
+from uswim_jax.device import (
+    Programmed as Programmed,
 )
 from uswim_jax.device import (
     StateDependentVariation as StateDependentVariation,
@@ -44,6 +53,9 @@ from uswim_jax.device import (
 )
 from uswim_jax.device import (
     WriteCycles as WriteCycles,
+)
+from uswim_jax.device import (
+    add_noise as add_noise,
 )
 from uswim_jax.device import (
     gaussian_write_cycles as gaussian_write_cycles,
@@ -164,6 +176,9 @@ __all__ = [
     "crossbar_flags",
     "crossbar_size",
     "default_crossbar",
+    "ClosedFormStd",
+    "DeviceModel",
+    "Programmed",
     "DEFAULT_SIGMA",
     "DEFAULT_SIGMA_VERIFIED",
     "DEFAULT_VERIFY_CYCLES",
@@ -172,6 +187,7 @@ __all__ = [
     "StateDependentVariation",
     "UniformVariation",
     "WriteCycles",
+    "add_noise",
     "gaussian_write_cycles",
     "noise_like",
     "perturb",
