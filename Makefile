@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements/lock.txt
 ARGS   ?=
+# The floor venv: the oldest jax (and its jaxlib) and numpy pyproject.toml allows
+# (its ">=" bounds turned into "=="), pytest, and nothing else.
+FLOOR_VENV := .venv-floor
+FLOOR_PINS = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); print(" ".join(r.replace(">=", "==") for r in d["project"]["dependencies"]))')
 
-.PHONY: help install test test-all lint format reproduce-mnist \
+.PHONY: help install test test-all test-floor lock lint format reproduce-mnist \
 	reproduce-fashion-mnist reproduce-cifar10 reproduce-tinyimagenet ablations bench \
 	clean-venv
 
@@ -17,13 +22,15 @@ help:
 	@echo "make ablations         the ablation tables on MNIST (LeNet, 4-bit LeNet, narrow ResNet-18; ~30 min on 2 cores)"
 	@echo "make test              the default test suite (not slow, not gpu)"
 	@echo "make test-all          every test, slow ones included"
+	@echo "make test-floor        the core alone on the oldest jax/numpy allowed (own venv)"
+	@echo "make lock              rewrite requirements/lock.txt from .venv"
 	@echo "make bench             side-by-side benchmarks (ARGS=--quick for a short run)"
 	@echo "make lint              ruff check and format check"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +40,16 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 $(ARGS)
+
+test-floor:
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet $(FLOOR_PINS) pytest
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(FLOOR_VENV)/bin/python -c 'import jax, numpy; print("floor: jax", jax.__version__, "numpy", numpy.__version__)'
+	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider -q tests/core_only $(ARGS)
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -iv '^uswim' > $(LOCK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -61,4 +78,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(FLOOR_VENV)

@@ -8,7 +8,7 @@ from the steady state (median of ``--repeats`` calls, each ended with
 ``block_until_ready``). Ratios divide by the steady-state time of one gradient of
 the batch-mean cross-entropy. Results go to ``benchmarks/results/curvature_cost.json``.
 
-Targets (issue 4): the one-pass diagonal at most 3 gradient passes (the authors'
+Targets: the one-pass diagonal at most 3 gradient passes (the authors'
 PyTorch code costs 8.9), Hutchinson at most 2.5 gradient passes per probe. The
 exact diagonal is one HVP per parameter; its cost is extrapolated from the cost of
 a chunk of unit-vector HVPs rather than run on all parameters.

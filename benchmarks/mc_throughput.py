@@ -1,4 +1,4 @@
-"""Monte Carlo throughput: trials per second of noisy LeNet evaluation (issue 6).
+"""Monte Carlo throughput: trials per second of noisy LeNet evaluation.
 
 Run as ``python -m benchmarks.mc_throughput`` (``--quick`` for a small CI-sized
 variant; ``--trials``, ``--repeats``, ``--output``). In one process it measures,

@@ -1,6 +1,6 @@
 """Re-derives the pulse model's default tolerance and step.
 
-Targets (the Gaussian model's defaults, method.md §3.3, §3.5): with the initial
+Targets (the Gaussian model's defaults, docs/method.md §2.3, §2.5): with the initial
 write std ``sigma = DEFAULT_SIGMA`` (0.3 level steps), a write-verified device
 should end with a residual std of ``DEFAULT_SIGMA_VERIFIED`` (0.03 level steps)
 after about ``DEFAULT_VERIFY_CYCLES`` (10) pulses on average. ``pulse_sigma``,
@@ -45,7 +45,7 @@ from uswim_jax.programming import (
     write_cycles,
 )
 
-#: LeNet (method.md §7) crossbar kernels, Flax layout: 105,918 weights.
+#: LeNet (docs/method.md §9) crossbar kernels, Flax layout: 105,918 weights.
 LENET_SHAPES = {
     "Conv_0": (3, 3, 1, 6),
     "Conv_1": (3, 3, 6, 16),

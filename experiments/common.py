@@ -18,7 +18,7 @@ import numpy as np
 
 from uswim_jax import data
 from uswim_jax._interrupt import reliable_interrupts
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.experiment import ExperimentConfig, sensitivity_sizes
 from uswim_jax.experiment import run as run_experiment
 from uswim_jax.report import write_report
 
@@ -29,6 +29,7 @@ REPORT_FILES = (
     "references.csv",
     "run_info.json",
     "accuracy_vs_cycles.png",
+    "accuracy_vs_verified_fraction.png",
     "config.json",
     "manifest.json",
 )
@@ -53,7 +54,7 @@ def full_choices(config: ExperimentConfig, num_train: int, num_test_total: int) 
     t = config.train.resolved()
     n_test = min(config.test_subset or num_test_total, num_test_total)
     n_train = min(t.train_subset or num_train, num_train)
-    n_curv = min(config.curvature_subset or n_train, n_train)
+    n_curv, _ = sensitivity_sizes(config, num_train)
     parts = [
         choices_line(config),
         f"training: {t.model}"

@@ -47,7 +47,17 @@ def test_bad_value_after_parsing_exit_2(capsys, tmp_path):
 def test_missing_data_one_line_exit_1(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("USWIM_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    code = cli.main(["train", "--dataset", "cifar10", "--run-dir", str(tmp_path / "r")])
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "convnet",
+            "--dataset",
+            "cifar10",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not load 'cifar10'" in err[0]
@@ -114,3 +124,105 @@ def test_q_scale_quirk_without_quantization_exit_2(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "quantized" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def _all_parsers(parser):
+    """The parser and its subcommands' parsers, with their names."""
+    import argparse
+
+    out = [("uswim", parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += [(f"uswim {name}", p) for _, p in _all_parsers(sub)]
+    return out
+
+
+def test_every_flag_has_a_help_text():
+    parsers = _all_parsers(cli.build_parser())
+    assert {name for name, _ in parsers} >= {"uswim train", "uswim sweep"}
+    for name, parser in parsers:
+        for action in parser._actions:
+            assert (action.help or "").strip(), (name, action.option_strings)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_help_shows_defaults_and_which_model_takes_which_dataset(command, capsys):
+    from uswim_jax.data import DATASETS
+
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: lenet)" in out and "(default: mnist)" in out
+    assert "(default: 0)" in out  # --seed: a falsy default is still shown
+    table = out.split("models per dataset", 1)[1]
+    for name in DATASETS:
+        assert name in table
+    assert "digits 8x8x1 resnet18" in table
+    assert "mnist 28x28x1 lenet, resnet18" in table
+
+
+def test_help_lists_every_method_name(capsys):
+    from uswim_jax.experiment import METHODS
+
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "from: " + ", ".join(METHODS) in out.replace("- ", "-")
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_model_that_does_not_take_the_dataset_is_refused_early(
+    command, capsys, tmp_path, monkeypatch
+):
+    from uswim_jax import data
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("data loaded before the model check")
+
+    monkeypatch.setattr(data, "load", no_load)
+    run = tmp_path / "r"
+    code = cli.main(
+        [command, "--model", "lenet", "--dataset", "digits", "--run-dir", str(run)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "lenet" in err[0] and "digits" in err[0] and "resnet18" in err[0]
+    assert not run.exists()
+
+
+_NO_FLAX = """
+import sys
+sys.modules["flax"] = None  # what a core-only install looks like to `import flax`
+from uswim_jax import cli
+codes = []
+for argv in (["--help"], ["train", "--help"], ["sweep", "--quick"]):
+    try:
+        codes.append(cli.main(argv))
+    except SystemExit as e:
+        codes.append(e.code)
+print(codes)
+"""
+
+
+def test_core_only_install_says_which_extra_to_install():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "USWIM_DEBUG"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_FLAX],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    codes = eval(proc.stdout.strip().splitlines()[-1])
+    assert len(codes) == 3 and all(c not in (0, None) for c in codes)
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 3, proc.stderr  # one line per command, no traceback
+    for line in err:
+        assert "pip install 'uswim_jax[experiments]'" in line and "flax" in line

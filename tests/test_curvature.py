@@ -17,7 +17,7 @@ from uswim_jax.models import build_model, quantize, quantize_ste
 
 RTOL = 1e-10
 
-# The library never jits; tests jit what they test (style.md rule 8).
+# The library never jits; tests jit what they test (docs/architecture.md).
 obd = jax.jit(
     uj.obd_diagonal,
     static_argnums=0,
@@ -250,7 +250,7 @@ def maxpool_route(z, h):
 
 
 def cnn_hand(variables, x):
-    """Option A of method.md §4.4: explicit per-layer second-order VJP rules."""
+    """The layer rules of docs/method.md §4.1, written out as per-layer VJPs."""
     p, s = variables["params"], variables["batch_stats"]
     eps = 1e-5
     bc = lambda v: v.reshape(1, 1, 1, -1)
@@ -468,7 +468,7 @@ def _cnn_q(params, x):
 
 def test_q_scale_authors_conv_mlp_hand(key):
     """conv -> tanh -> strided conv (STE-quantized) -> tanh -> reshape -> dense,
-    against the layer-by-layer recipe of method.md §4.4 (VJPs with squared
+    against the layer-by-layer rules of docs/method.md §4.1 (VJPs with squared
     operands) with the authors' division by max|W| at each data-side input."""
     k1, k2, k3, k4 = jax.random.split(key, 4)
     params = {

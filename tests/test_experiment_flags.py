@@ -130,3 +130,32 @@ def test_q_scale_reaches_the_sensitivities():
     )
     wide = ExperimentConfig(train=TrainConfig(model="resnet18", width=8))
     assert wide.to_json()["train"]["width"] == 8
+
+
+def test_train_subset_limits_every_sensitivity_pass():
+    """The sensitivities of a model trained on ``train_subset`` images use
+    those images only, exactly as if the training set held no others."""
+    from uswim_jax.experiment import compute_sensitivities
+    from uswim_jax.train import TrainConfig
+
+    params, x, y = toy_problem(n=32)
+    x, y = np.asarray(x), np.asarray(y)
+    methods = ("swim", "eloss-ggn", "eloss-fisher")
+    quiet = {"log": lambda *a: None}
+    subset = ExperimentConfig(train=TrainConfig(train_subset=8), methods=methods)
+    got = compute_sensitivities(mlp_apply, params, (x, y), subset, **quiet)
+    want = compute_sensitivities(
+        mlp_apply, params, (x[:8], y[:8]), ExperimentConfig(methods=methods), **quiet
+    )
+    full = compute_sensitivities(
+        mlp_apply, params, (x, y), ExperimentConfig(methods=methods), **quiet
+    )
+    for name in ("obd", "obd_grad", "ggn", "fisher"):
+        for a, b, c in zip(
+            jax.tree.leaves(got[name]),
+            jax.tree.leaves(want[name]),
+            jax.tree.leaves(full[name]),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+            assert not np.allclose(a, c)

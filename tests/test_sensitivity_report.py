@@ -1,6 +1,7 @@
 """Tests for the estimator comparison report (non-core)."""
 
 import csv
+import os
 
 import jax
 import jax.numpy as jnp
@@ -65,3 +66,62 @@ def test_write_sensitivity_report(tmp_path, key, getkey):
         text = f.read()
     assert "| obd | hutchinson | overall |" in text
     assert (tmp_path / "out" / "sensitivity_histograms.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("names", [("obd", "hutchinson", "ggn", "fisher"), ("a", "b")])
+def test_plot_with_exact_zeros_negative_and_empty_scores(tmp_path, names, getkey):
+    """Exact zeros (shared by every estimator), Hutchinson-like negative
+    estimates, an all-zero estimator and only two estimators all plot."""
+    params = random_tree(getkey())
+    scores = {}
+    for i, name in enumerate(names):
+        tree = jax.tree.map(jnp.abs, random_tree(getkey()))
+        tree["Dense_0"]["kernel"] = tree["Dense_0"]["kernel"].at[:5].set(0.0)
+        if name == "hutchinson":
+            tree = jax.tree.map(lambda a: a - 0.5, tree)
+        if i == len(names) - 1 and len(names) > 2:
+            tree = jax.tree.map(jnp.zeros_like, tree)
+        scores[name] = tree
+    paths = sr.write_sensitivity_report(scores, params, tmp_path / "out")
+    assert os.path.getsize(paths["histogram"]) > 10_000
+
+
+def test_figure_counts_zeros_shares_x_and_shows_the_tables_spearman(getkey):
+    import matplotlib.pyplot as plt
+
+    params = random_tree(getkey())
+    names = ("obd", "hutchinson", "ggn", "fisher")
+    scores = {}
+    for name in names:
+        tree = jax.tree.map(jnp.abs, random_tree(getkey()))
+        tree["Dense_0"]["kernel"] = tree["Dense_0"]["kernel"].at[:5].set(0.0)
+        scores[name] = tree
+    scores["ggn"]["Conv_0"]["kernel"] = scores["ggn"]["Conv_0"]["kernel"] * 1e-3
+    rows = sr.compare_estimators(scores, params)
+    arrays = {
+        k: np.concatenate(list(sr.crossbar_arrays(v).values()))
+        for k, v in scores.items()
+    }
+    n = len(arrays["obd"])  # 72 conv + 200 dense weights; 50 zeros each
+    fig = sr._figure(arrays, rows, bins=20)
+    try:
+        top, bottom = fig.subfigs
+        hist = top.axes
+        titles = [ax.get_title() for ax in hist]
+        for name, title in zip(names, titles, strict=True):
+            assert title.splitlines()[0] == sr._label(name)
+            assert title.splitlines()[-1].startswith(
+                f"50 exact zeros ({100 * 50 / n:.1f} %)"
+            ), title
+        assert len({ax.get_xlim() for ax in hist}) == 1  # shared x range
+        text = " ".join(t.get_text() for ax in bottom.axes for t in ax.texts)
+        for a, b in (("obd", "ggn"), ("obd", "hutchinson"), ("ggn", "hutchinson")):
+            rho = next(
+                r["spearman"]
+                for r in rows
+                if r["layer"] == "overall" and (r["a"], r["b"]) in ((a, b), (b, a))
+            )
+            assert f"Spearman {rho:.3f}" in text
+        assert "50 are exactly 0 under every estimator" in top.get_suptitle()
+    finally:
+        plt.close(fig)

@@ -20,7 +20,7 @@ from uswim_jax._tree import (
     default_crossbar as default_crossbar,
 )
 
-# --- device and programming models (issue 3) ---
+# --- device and programming models ---
 from uswim_jax.device import (
     DEFAULT_SIGMA as DEFAULT_SIGMA,
 )
@@ -31,10 +31,19 @@ from uswim_jax.device import (
     DEFAULT_VERIFY_CYCLES as DEFAULT_VERIFY_CYCLES,
 )
 from uswim_jax.device import (
+    ClosedFormStd as ClosedFormStd,
+)
+from uswim_jax.device import (
+    DeviceModel as DeviceModel,
+)
+from uswim_jax.device import (
     GaussianVariation as GaussianVariation,
 )
 from uswim_jax.device import (
     LevelTableVariation as LevelTableVariation,
+)
+from uswim_jax.device import (
+    Programmed as Programmed,
 )
 from uswim_jax.device import (
     StateDependentVariation as StateDependentVariation,
@@ -44,6 +53,9 @@ from uswim_jax.device import (
 )
 from uswim_jax.device import (
     WriteCycles as WriteCycles,
+)
+from uswim_jax.device import (
+    add_noise as add_noise,
 )
 from uswim_jax.device import (
     gaussian_write_cycles as gaussian_write_cycles,
@@ -94,7 +106,7 @@ from uswim_jax.programming import (
     write_cycles as write_cycles,
 )
 
-# --- curvature and selection (issue 4) ---
+# --- curvature and selection ---
 # isort: split
 from uswim_jax.curvature import (
     exact_diagonal as exact_diagonal,
@@ -148,7 +160,7 @@ from uswim_jax.selection import (
     uswim_score as uswim_score,
 )
 
-# --- Monte Carlo and sweep (issue 5) ---
+# --- Monte Carlo and sweep ---
 # isort: split
 from uswim_jax.montecarlo import MCStats as MCStats
 from uswim_jax.montecarlo import evaluate as evaluate
@@ -157,5 +169,65 @@ from uswim_jax.sweep import Curve as Curve
 from uswim_jax.sweep import CyclesToTarget as CyclesToTarget
 from uswim_jax.sweep import counts_for_fractions as counts_for_fractions
 from uswim_jax.sweep import sweep as sweep
+
+#: The public API: every name re-exported above.
+__all__ = [
+    "CrossbarPredicate",
+    "crossbar_flags",
+    "crossbar_size",
+    "default_crossbar",
+    "ClosedFormStd",
+    "DeviceModel",
+    "Programmed",
+    "DEFAULT_SIGMA",
+    "DEFAULT_SIGMA_VERIFIED",
+    "DEFAULT_VERIFY_CYCLES",
+    "GaussianVariation",
+    "LevelTableVariation",
+    "StateDependentVariation",
+    "UniformVariation",
+    "WriteCycles",
+    "add_noise",
+    "gaussian_write_cycles",
+    "noise_like",
+    "perturb",
+    "place_values",
+    "slicing_factor",
+    "ProgramInfo",
+    "ProgramResult",
+    "ProgramState",
+    "PulseModel",
+    "program",
+    "program_devices",
+    "program_init",
+    "program_loop",
+    "program_step",
+    "pulse_write_cycles",
+    "write_cycles",
+    "exact_diagonal",
+    "fisher_diagonal",
+    "ggn_diagonal",
+    "hutchinson_diagonal",
+    "make_loss_fn",
+    "obd_diagonal",
+    "obd_over_dataset",
+    "expected_loss_score",
+    "global_order",
+    "magnitude_score",
+    "mask_from_order",
+    "normalized_derivatives",
+    "random_score",
+    "select",
+    "state_multiplier",
+    "swim_score",
+    "uswim_score",
+    "MCStats",
+    "evaluate",
+    "MARGINS",
+    "Curve",
+    "CyclesToTarget",
+    "counts_for_fractions",
+    "sweep",
+]
 
 __version__ = "0.1.0"

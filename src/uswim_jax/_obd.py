@@ -4,8 +4,8 @@ A small interpreter over the jaxpr of ``apply_fn``: a forward pass that keeps ev
 primal value, then a backward pass that carries the *second-order cotangent* ``h``
 (the running diagonal of the loss Hessian with respect to each value, Becker–LeCun
 / Optimal Brain Damage) from the outputs back to every input, with one rule per
-class of primitive (architecture.md, "The paper's one-pass second derivative";
-method.md §4.3):
+class of primitive (docs/method.md §4.1 for the rules, §4.2 for this
+interpreter):
 
 - **bilinear** (``dot_general``, ``conv_general_dilated``): for each active operand,
   the transpose of the primitive with every *other* operand squared, applied to
@@ -34,7 +34,7 @@ cross term is dropped, exactly as Becker–LeCun and the authors' code do.
 With ``q_scale="authors"`` the backward pass reproduces the authors' quantized
 (Q) layers, which compute ``op(x * a_l, W_l / a_l)`` with ``a_l = max|W_l|`` and
 multiply the second-order cotangent through ``x * a_l`` by ``a_l`` instead of
-``a_l**2`` (method.md §4.3, last rows): the forward pass tags every value derived
+``a_l**2`` (docs/method.md §8): the forward pass tags every value derived
 from exactly one crossbar param leaf through elementwise, structural and call
 primitives (a reshape, a transpose, the straight-through quantizer ``w +
 stop_gradient(q(w) - w)``), and at a bilinear primitive whose one operand carries
@@ -175,7 +175,7 @@ SUPPORTED_PRIMITIVES = (
 )
 
 # Numerators after which a division by a constant is an average pool, for the
-# authors' ``h/k`` quirk (method.md §4.3).
+# authors' ``h/k`` quirk (docs/method.md §8).
 _POOL_SUMS = frozenset({"reduce_window_sum", "reduce_sum"})
 
 

@@ -3,19 +3,36 @@
 Which leaves of a params pytree are programmed onto the crossbar is decided by a
 predicate over the leaf's path (a ``"/"``-joined string such as
 ``"params/Conv_0/kernel"``) and the leaf itself. Everything else (biases,
-normalisation parameters, batch-norm statistics) stays exact.
+normalisation parameters, batch-norm statistics) stays exact. Only
+floating-point leaves can be crossbar leaves: a predicate (the default or a
+user's) is asked about floating-point leaves only, and integer or boolean leaves
+(step counters, indices, masks) are never programmed, perturbed or ranked.
+
+The paths of the common frameworks (what :func:`path_str` gives):
+
+- Flax linen ``variables``: ``params/Conv_0/kernel``;
+- Flax NNX state (``graphdef, state = nnx.split(model)``):
+  ``conv1/kernel/value`` or ``layers/0/kernel/value`` (each ``nnx.Variable``
+  flattens to a ``value`` child; ``raw_value`` in some versions);
+- equinox (``params, static = eqx.partition(model, eqx.is_array)``):
+  ``layers/0/weight``;
+- Haiku: ``conv2_d/w``; a plain dict: whatever its keys are.
 """
 
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 CrossbarPredicate = Callable[[str, Any], bool]
 
 #: Leaf names treated as crossbar weights by :func:`default_crossbar`.
 KERNEL_NAMES = frozenset({"kernel", "weight", "w", "W"})
+#: Trailing path components that wrap an array rather than name it (Flax NNX's
+#: ``Variable``); :func:`leaf_name` skips them.
+CONTAINER_NAMES = frozenset({"value", "raw_value"})
 
 
 def _key_str(entry: Any) -> str:
@@ -35,19 +52,94 @@ def leaf_paths(tree: Any) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
+def leaf_name(path: str) -> str:
+    """The name of the parameter a path points to: its last component, skipping
+    trailing container components (``"conv/kernel/value"`` -> ``"kernel"``)."""
+    parts = path.split("/")
+    while len(parts) > 1 and parts[-1] in CONTAINER_NAMES:
+        parts.pop()
+    return parts[-1]
+
+
+def _dtype(leaf: Any) -> Any:
+    dtype = getattr(leaf, "dtype", None)
+    return np.result_type(leaf) if dtype is None else dtype
+
+
+def is_floating(leaf: Any) -> bool:
+    """True when ``leaf`` (an array, tracer, ``ShapeDtypeStruct`` or scalar) has
+    a real floating-point dtype."""
+    return bool(jnp.issubdtype(_dtype(leaf), jnp.floating))
+
+
 def default_crossbar(path: str, leaf: Any) -> bool:
-    """Conv and dense kernels: a leaf named ``kernel``/``weight``/``w``/``W`` with
-    at least two dimensions."""
-    name = path.rsplit("/", 1)[-1]
-    return name in KERNEL_NAMES and np.ndim(leaf) >= 2
+    """Conv and dense kernels: a floating-point leaf named ``kernel`` (Flax),
+    ``weight`` (equinox, PyTorch-style), ``w`` (Haiku) or ``W`` with at least two
+    dimensions. A trailing ``value``/``raw_value`` component (Flax NNX state) is
+    skipped, so ``"Conv_0/kernel/value"`` is a kernel."""
+    return is_floating(leaf) and np.ndim(leaf) >= 2 and leaf_name(path) in KERNEL_NAMES
+
+
+def on_crossbar(predicate: CrossbarPredicate | None, path: str, leaf: Any) -> bool:
+    """Whether one leaf is on the crossbar: a floating-point leaf for which
+    ``predicate(path, leaf)`` (default :func:`default_crossbar`) is true.
+
+    Every use of a crossbar predicate in the library goes through here, so a
+    user's predicate is only ever asked about floating-point leaves.
+    """
+    predicate = default_crossbar if predicate is None else predicate
+    return is_floating(leaf) and bool(predicate(path, leaf))
 
 
 def crossbar_flags(tree: Any, predicate: CrossbarPredicate | None = None) -> Any:
     """A pytree of Python bools like ``tree``: True where the leaf is on the
-    crossbar."""
-    predicate = default_crossbar if predicate is None else predicate
+    crossbar (see :func:`on_crossbar`)."""
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: bool(predicate(path_str(p), x)), tree
+        lambda p, x: on_crossbar(predicate, path_str(p), x), tree
+    )
+
+
+def check_crossbar(
+    name: str,
+    tree: Any,
+    predicate: CrossbarPredicate | None = None,
+    *,
+    fix: str = "pass predicate=...",
+) -> None:
+    """Raises ``ValueError`` naming ``name`` when no leaf of ``tree`` is on the
+    crossbar: noise, curvature or a ranking that touches nothing is never what
+    was meant. Structural only (paths, dtypes, shapes), so it also runs on
+    traced values.
+
+    Args:
+        name: the argument's name in the message (``"params"``, ``"scores"``).
+        tree: the pytree.
+        predicate: the crossbar predicate in use (``None``: the default).
+        fix: how the caller passes a predicate, for the message.
+    """
+    pairs = jax.tree_util.tree_leaves_with_path(tree)
+    if any(on_crossbar(predicate, path_str(p), x) for p, x in pairs):
+        return
+    shown = [
+        f"{path_str(p) or '<root>'} {np.shape(x)} {_dtype(x)}" for p, x in pairs[:8]
+    ]
+    more = f", ... ({len(pairs)} leaves)" if len(pairs) > 8 else ""
+    leaves = "; ".join(shown) + more if pairs else "none (an empty pytree)"
+    if predicate is None or predicate is default_crossbar:
+        rule = (
+            "the default predicate takes floating-point leaves named "
+            "kernel/weight/w/W with ndim >= 2 (a trailing value/raw_value "
+            "component, as in Flax NNX state, is skipped)"
+        )
+    else:
+        what = getattr(predicate, "__name__", repr(predicate))
+        rule = (
+            f"the crossbar predicate {what} is true for none of them (it is "
+            "asked about floating-point leaves only)"
+        )
+    raise ValueError(
+        f"no leaf of {name} is on the crossbar: its leaves are {leaves}; {rule}. "
+        f"To choose the crossbar leaves, {fix} (a predicate (path, leaf) -> bool)."
     )
 
 
@@ -60,11 +152,10 @@ def map_crossbar(
 ) -> Any:
     """Applies ``fn(leaf, *rest_leaves)`` to crossbar leaves and ``otherwise``
     (default: return the leaf unchanged) to the others."""
-    predicate = default_crossbar if predicate is None else predicate
     otherwise = (lambda x, *_: x) if otherwise is None else otherwise
 
     def visit(path, x, *xs):
-        if predicate(path_str(path), x):
+        if on_crossbar(predicate, path_str(path), x):
             return fn(x, *xs)
         return otherwise(x, *xs)
 

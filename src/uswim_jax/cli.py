@@ -2,7 +2,8 @@
 
 Every subcommand has ``--help``. Bad arguments print one line on stderr and exit
 with status 2; a failure while running (missing data, a corrupt file) prints one
-line and exits with status 1. Set ``USWIM_DEBUG=1`` to see the traceback instead.
+line and exits with status 1, and so does a core-only install (the command needs
+the ``experiments`` extra). Set ``USWIM_DEBUG=1`` to see the traceback instead.
 """
 
 import argparse
@@ -10,9 +11,41 @@ import os
 import sys
 from collections.abc import Sequence
 
+#: Modules of the ``experiments`` extra that the command line imports.
+_EXTRA_MODULES = ("flax", "optax", "matplotlib", "tqdm")
+_EXTRA_HINT = "pip install 'uswim_jax[experiments]'"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already says
+    its default or there is none to show (``None``, ``False``); text with line
+    breaks (the model table) is printed as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default is not None
+            and default is not False
+            and default is not argparse.SUPPRESS
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
 
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr and exit 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -41,16 +74,34 @@ def _training_flags(p: argparse.ArgumentParser, epochs_help: str) -> None:
     from uswim_jax.data import DATASETS
     from uswim_jax.models import MODELS
 
-    p.add_argument("--model", choices=MODELS, default="lenet")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="lenet",
+        help="the network; which model takes which dataset is listed below",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist",
+        help="the training and test images (see --data-path)",
+    )
     p.add_argument("--epochs", type=_positive_int, default=None, help=epochs_help)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=128, help="training batch size"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: the model's recipe, Adam 1e-3 for LeNet and "
+        "the ConvNet, SGD 0.01 for ResNet-18)",
+    )
     p.add_argument(
         "--weight-bits",
         type=int,
         default=None,
-        help="quantize weights to N bits (straight-through); default float",
+        help="quantize weights to N bits (straight-through; default: float)",
     )
     p.add_argument(
         "--quantized",
@@ -58,13 +109,69 @@ def _training_flags(p: argparse.ArgumentParser, epochs_help: str) -> None:
         help="use the authors' bit width (LeNet 4, ConvNet 6, ResNet-18 8)",
     )
     p.add_argument("--augment", action="store_true", help="random crop and flip")
-    p.add_argument("--train-subset", type=_positive_int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-path", default=None, help="folder with the dataset files")
+    p.add_argument(
+        "--train-subset",
+        type=_positive_int,
+        default=None,
+        help="use only the first N training images, for training and for the "
+        "sensitivities (default: all)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of initialization and noise"
+    )
+    p.add_argument(
+        "--data-path",
+        default=None,
+        help="folder with the dataset files (default: the cache, then the "
+        "dataset's other sources)",
+    )
+
+
+def _compatible_models() -> dict[str, tuple[str, ...]]:
+    """``{dataset: the models that take its images}``, by
+    :func:`uswim_jax.models.build_model`'s own shape check."""
+    from uswim_jax.data._load import SPECS
+    from uswim_jax.models import MODELS, build_model
+
+    out = {}
+    for name, spec in SPECS.items():
+        ok = []
+        for m in MODELS:
+            try:
+                build_model(m, num_classes=spec.num_classes, input_shape=spec.shape)
+            except ValueError:
+                continue
+            ok.append(m)
+        out[name] = tuple(ok)
+    return out
+
+
+def _models_epilog() -> str:
+    from uswim_jax.data._load import SPECS
+
+    lines = ["models per dataset (image size: models that take it):"]
+    for name, models in _compatible_models().items():
+        size = "x".join(map(str, SPECS[name].shape))
+        lines.append(f"  {name:<14} {size:<9} {', '.join(models) or '(none)'}")
+    return "\n".join(lines)
+
+
+def _check_model_takes_dataset(model: str, dataset: str) -> None:
+    """Refuses, before any data is loaded, a model that cannot take the
+    dataset's images (LeNet needs 28x28, the ConvNet 32x32)."""
+    from uswim_jax.data._load import SPECS
+
+    ok = _compatible_models()[dataset]
+    if model not in ok:
+        size = "x".join(map(str, SPECS[dataset].shape))
+        raise UsageError(
+            f"--model {model} does not take --dataset {dataset} ({size} images); "
+            f"models that do: {', '.join(ok) or 'none'} (see --help)"
+        )
 
 
 def _curvature_flags(p: argparse.ArgumentParser) -> None:
-    """The one-pass diagonal's quirk switches (method.md §4.3)."""
+    """The one-pass diagonal's quirk switches (docs/method.md §8)."""
     p.add_argument(
         "--avg-pool",
         choices=("exact", "authors"),
@@ -96,10 +203,15 @@ def _add_train(sub) -> None:
         "train",
         help="train a model and save it to a run folder",
         description="Train a model (resumes from the run folder's checkpoint).",
+        epilog=_models_epilog(),
     )
-    _training_flags(p, epochs_help="default 20")
-    p.add_argument("--run-dir", default=None, help="default: runs/<model>-<dataset>")
-    p.add_argument("--no-progress", action="store_true")
+    _training_flags(p, epochs_help="training epochs (default: 20)")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="where the model is saved (default: runs/<model>-<dataset>)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
 
@@ -110,6 +222,7 @@ def _cmd_train(args) -> int:
     bits = _weight_bits(args)
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    _check_model_takes_dataset(args.model, args.dataset)
     config = TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -147,21 +260,25 @@ def _add_sensitivity(sub) -> None:
             "Compute the one-pass diagonal (SWIM's), Hutchinson (with its standard "
             "error), the GGN and the empirical Fisher diagonals of a trained run on "
             "the same training images, and write rank correlations and top-k "
-            "overlaps (per layer and overall) with a histogram plot."
+            "overlaps (per layer and overall) with a plot: histograms and "
+            "per-weight hexbins of the estimators."
         ),
     )
     p.add_argument("--run-dir", required=True, help="a training run folder")
-    p.add_argument("--out", default=None, help="default: <run-dir>/sensitivity")
+    p.add_argument(
+        "--out", default=None, help="report folder (default: <run-dir>/sensitivity)"
+    )
     p.add_argument(
         "--samples",
         type=_positive_int,
         default=1024,
-        help="training images used by every estimator",
+        help="training images used by every estimator (at most the run's "
+        "--train-subset)",
     )
     p.add_argument("--probes", type=_positive_int, default=64, help="Hutchinson probes")
     _curvature_flags(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-path", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of Hutchinson's probes")
+    p.add_argument("--data-path", default=None, help="folder with the dataset files")
     p.set_defaults(func=_cmd_sensitivity)
 
 
@@ -172,7 +289,11 @@ def _cmd_sensitivity(args) -> int:
     import numpy as np
 
     from uswim_jax import data
-    from uswim_jax.experiment import ExperimentConfig, compute_sensitivities
+    from uswim_jax.experiment import (
+        ExperimentConfig,
+        compute_sensitivities,
+        sensitivity_sizes,
+    )
     from uswim_jax.sensitivity_report import write_sensitivity_report
     from uswim_jax.train import load_run
 
@@ -205,10 +326,11 @@ def _cmd_sensitivity(args) -> int:
     se = np.concatenate([a.ravel() for a, _ in crossbar])
     est = np.concatenate([b.ravel() for _, b in crossbar])
     rel = float(np.median(se / np.maximum(est, 1e-30)))
+    num_images = sensitivity_sizes(config, len(train_data))[0]
     note = (
-        f"{model.name} on {train_data.name}, {min(args.samples, len(train_data))} "
-        f"training images; Hutchinson with {args.probes} probes: median relative "
-        f"standard error {rel:.2f}"
+        f"{model.name} on {train_data.name}, {num_images} training images; "
+        f"Hutchinson with {args.probes} probes: median relative standard error "
+        f"{rel:.2f}"
     )
     from uswim_jax._io import atomic_write_json
 
@@ -269,6 +391,8 @@ _QUICK = {
 
 
 def _add_sweep(sub) -> None:
+    from uswim_jax.experiment import METHODS
+
     p = sub.add_parser(
         "sweep",
         help="train, compute sensitivities and sweep selection methods",
@@ -279,33 +403,48 @@ def _add_sweep(sub) -> None:
             "Every finished step chunk is saved as it completes; run the same "
             "command again to resume after an interruption."
         ),
+        epilog=_models_epilog(),
     )
-    _training_flags(p, epochs_help="default 20 (2 with --quick)")
+    _training_flags(p, epochs_help="training epochs (default: 20, 2 with --quick)")
     p.add_argument(
         "--sigmas",
         type=_number_list(float),
         default=None,
-        help="uniform-variation sigmas, comma-separated (default 0.1,0.2,0.3)",
+        help="uniform-variation sigmas, comma-separated (default: 0.1,0.2,0.3)",
     )
     p.add_argument(
         "--s-values",
         type=_number_list(float),
         default=None,
-        help="state-dependent ratios s, comma-separated (default 2,3,5; '' none)",
+        help="state-dependent ratios s, comma-separated (default: 2,3,5; '' for none)",
     )
-    p.add_argument("--s-sigma", type=float, default=None, help="default 0.3")
+    p.add_argument(
+        "--s-sigma",
+        type=float,
+        default=None,
+        help="sigma of the state-dependent settings (default: 0.3)",
+    )
     p.add_argument(
         "--fractions",
         type=_number_list(float),
         default=None,
-        help="verified fractions in [0, 1], non-decreasing, comma-separated",
+        help="verified fractions in [0, 1], non-decreasing, comma-separated "
+        "(default: 0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.3,0.5)",
     )
-    p.add_argument("--trials", type=_positive_int, default=None, help="default 30")
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=None,
+        help="Monte Carlo trials per budget point (default: 30)",
+    )
     p.add_argument(
         "--methods",
         type=_methods,
         default=None,
-        help="comma-separated selection methods (default: all)",
+        help="comma-separated selection methods, from: "
+        f"{', '.join(METHODS)} (default: all; 'none' and 'exhaustive' are the "
+        "end points of every curve and always reported; 'uswim' runs under "
+        "state-dependent variation only, as it equals 'swim' under uniform)",
     )
     p.add_argument(
         "--steps-per-chunk",
@@ -313,7 +452,12 @@ def _add_sweep(sub) -> None:
         default=None,
         help="budget points saved per unit of work (default: a whole curve)",
     )
-    p.add_argument("--test-subset", type=_positive_int, default=None)
+    p.add_argument(
+        "--test-subset",
+        type=_positive_int,
+        default=None,
+        help="Monte Carlo over the first N test images (default: all)",
+    )
     _curvature_flags(p)
     p.add_argument(
         "--no-first-order",
@@ -325,13 +469,23 @@ def _add_sweep(sub) -> None:
         type=int,
         choices=(1, 2),
         default=1,
-        help="U-SWIM multiplier k (1, the authors') or k^2",
+        help="U-SWIM multiplier k (1, the authors') or k^2 (2)",
     )
-    p.add_argument("--quick", action="store_true", help="a few-minute smoke run")
     p.add_argument(
-        "--run-dir", default=None, help="default: runs/sweep-<model>-<dataset>"
+        "--quick",
+        action="store_true",
+        help="a few-minute smoke run; unless given, sets "
+        + ", ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in _QUICK.items()
+        ),
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="the run folder (default: runs/sweep-<model>-<dataset>[-quick])",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_sweep)
 
 
@@ -351,6 +505,7 @@ def _cmd_sweep(args) -> int:
     base = ExperimentConfig()
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    _check_model_takes_dataset(args.model, args.dataset)
     try:
         config = ExperimentConfig(
             train=TrainConfig(
@@ -407,7 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="uswim",
         description="Selective write-verify for computing-in-memory accelerators.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        parser_class=_Parser,
+        help="run `uswim COMMAND --help` for its flags",
+    )
     sub.required = True
     _add_train(sub)
     _add_sensitivity(sub)
@@ -415,11 +575,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_extra(e: ModuleNotFoundError) -> bool:
+    return (e.name or "").split(".")[0] in _EXTRA_MODULES
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``uswim`` console script."""
+    debug = os.environ.get("USWIM_DEBUG") == "1"
+    try:
+        return _main(argv, debug)
+    except ModuleNotFoundError as e:
+        if debug or not _missing_extra(e):
+            raise
+        sys.stderr.write(
+            f"uswim: the command line needs the experiments extra (no module "
+            f"{e.name!r}): {_EXTRA_HINT}\n"
+        )
+        return 1
+
+
+def _main(argv: Sequence[str] | None, debug: bool) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    debug = os.environ.get("USWIM_DEBUG") == "1"
     from uswim_jax._interrupt import reliable_interrupts
 
     try:

@@ -4,7 +4,7 @@ Every estimator returns a pytree shaped like ``params`` holding, per scalar
 parameter, an estimate of the diagonal of the loss Hessian:
 
 - :func:`obd_diagonal`: the paper's one-pass diagonal (Becker–LeCun / Optimal
-  Brain Damage backprop, method.md §4.3), implemented generically over the jaxpr
+  Brain Damage backprop, docs/method.md §4), implemented generically over the jaxpr
   of ``apply_fn`` (see ``_obd.py``); :func:`obd_over_dataset` runs it over a
   dataset in batches and also returns the authors' first-order term.
 - :func:`hutchinson_diagonal`: Rademacher probes and forward-over-reverse HVPs.
@@ -16,7 +16,7 @@ parameter, an estimate of the diagonal of the loss Hessian:
 
 Convention: ``B`` is the number of samples; the model-based estimators
 (``obd``, ``ggn``, ``fisher``) use the loss *summed* over samples (no ``1/B``), as
-the authors' code does for the second-order term (method.md §4.2 step 2). Labels
+the authors' code does for the second-order term (docs/method.md §4.3). Labels
 ``y`` are integer class indices of shape ``(B,)`` for ``loss="cross_entropy"`` and
 targets shaped like the logits for ``loss="squared_error"`` (``0.5 * (z - y)**2``).
 
@@ -36,8 +36,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from uswim_jax import _obd
-from uswim_jax._checks import check_finite_tree, check_positive
-from uswim_jax._tree import CrossbarPredicate, default_crossbar, path_str
+from uswim_jax._checks import (
+    check_finite_tree,
+    check_labels,
+    check_model_data,
+    check_positive,
+    num_samples,
+)
+from uswim_jax._tree import CrossbarPredicate, check_crossbar, on_crossbar, path_str
 
 LOSSES = ("cross_entropy", "squared_error")
 #: The rules :func:`obd_diagonal` offers for the authors' two quirks.
@@ -89,29 +95,33 @@ def make_loss_fn(
       :func:`exact_diagonal`.
 
     Raises:
-      ValueError: for an unknown ``loss`` or ``reduction``.
+      ValueError: for an unknown ``loss`` or ``reduction``, or data that do not
+        fit (see ``uswim_jax._checks.check_model_data``): ``y`` is checked here,
+        and against the logits when ``loss_fn`` is first traced.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    _check_samples(x, y)
+    n = num_samples(x)
+    labels = _label_kind(loss)
+    check_labels(y, n, None, labels)
+    check_finite_tree("x", x)
 
     def loss_fn(params: Any) -> jax.Array:
-        per = _per_example_loss(apply_fn(params, x), y, loss)
+        z = apply_fn(params, x)
+        check_labels(y, n, tuple(np.shape(z)), labels)  # at trace time
+        per = _per_example_loss(z, y, loss)
         return jnp.sum(per) if reduction == "sum" else jnp.mean(per)
 
     return loss_fn
 
 
-def _check_samples(x: Any, y: Any) -> None:
-    """Raises ``ValueError`` unless ``x`` and ``y`` hold the same, non-zero
-    number of samples on axis 0."""
-    if np.ndim(x) < 1 or np.shape(x)[0] == 0:
-        raise ValueError(f"x must hold at least one sample, got shape {np.shape(x)}")
-    if np.ndim(y) < 1 or np.shape(y)[0] != np.shape(x)[0]:
-        n = np.shape(x)[0]
-        raise ValueError(f"y must have {n} samples to match x, got {np.shape(y)}")
+def _label_kind(loss: Any) -> str:
+    """What ``y`` holds under ``loss`` (see ``uswim_jax._checks.LABEL_KINDS``)."""
+    if callable(loss):
+        return "any"
+    return "classes" if loss == "cross_entropy" else "targets"
 
 
 def _check_rules(loss: Any, avg_pool: Any, q_scale: Any) -> None:
@@ -210,13 +220,13 @@ def obd_diagonal(
         loss Hessian with respect to the logits.
       avg_pool: ``"exact"`` (a division by a constant after a window or axis sum
         scales ``h`` by ``1/k**2``) or ``"authors"`` (by ``1/k``, the quirk of the
-        authors' average-pool rule, method.md §4.3). ``"authors"`` applies to
+        authors' average-pool rule, docs/method.md §8). ``"authors"`` applies to
         every division of a ``reduce_window_sum`` or ``reduce_sum`` output by a
         value that does not depend on the params, which is how ``nn.avg_pool``
         and ``jnp.mean`` (global average pool) lower; it is meant for the
         ResNet-18 reproduction and would also touch, say, a layer norm's mean.
       q_scale: ``"exact"`` or ``"authors"``: the quirk of the authors' quantized
-        layers (``QSLinear``/``QSConv2d``, method.md §4.3 last rows and §4.4),
+        layers (``QSLinear``/``QSConv2d``, docs/method.md §8),
         which compute ``op(x * a_l, W_l / a_l)`` with ``a_l = max|W_l|`` and
         carry ``h`` through ``x * a_l`` as ``h * a_l`` instead of ``h * a_l**2``.
         With ``"authors"``, at every bilinear primitive (``dot_general``,
@@ -244,18 +254,22 @@ def obd_diagonal(
       ``d2L/dw2`` of the summed loss.
 
     Raises:
-      ValueError: for an unknown ``loss``, ``avg_pool`` or ``q_scale``, or
-        non-array logits.
+      ValueError: for an unknown ``loss``, ``avg_pool`` or ``q_scale``, data
+        that do not fit the model (``uswim_jax._checks.check_model_data``: NaN
+        params or inputs, labels of the wrong dtype, shape or range, logits not
+        of shape ``(B, C)``), or params with no crossbar leaf.
       NotImplementedError: naming a primitive on the path from params to logits
         that has no rule (control flow such as ``scan``, ``while`` or ``cond``).
         ``OBD_SUPPORTED_PRIMITIVES`` lists those handled; control flow that does
         not touch the params (input preprocessing) is fine.
 
     References:
-      method.md §4.3 (per-layer rules, seed, quirks) and §4.4; architecture.md,
-      "The paper's one-pass second derivative, for any JAX model".
+      docs/method.md §4.1 (per-layer rules, seed), §4.2 (the interpreter) and
+      §8 (the authors' quirks).
     """
     _check_rules(loss, avg_pool, q_scale)
+    check_crossbar("params", params, predicate)
+    check_model_data(apply_fn, params, x, y, labels=_label_kind(loss))
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     leaves = [leaf for _, leaf in path_leaves]
     x_leaves, x_def = jax.tree_util.tree_flatten(x)
@@ -274,9 +288,8 @@ def obd_diagonal(
     in_source = None
     q_scales = None
     if q_scale == "authors":
-        pred = default_crossbar if predicate is None else predicate
         in_source = [
-            i if act and pred(path_str(path), leaf) else None
+            i if act and on_crossbar(predicate, path_str(path), leaf) else None
             for i, ((path, leaf), act) in enumerate(
                 zip(path_leaves, in_active, strict=False)
             )
@@ -336,38 +349,33 @@ def obd_over_dataset(
         :func:`obd_diagonal`).
       augment: ``augment(key, xb) -> xb``, applied to every batch before both
         passes (the authors run the second-derivative pass with the training
-        augmentations, method.md §4.2 step 2); batch ``i`` gets
+        augmentations, docs/method.md §4.3); batch ``i`` gets
         ``fold_in(key, i)``. ``None``: no augmentation.
       key: a ``jax.random`` key, required with ``augment``; the key is consumed.
 
     Returns:
       ``(hess, grad)``: ``hess`` is the one-pass diagonal summed over all samples;
       ``grad`` is the sum over batches of the gradient of the batch-*mean* loss
-      (the authors' first-order term, method.md §4.2 step 2).
+      (the authors' first-order term, docs/method.md §4.3).
 
     Raises:
-      ValueError: for a non-positive ``batch_size``, mismatched lengths or an
-        unknown ``loss``, ``avg_pool`` or ``q_scale``.
+      ValueError: for a non-positive ``batch_size``, an unknown ``loss``,
+        ``avg_pool`` or ``q_scale``, data that do not fit the model (as
+        :func:`obd_diagonal`) or params with no crossbar leaf.
 
     References:
-      method.md §4.2 steps 2–3 and §10.3.
+      docs/method.md §4.3 and §5.2.
     """
     check_positive("batch_size", batch_size)
     batch_size = int(batch_size)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     _check_rules(loss, avg_pool, q_scale)
-    num = int(np.shape(x)[0])
-    if int(np.shape(y)[0]) != num:
-        raise ValueError(
-            f"x and y must have the same number of samples, got {num} and "
-            f"{np.shape(y)[0]}"
-        )
-    if num == 0:
-        raise ValueError("x must hold at least one sample")
+    check_crossbar("params", params, predicate)
+    check_model_data(apply_fn, params, x, y, labels=_label_kind(loss))
+    num = num_samples(x)
     if augment is not None and key is None:
         raise ValueError("key is required when augment is given")
-    check_finite_tree("params", params)
     options = {
         "apply_fn": apply_fn,
         "loss": loss,
@@ -491,7 +499,8 @@ def hutchinson_diagonal(
       ValueError: if ``num_probes`` or ``chunk_size`` is not positive.
 
     References:
-      Hutchinson (1989); style.md rule 6; optax ``hutchinson_estimator_diag_hessian``.
+      Hutchinson (1989); docs/method.md §4.4; optax
+      ``hutchinson_estimator_diag_hessian``.
     """
     check_positive("num_probes", num_probes)
     if chunk_size is not None:
@@ -613,15 +622,14 @@ def _sum_over_examples(fn: Callable, xs: tuple, chunk_size: int | None) -> list:
 
 
 def _check_per_example_args(
-    loss: str, chunk_size: int | None, params: Any, x: Any, y: Any
+    loss: str, chunk_size: int | None, apply_fn: Any, params: Any, x: Any, y: Any
 ) -> None:
     """The argument checks shared by the per-example estimators."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
-    check_finite_tree("params", params)
-    _check_samples(x, y)
+    check_model_data(apply_fn, params, x, y, labels=_label_kind(loss))
 
 
 def ggn_diagonal(
@@ -653,9 +661,10 @@ def ggn_diagonal(
       A pytree like ``params``: the GGN diagonal of the loss summed over samples.
 
     Raises:
-      ValueError: for an unknown ``loss`` or a non-positive ``chunk_size``.
+      ValueError: for an unknown ``loss``, a non-positive ``chunk_size`` or data
+        that do not fit the model (as :func:`obd_diagonal`).
     """
-    _check_per_example_args(loss, chunk_size, params, x, y)
+    _check_per_example_args(loss, chunk_size, apply_fn, params, x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:
@@ -698,9 +707,10 @@ def fisher_diagonal(
       A pytree like ``params``: ``sum_n (d l_n / d w)**2``.
 
     Raises:
-      ValueError: for an unknown ``loss`` or a non-positive ``chunk_size``.
+      ValueError: for an unknown ``loss``, a non-positive ``chunk_size`` or data
+        that do not fit the model (as :func:`obd_diagonal`).
     """
-    _check_per_example_args(loss, chunk_size, params, x, y)
+    _check_per_example_args(loss, chunk_size, apply_fn, params, x, y)
     fl, merge, expand = _split_float(params)
 
     def one(xn: jax.Array, yn: jax.Array) -> list:

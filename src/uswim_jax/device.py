@@ -6,7 +6,7 @@ leaves, so sweeping them under ``jit`` or ``vmap`` never recompiles; structural
 choices (bits, level edges, the crossbar predicate) are static.
 
 Units. ``sigma`` is the std of one device's programming error in units of that
-device's conductance level step (method.md §3.2). A weight is bit-sliced onto
+device's conductance level step (docs/method.md §2.2). A weight is bit-sliced onto
 ``N / m`` devices (``N = weight_bits``, ``m = device_bits``) with place values
 ``2^(-i*m)`` of the layer's range ``max|W_l|``, so the per-weight error std is::
 
@@ -23,6 +23,13 @@ leaves stay exact (std 0, never perturbed).
 numbers): True means the weight is write-verified. Leaves off the crossbar ignore
 it; ``None`` means nothing is verified.
 
+Every model implements the device-model protocol (:class:`DeviceModel`:
+``program``, ``program_with_cost``, ``write_cycles``, ``crossbar``,
+``devices_per_weight``) and the optional closed form (:class:`ClosedFormStd`:
+``std``, ``effective_std``): ``program(key, params, verified)`` is exactly
+``add_noise(params, effective_std(params, verified), noise_like(key, params,
+crossbar), crossbar)``, and the cost does not depend on the draw.
+
 References:
     Yan, Hu, Shi. SWIM: Selective Write-Verify for Computing-in-Memory Neural
     Accelerators. DAC 2022 (arXiv 2202.08395). U-SWIM: Universal Selective
@@ -32,7 +39,7 @@ References:
 import dataclasses
 import math
 import zlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +50,27 @@ from uswim_jax._checks import (
     check_finite_tree,
     check_same_structure,
 )
-from uswim_jax._tree import CrossbarPredicate, default_crossbar, map_crossbar, path_str
+from uswim_jax._protocol import ClosedFormStd as ClosedFormStd
+from uswim_jax._protocol import DeviceModel as DeviceModel
+from uswim_jax._protocol import Programmed as Programmed
+from uswim_jax._protocol import WriteCycles as WriteCycles
+from uswim_jax._tree import (
+    CrossbarPredicate,
+    check_crossbar,
+    default_crossbar,
+    map_crossbar,
+    on_crossbar,
+    path_str,
+)
 
-#: The authors' code defaults (method.md §3.3, §7): device std before and after
+#: How to choose the crossbar leaves of a device model, for error messages.
+DEVICE_FIX = "pass crossbar=... to the device model"
+
+#: The authors' code defaults (docs/method.md §2.2): device std before and after
 #: write-verify, in units of the device level step.
 DEFAULT_SIGMA = 0.3
 DEFAULT_SIGMA_VERIFIED = 0.03
-#: Default cost of write-verifying one device, in write cycles (method.md §3.5).
+#: Default cost of write-verifying one device, in write cycles (docs/method.md §2.5).
 DEFAULT_VERIFY_CYCLES = 10.0
 
 PyTree = Any
@@ -105,7 +126,7 @@ def place_values(weight_bits: int = 8, device_bits: int = 1) -> np.ndarray:
 
 
 def slicing_factor(weight_bits: int = 8, device_bits: int = 1) -> float:
-    """``c(N, m) = sqrt(sum_{i=1}^{N/m} 4^(-i*m))`` (method.md §3.2).
+    """``c(N, m) = sqrt(sum_{i=1}^{N/m} 4^(-i*m))`` (docs/method.md §2.2).
 
     The std of a weight's error, in units of ``max|W_l|``, when each of its
     ``N / m`` devices gets an independent unit-std error in its own level steps.
@@ -160,9 +181,9 @@ def noise_like(
 
     Each crossbar leaf gets its own key, :func:`leaf_key` ``(key, path)``. The
     draw has the leaf's dtype (float32 for non-float leaves). With
-    ``std_written, std_verified = device.std(params)`` a noisy instance is
-    ``params + std * z``, which is exactly what :meth:`perturb` returns for the
-    same key.
+    ``std = device.effective_std(params, verified)`` a noisy instance is
+    ``add_noise(params, std, z, device.crossbar)``, which is exactly what
+    ``device.program(key, params, verified)`` returns for the same key.
 
     Args:
         key: a ``jax.random`` key; the key is consumed.
@@ -173,17 +194,57 @@ def noise_like(
     Returns:
         A pytree like ``params``: N(0, 1) draws on crossbar leaves, zeros on the
         others.
+
+    Raises:
+        ValueError: if no leaf of ``params`` is on the crossbar.
     """
-    predicate = default_crossbar if predicate is None else predicate
+    check_crossbar("params", params, predicate)
 
     def draw(path, x):
         p = path_str(path)
         dtype = _float_dtype(x)
-        if predicate(p, x):
+        if on_crossbar(predicate, p, x):
             return jax.random.normal(leaf_key(key, p), jnp.shape(x), dtype)
         return jnp.zeros(jnp.shape(x), dtype)
 
     return jax.tree_util.tree_map_with_path(draw, params)
+
+
+def _noisy_leaf(w: Any, s: Any, n: Any) -> jax.Array:
+    # where: an exact identity where s = 0 (no subnormal flush, -0.0 kept)
+    return jnp.where(s > 0, w + s * n, w).astype(jnp.result_type(w))
+
+
+def add_noise(
+    params: PyTree,
+    std: PyTree,
+    z: PyTree,
+    predicate: CrossbarPredicate | None = None,
+) -> PyTree:
+    """``params + std * z`` on the crossbar leaves, in each leaf's dtype.
+
+    The one place the additive noise formula is written: every Gaussian model's
+    :meth:`~GaussianVariation.program` is ``add_noise(params,
+    effective_std(params, verified), noise_like(key, params, crossbar),
+    crossbar)``, so an engine that draws ``z`` once and rescales it by another
+    mask's std gets the same bits. Where ``std`` is 0 the weight is returned
+    exactly (a ``where``, not ``w + 0 * z``); leaves off the crossbar are
+    returned untouched (they may be of any dtype).
+
+    Args:
+        params: any pytree of arrays.
+        std: a pytree like ``params`` of per-weight stds (see
+            :meth:`GaussianVariation.effective_std`).
+        z: a pytree like ``params`` of standard-normal draws (see
+            :func:`noise_like`).
+        predicate: the crossbar predicate (default
+            :func:`uswim_jax.default_crossbar`); pass the model's ``crossbar``,
+            the same one given to :func:`noise_like`.
+
+    Returns:
+        A pytree like ``params`` (same shapes and dtypes).
+    """
+    return map_crossbar(_noisy_leaf, params, std, z, predicate=predicate)
 
 
 def _mask_leaf(v: Any) -> jax.Array:
@@ -240,30 +301,6 @@ def _check_pos(name: str, value: Any) -> None:
 # ----------------------------------------------------------------------------
 # cycle accounting
 # ----------------------------------------------------------------------------
-
-
-class WriteCycles(NamedTuple):
-    """Programming cost of a write-verify scheme, in write cycles.
-
-    ``normalized`` = total / exhaustive counts the single writes of unverified
-    weights; ``normalized_verified_only`` = verify / exhaustive does not
-    (method.md §3.5). All fields are scalar arrays, so this is jit-traceable and
-    can be carried through ``lax.scan``.
-    """
-
-    total: jax.Array  # () plain writes + verify cycles
-    verify: jax.Array  # () cycles spent on verified devices only
-    exhaustive: jax.Array  # () cycles of write-verifying every crossbar device
-
-    @property
-    def normalized(self) -> jax.Array:
-        """Normalized write cycles, plain writes of unverified weights counted."""
-        return self.total / self.exhaustive
-
-    @property
-    def normalized_verified_only(self) -> jax.Array:
-        """Normalized write cycles counting verified devices only."""
-        return self.verify / self.exhaustive
 
 
 def gaussian_write_cycles(
@@ -353,8 +390,10 @@ class GaussianVariation:
             leaves); zeros on leaves off the crossbar.
 
         Raises:
-            ValueError: naming ``params`` if a concrete leaf holds NaN or Inf.
+            ValueError: naming ``params`` if a concrete leaf holds NaN or Inf or
+                if no leaf is on the crossbar.
         """
+        check_crossbar("params", params, self.crossbar, fix=DEVICE_FIX)
         check_finite_tree("params", params)
         pairs = map_crossbar(
             self._leaf_std,
@@ -392,14 +431,16 @@ class GaussianVariation:
         sw, sv = self.std(params)
         return jax.tree.map(lambda m, a, b: jnp.where(m, b, a), mask, sw, sv)
 
-    def perturb(
+    def program(
         self, key: jax.Array, params: PyTree, verified: PyTree | None = None
     ) -> PyTree:
-        """Draws one noisy instance of ``params`` as programmed on the crossbar.
+        """Draws one noisy instance of ``params`` as programmed on the crossbar
+        (the :class:`~uswim_jax.DeviceModel` protocol).
 
-        ``perturb(key, params, verified) == params + effective_std * z`` with
-        ``z = noise_like(key, params, self.crossbar)``; leaves off the crossbar are
-        returned untouched.
+        ``program(key, params, verified)`` is, bit for bit,
+        ``add_noise(params, effective_std(params, verified), z, self.crossbar)``
+        with ``z = noise_like(key, params, self.crossbar)``; leaves off the
+        crossbar are returned untouched.
 
         Args:
             key: a ``jax.random`` key; the key is consumed.
@@ -416,32 +457,64 @@ class GaussianVariation:
         """
         std = self.effective_std(params, verified)
         z = noise_like(key, params, self.crossbar)
-        return map_crossbar(
-            # where: an exact identity where std = 0 (no subnormal flush)
-            lambda w, s, n: jnp.where(s > 0, w + s * n, w).astype(jnp.result_type(w)),
-            params,
-            std,
-            z,
-            predicate=self.crossbar,
+        return add_noise(params, std, z, self.crossbar)
+
+    def perturb(
+        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
+    ) -> PyTree:
+        """``self.program(key, params, verified)``, under its earlier name."""
+        return self.program(key, params, verified)
+
+    def program_with_cost(
+        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
+    ) -> Programmed:
+        """:meth:`program` and its cost, which does not depend on the draw.
+
+        Args:
+            key: a ``jax.random`` key; the key is consumed.
+            params: any pytree of arrays.
+            verified: ``None`` or a boolean pytree like ``params``.
+
+        Returns:
+            ``Programmed(self.program(key, params, verified),
+            self.write_cycles(verified, params), failed=0)``.
+
+        Raises:
+            ValueError: as :meth:`program`.
+        """
+        return Programmed(
+            params=self.program(key, params, verified),
+            cycles=self.write_cycles(verified, params),
+            failed=jnp.zeros((), jnp.int32),
         )
 
     def write_cycles(
-        self, verified: PyTree | ArrayLike | None, params: PyTree | None = None
+        self,
+        verified: PyTree | ArrayLike | None,
+        params: PyTree | None = None,
+        *,
+        key: Any = None,
     ) -> WriteCycles:
         """Programming cost under this model (``verify_cycles`` per verified
         device, one write per device of an unverified weight).
+
+        The cost does not depend on the draw, so it is exact and the same for
+        every key.
 
         Args:
             verified: with ``params``: a mask pytree like ``params`` (or ``None``);
                 without: the fraction of weights verified, in [0, 1].
             params: the params pytree, or ``None`` to count in fractions.
+            key: ignored (accepted for the :class:`~uswim_jax.DeviceModel`
+                protocol, where a stochastic model's cost needs it).
 
         Returns:
             A :class:`WriteCycles` (counts over crossbar weights only).
 
         Raises:
             ValueError: naming ``verified`` if the mask does not match ``params``
-                or a concrete fraction lies outside [0, 1].
+                or a concrete fraction lies outside [0, 1], or ``params`` if no
+                leaf is on the crossbar.
         """
         if params is None:
             if verified is None:
@@ -453,6 +526,7 @@ class GaussianVariation:
             return gaussian_write_cycles(
                 verified, 1.0, self.devices_per_weight, self.verify_cycles
             )
+        check_crossbar("params", params, self.crossbar, fix=DEVICE_FIX)
         mask = verified_mask(params, verified)
         counts = map_crossbar(
             lambda x, m: (
@@ -489,7 +563,7 @@ class UniformVariation(GaussianVariation):
     """SWIM's uniform model: every weight gets the same relative std.
 
     A written weight gets additive ``N(0, (sigma * c(N, m) * max|W_l|)^2)``, a
-    write-verified one the same with ``sigma_verified`` (method.md §3.2-3.3).
+    write-verified one the same with ``sigma_verified`` (docs/method.md §2.2-2.3).
 
     Args:
         sigma: device std before write-verify, in device level steps (>= 0).
@@ -666,7 +740,7 @@ jax.tree_util.register_dataclass(
 
 @dataclasses.dataclass(frozen=True)
 class StateDependentVariation(GaussianVariation):
-    """U-SWIM's non-uniform model, as in the authors' code (method.md §3.4).
+    """U-SWIM's non-uniform model, as in the authors' code (docs/method.md §2.4).
 
     A weight is in a middle state when ``low < |W| / max|W_l| < high`` (strict,
     default 0.25 and 0.75) and then gets ``s`` times the std of an extreme-state
@@ -774,24 +848,22 @@ jax.tree_util.register_dataclass(
 )
 
 
-DeviceModel = UniformVariation | LevelTableVariation | StateDependentVariation
-
-
 def perturb(
     key: jax.Array,
     params: PyTree,
     device: Any,
     verified: PyTree | None = None,
 ) -> PyTree:
-    """One noisy instance of ``params`` under ``device``; see
-    :meth:`GaussianVariation.perturb`.
+    """One noisy instance of ``params`` under ``device``:
+    ``device.program(key, params, verified)``.
 
     Args:
         key: a ``jax.random`` key; the key is consumed.
         params: any pytree of arrays.
-        device: a device model (:class:`UniformVariation`,
-            :class:`StateDependentVariation`, :class:`LevelTableVariation`, or a
-            :class:`uswim_jax.PulseModel`, which runs the pulse process).
+        device: any :class:`~uswim_jax.DeviceModel` (:class:`UniformVariation`,
+            :class:`StateDependentVariation`, :class:`LevelTableVariation`, a
+            :class:`uswim_jax.PulseModel`, which runs the pulse process, or a
+            model of your own).
         verified: ``None`` or a boolean pytree like ``params`` (True = verified).
 
     Returns:
@@ -807,4 +879,4 @@ def perturb(
         >>> bool(jnp.all(noisy["kernel"] == params["kernel"]))
         True
     """
-    return device.perturb(key, params, verified)
+    return device.program(key, params, verified)

@@ -1,5 +1,6 @@
-"""Noise-aware fine-tuning, the authors' in-situ-training baseline (method.md §6,
-``retrain.py``): start from the trained model and train on with SGD (lr 1e-4,
+"""Noise-aware fine-tuning, the authors' in-situ-training baseline
+(docs/method.md §7.4, their ``retrain.py``): start from the trained model and
+train on with SGD (lr 1e-4,
 momentum 0.9), drawing a fresh device-noise instance (sigma_dev on every crossbar
 weight, nothing verified) for every mini-batch; the gradient at the noisy
 weights updates the clean ones. The fine-tuned model is then programmed like any

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from uswim_jax._checks import check_finite_tree
-from uswim_jax._tree import crossbar_flags
+from uswim_jax._checks import check_model_data
+from uswim_jax._tree import check_crossbar, crossbar_flags
 from uswim_jax._trialbatch import nbytes_of as _nbytes_of
 from uswim_jax._trialbatch import trial_batched
 from uswim_jax._trialbatch import var_bytes as _var_bytes
-from uswim_jax.device import noise_like, verified_mask
+from uswim_jax.device import DEVICE_FIX, noise_like, verified_mask
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -557,16 +557,6 @@ def auto_chunk_size(
     )
 
 
-def _check_data(x: Any, y: Any) -> None:
-    if np.ndim(x) < 1 or np.shape(x)[0] == 0:
-        raise ValueError(f"x must hold at least one sample, got shape {np.shape(x)}")
-    if np.shape(y) != (np.shape(x)[0],):
-        raise ValueError(
-            f"y must have shape ({np.shape(x)[0]},) to match x, got {np.shape(y)}"
-        )
-    check_finite_tree("x", x)
-
-
 def evaluate(
     key: jax.Array,
     apply_fn: ApplyFn,
@@ -606,8 +596,11 @@ def evaluate(
         :class:`MCStats` with per-trial accuracies and their summary.
 
     Raises:
-        ValueError: bad ``num_trials``, empty or mismatched data, NaN params, or
-            a ``verified`` mask that does not match ``params``.
+        ValueError: bad ``num_trials``; data that do not fit the model (empty,
+            NaN, labels that are not integer class indices ``(N,)`` in
+            ``[0, C)``, logits not of shape ``(N, C)``: see
+            ``uswim_jax._checks.check_model_data``); NaN params; params with no
+            crossbar leaf; or a ``verified`` mask that does not match ``params``.
 
     Performance: a chunk's noise is drawn first (the same draw per trial as
     :func:`noisy_accuracy`), then the images are walked in ``eval_batch_size``
@@ -621,8 +614,8 @@ def evaluate(
     """
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
-    _check_data(x, y)
-    check_finite_tree("params", params)
+    check_crossbar("params", params, device.crossbar, fix=DEVICE_FIX)
+    check_model_data(apply_fn, params, x, y)
     std = device.effective_std(params, verified_mask(params, verified))
     x, y = jnp.asarray(x), jnp.asarray(y)
     if chunk_size == "auto":

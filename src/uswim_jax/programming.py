@@ -31,10 +31,18 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uswim_jax._checks import check_finite_tree
-from uswim_jax._tree import CrossbarPredicate, default_crossbar, path_str
+from uswim_jax._protocol import Programmed
+from uswim_jax._tree import (
+    CrossbarPredicate,
+    check_crossbar,
+    default_crossbar,
+    on_crossbar,
+    path_str,
+)
 from uswim_jax.device import (
     DEFAULT_SIGMA,
     DEFAULT_VERIFY_CYCLES,
+    DEVICE_FIX,
     GaussianVariation,
     WriteCycles,
     _check_nonneg,
@@ -109,12 +117,11 @@ class PulseModel:
         """``N // m`` devices per weight."""
         return self.weight_bits // self.device_bits
 
-    def perturb(
+    def program(
         self, key: jax.Array, params: PyTree, verified: PyTree | None = None
     ) -> PyTree:
         """The programmed params alone, ``program(key, params, self,
-        verified).params``, so a :class:`PulseModel` can stand in for a Gaussian
-        model wherever only noisy instances are needed.
+        verified).params`` (the :class:`~uswim_jax.DeviceModel` protocol).
 
         Args:
             key: a ``jax.random`` key; the key is consumed.
@@ -128,6 +135,78 @@ class PulseModel:
             ValueError: naming ``verified`` or ``params`` on bad input.
         """
         return program(key, params, self, verified).params
+
+    def perturb(
+        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
+    ) -> PyTree:
+        """``self.program(key, params, verified)``, under its earlier name."""
+        return self.program(key, params, verified)
+
+    def program_with_cost(
+        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
+    ) -> Programmed:
+        """One run of the pulse process: the programmed params (the same draws
+        as :meth:`program`), the pulses it spent and its failures.
+
+        The cost is that of this run (:func:`pulse_write_cycles` with its
+        default ``exhaustive``, an estimate from this run's verified devices);
+        a sweep normalizes instead by the ``total`` of one all-verified run.
+
+        Args:
+            key: a ``jax.random`` key; the key is consumed.
+            params: any pytree of arrays.
+            verified: ``None`` or a boolean pytree like ``params``.
+
+        Returns:
+            A :class:`~uswim_jax.Programmed`; ``failed`` counts the verified
+            devices whose last read was outside the tolerance.
+
+        Raises:
+            ValueError: naming ``verified`` or ``params`` on bad input.
+        """
+        res = program(key, params, self, verified)
+        failed = sum(
+            (jnp.sum(f, dtype=jnp.int32) for f in jax.tree.leaves(res.failed)),
+            jnp.zeros((), jnp.int32),
+        )
+        return Programmed(
+            params=res.params,
+            cycles=pulse_write_cycles(res, verified),
+            failed=failed,
+        )
+
+    def write_cycles(
+        self,
+        verified: PyTree | None,
+        params: PyTree | None = None,
+        *,
+        key: jax.Array | None = None,
+    ) -> WriteCycles:
+        """The pulses spent by the run ``program(key, params, verified)``: the
+        cost of a stochastic process is an outcome of the draw, so ``key`` and
+        ``params`` are required.
+
+        Args:
+            verified: ``None`` or a boolean pytree like ``params``.
+            params: the params pytree.
+            key: the run's ``jax.random`` key; the key is consumed.
+
+        Returns:
+            ``self.program_with_cost(key, params, verified).cycles``.
+
+        Raises:
+            ValueError: naming ``key`` or ``params`` when missing, or
+                ``verified`` if it does not match ``params``.
+        """
+        if key is None:
+            raise ValueError(
+                "key is required: the pulse model's cost is the outcome of a run "
+                "(or use program_with_cost, or write_cycles(model, verified, "
+                "result=program(...)))"
+            )
+        if params is None:
+            raise ValueError("params is required (the pulse model counts pulses)")
+        return self.program_with_cost(key, params, verified).cycles
 
 
 jax.tree_util.register_dataclass(
@@ -319,14 +398,16 @@ def program(
 
     Raises:
         ValueError: naming ``verified`` if it does not match ``params``, or
-            ``params`` if a concrete leaf holds NaN or Inf.
+            ``params`` if a concrete leaf holds NaN or Inf or no leaf is on the
+            crossbar.
     """
+    check_crossbar("params", params, model.crossbar, fix=DEVICE_FIX)
     check_finite_tree("params", params)
     mask = verified_mask(params, verified)
     n_dev = model.devices_per_weight
     pairs, treedef = jax.tree_util.tree_flatten_with_path(params)
     masks = treedef.flatten_up_to(mask)
-    on = [bool(model.crossbar(path_str(p), x)) for p, x in pairs]
+    on = [on_crossbar(model.crossbar, path_str(p), x) for p, x in pairs]
     xs = [jnp.asarray(x) for _, x in pairs]
     cross = [x for x, o in zip(xs, on, strict=True) if o]
 

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._tree import crossbar_flags, crossbar_size
+from uswim_jax._checks import check_model_data
+from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
+from uswim_jax.device import DEVICE_FIX
 from uswim_jax.montecarlo import auto_chunk_size, run_chunks, trial_keys, trials_correct
 from uswim_jax.programming import PulseModel, program, pulse_write_cycles
 from uswim_jax.selection import mask_from_order
@@ -54,7 +56,12 @@ def pulse_trials(
         chunk_size: trials programmed and evaluated at once (``lax.map``);
             ``"auto"`` as in :func:`uswim_jax.montecarlo.evaluate`.
         eval_batch_size: images per forward pass.
+
+    Raises:
+        ValueError: on bad input, as :func:`uswim_jax.evaluate`.
     """
+    check_crossbar("params", params, model.crossbar, fix=DEVICE_FIX)
+    check_model_data(apply_fn, params, x, y)
     x, y = jnp.asarray(x), jnp.asarray(y)
     n = jnp.float32(x.shape[0])
     if chunk_size == "auto":
@@ -117,9 +124,14 @@ def pulse_sweep(
 
     Returns:
         A :class:`~uswim_jax.sweep.Curve`.
+
+    Raises:
+        ValueError: on bad input, as :func:`uswim_jax.evaluate`.
     """
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
+    check_crossbar("params", params, model.crossbar, fix=DEVICE_FIX)
+    check_model_data(apply_fn, params, x, y)
     n = crossbar_size(params, model.crossbar)
     _, ex_key = jax.random.split(key)
     exhaustive = exhaustive_pulses(ex_key, params, model)

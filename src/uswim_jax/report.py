@@ -184,9 +184,6 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
 
 # ----------------------------------------------------------------- sweep reports
 
-#: Verified fractions the summary table reports accuracy at.
-REPORT_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
-
 CURVE_COLUMNS = (
     "setting",
     "method",
@@ -323,6 +320,18 @@ def _pct(acc: Any) -> tuple[float, float]:
     return float(a.mean()), float(half)
 
 
+def _run_fractions(curves: Any) -> list[float]:
+    """The verified fractions the curves were run at, sorted, each once."""
+    import numpy as np
+
+    out: list[float] = []
+    for c in curves:
+        for f in np.asarray(c.fractions, np.float64).tolist():
+            if not any(np.isclose(f, g, atol=1e-6, rtol=1e-3) for g in out):
+                out.append(f)
+    return sorted(out)
+
+
 def _cycles_cell(ct: Any) -> str:
     import math
 
@@ -345,8 +354,8 @@ def summary_markdown(
     margins: tuple[float, ...] = (0.1, 0.5, 1.0),
     choices: str = "",
 ) -> str:
-    """The run's summary: per setting, each method's accuracy at the report
-    fractions, cycles to target and speedup at each margin; U-SWIM against
+    """The run's summary: per setting, each method's accuracy at every budget
+    that was run, cycles to target and speedup at each margin; U-SWIM against
     SWIM under state-dependent variation."""
     import numpy as np
 
@@ -383,9 +392,11 @@ def summary_markdown(
     for s, _ in curves:
         if s not in settings:
             settings.append(s)
-    fr_head = " | ".join(f"{100 * f:g}%" for f in REPORT_FRACTIONS)
+    requested = _requested_methods(info, curves)
     for s in settings:
         methods = [m for (ss, m) in curves if ss == s]
+        fractions = _run_fractions(curves[(s, m)] for m in methods)
+        fr_head = " | ".join(f"{100 * f:.3g}%" for f in fractions)
         any_curve = curves[(s, methods[0])]
         ref_m, ref_h = _pct(any_curve.reference)
         base_m, base_h = _pct(any_curve.baseline)
@@ -396,13 +407,13 @@ def summary_markdown(
             f"{ref_m:.2f} ± {ref_h:.2f} %",
             "",
             f"| method | {fr_head} |",
-            "|---|" + "---:|" * len(REPORT_FRACTIONS),
+            "|---|" + "---:|" * len(fractions),
         ]
         for m in methods:
             c = curves[(s, m)]
             fr = np.asarray(c.fractions)
             cells = []
-            for f in REPORT_FRACTIONS:
+            for f in fractions:
                 k = np.flatnonzero(np.isclose(fr, f, atol=1e-6, rtol=1e-3))
                 if len(k):
                     mm, hh = _pct(np.asarray(c.accuracies)[k[0]])
@@ -410,6 +421,12 @@ def summary_markdown(
                 else:
                     cells.append("-")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if _uswim_is_swim(s, requested, curves):
+            lines += [
+                "",
+                "U-SWIM is not listed: under uniform variation its multiplier is "
+                "1, so its order (and curve) is SWIM's (the swim row).",
+            ]
         lines += [
             "",
             "| method | "
@@ -444,16 +461,96 @@ def summary_markdown(
     return "\n".join(lines)
 
 
-def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> None:
-    """Accuracy against normalized write cycles (verify cycles only, i.e. the
-    verified fraction, on a log axis) with 95 % CI bands, a panel per setting and
-    one colour per method, written as PNG."""
+#: The x axes of :func:`plot_curves`: the ``Curve`` field, the axis label and
+#: the file :func:`write_report` writes.
+PLOT_AXES = {
+    "cycles": (
+        "cycles",
+        "normalized write cycles, plain writes counted (NWC; speedup = 1/NWC)",
+        "accuracy_vs_cycles.png",
+    ),
+    "verified": (
+        "cycles_verified_only",
+        "verified fraction (NWC-v: verify cycles only)",
+        "accuracy_vs_verified_fraction.png",
+    ),
+}
+
+#: The margin drawn on the plots (percentage points below exhaustive).
+PLOT_MARGIN = 0.5
+
+
+def paired_band(curve: Any) -> tuple[Any, Any, Any]:
+    """Mean, low and high edge of the 95 % CI of the paired difference from
+    exhaustive write-verify, per step, in percentage points: the band
+    :func:`plot_curves` draws, whose edges give the range of
+    ``Curve.cycles_to_target`` (the summary's cycles-to-target and speedup)."""
+    mean, se = curve.paired_difference()
+    return mean, mean - 1.96 * se, mean + 1.96 * se
+
+
+def _uswim_is_swim(setting: str, methods: Any, curves: dict) -> bool:
+    """U-SWIM was asked for but not run in ``setting``: under uniform variation
+    its multiplier is 1, so its order is SWIM's (``_methods_for``)."""
+    return (
+        "uswim" in methods
+        and (setting, "swim") in curves
+        and (setting, "uswim") not in curves
+        and setting.startswith("uniform")
+    )
+
+
+def _requested_methods(info: dict[str, Any], curves: dict) -> tuple[str, ...]:
+    config = info.get("config")
+    if config is not None and hasattr(config, "methods"):
+        return tuple(config.methods)
+    return tuple(dict.fromkeys(m for _, m in curves))
+
+
+def plot_curves(
+    curves: dict[tuple[str, str], Any],
+    path: str | os.PathLike,
+    *,
+    x_axis: str = "cycles",
+    methods: tuple[str, ...] | None = None,
+) -> None:
+    """Accuracy minus exhaustive write-verify against the programming budget,
+    a panel per setting and one colour per method, written as PNG.
+
+    The y axis is what the cycles-to-target and speedup columns of the summary
+    use: the paired difference (same Monte Carlo trials) from exhaustive
+    write-verify, its mean and 95 % CI band, in percentage points.
+
+    Args:
+        curves: ``{(setting, method): Curve}``.
+        path: the PNG to write.
+        x_axis: ``"cycles"`` (normalized write cycles with the plain writes of
+            unverified weights counted, the speedup's axis, linear) or
+            ``"verified"`` (verify cycles only, i.e. the verified fraction, on
+            a log axis).
+        methods: the methods that were asked for (default: those in
+            ``curves``); a uniform panel without U-SWIM says that U-SWIM equals
+            SWIM there when ``uswim`` is among them.
+    """
+    if x_axis not in PLOT_AXES:
+        raise ValueError(f"x_axis must be one of {tuple(PLOT_AXES)}, got {x_axis!r}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = _curves_figure(curves, x_axis, methods)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _curves_figure(curves: dict, x_axis: str, methods: tuple[str, ...] | None):
+    """The figure of :func:`plot_curves`."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
+    field, xlabel, _ = PLOT_AXES[x_axis]
     settings = []
     methods_all = []
     for s, m in curves:
@@ -461,39 +558,62 @@ def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> 
             settings.append(s)
         if m not in methods_all:
             methods_all.append(m)
+    if methods is None:
+        methods = tuple(methods_all)
     cmap = plt.get_cmap("tab10")
     color = {m: cmap(i % 10) for i, m in enumerate(methods_all)}
     ncol = min(3, len(settings))
     nrow = -(-len(settings) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.8 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 4 * nrow), squeeze=False)
     for ax, s in zip(axes.flat, settings, strict=False):
-        methods = [m for (ss, m) in curves if ss == s]
-        for m in methods:
+        here = [m for (ss, m) in curves if ss == s]
+        c0 = curves[(s, here[0])]
+        d0 = 100.0 * (np.asarray(c0.baseline) - np.asarray(c0.reference))
+        for m in here:
             c = curves[(s, m)]
-            acc = 100.0 * np.asarray(c.accuracies, np.float64)
-            mean = acc.mean(axis=1)
-            t = acc.shape[1]
-            sd = acc.std(axis=1, ddof=1) if t > 1 else np.zeros_like(mean)
-            half = 1.96 * sd / np.sqrt(t)
-            x = np.asarray(c.cycles_verified_only)
+            mean, low, high = paired_band(c)
+            x = np.asarray(getattr(c, field), np.float64)
             ax.plot(x, mean, marker="o", ms=3, label=m, color=color[m])
-            ax.fill_between(x, mean - half, mean + half, alpha=0.2, color=color[m])
-        c0 = curves[(s, methods[0])]
+            ax.fill_between(x, low, high, alpha=0.2, color=color[m])
+        ax.axhline(0.0, color="k", ls="--", lw=1, label="exhaustive write-verify")
         ax.axhline(
-            100 * float(np.mean(c0.reference)),
-            color="k",
-            ls="--",
-            lw=1,
-            label="exhaustive",
+            -PLOT_MARGIN, color="k", ls="-.", lw=0.8, label=f"{PLOT_MARGIN:g} pp margin"
         )
-        ax.axhline(
-            100 * float(np.mean(c0.baseline)), color="gray", ls=":", lw=1, label="none"
+        ax.axhline(float(d0.mean()), color="gray", ls=":", lw=1, label="none verified")
+        if x_axis == "verified":
+            ax.set_xscale("log")
+        else:
+            # The verified fraction on top: NWC is linear in it, from the
+            # no-verify cost (plain writes only) to 1 (exhaustive).
+            a = float(np.asarray(c0.baseline_cycles)[0])
+            top = ax.secondary_xaxis(
+                "top",
+                functions=(
+                    lambda v, a=a: (v - a) / (1 - a),
+                    lambda f, a=a: a + f * (1 - a),
+                ),
+            )
+            top.set_xlabel("verified fraction", fontsize=8)
+            top.tick_params(labelsize=7)
+        # Symmetric log: linear within 1 pp of exhaustive (where the margins
+        # are), compressed beyond.
+        ax.set_yscale("symlog", linthresh=1.0)
+        lo = min(ax.get_ylim()[0], -1.0)
+        ticks = [t for t in (-100, -30, -10, -3, -1, -0.5, 0, 0.5, 1) if t >= lo]
+        ax.set_yticks(ticks)
+        ax.yaxis.set_major_formatter(
+            matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
         )
-        ax.set_xscale("log")
-        ax.set_title(s)
-        ax.set_xlabel("normalized write cycles (verify cycles only)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.tick_params(labelsize=8)
+        ref = 100.0 * float(np.mean(c0.reference))
+        title = f"{s}  (exhaustive {ref:.2f} %)"
+        if _uswim_is_swim(s, methods, curves):
+            title += "\nU-SWIM = SWIM under uniform variation: see swim"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("accuracy - exhaustive (pp)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[len(settings) :]:
         ax.axis("off")
     handles, labels = [], []
@@ -502,12 +622,19 @@ def plot_curves(curves: dict[tuple[str, str], Any], path: str | os.PathLike) -> 
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    fig.suptitle(
+        "Accuracy minus exhaustive write-verify, paired over the same Monte Carlo "
+        "trials: mean and 95 % CI of the paired difference (what the "
+        "cycles-to-target and speedup columns use); y axis linear within 1 pp, "
+        "logarithmic beyond",
+        fontsize=9,
+        wrap=True,
+    )
     fig.legend(
         handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return fig
 
 
 def write_report(
@@ -517,8 +644,11 @@ def write_report(
     *,
     choices: str = "",
 ) -> str:
-    """Writes ``curves.csv``, ``speedups.csv``, ``summary.md`` and
-    ``accuracy_vs_cycles.png`` into ``run_dir``; returns the summary text."""
+    """Writes ``curves.csv``, ``speedups.csv``, ``references.csv``,
+    ``summary.md`` and the two plots of :data:`PLOT_AXES`
+    (``accuracy_vs_cycles.png``, plain writes counted, and
+    ``accuracy_vs_verified_fraction.png``) into ``run_dir``; returns the
+    summary text."""
     from uswim_jax._io import atomic_write_text
 
     run_dir = Path(run_dir)
@@ -527,7 +657,9 @@ def write_report(
     atomic_write_text(run_dir / "references.csv", references_csv(curves))
     text = summary_markdown(info, curves, choices=choices)
     atomic_write_text(run_dir / "summary.md", text)
-    tmp = run_dir / ".accuracy_vs_cycles.tmp.png"
-    plot_curves(curves, tmp)
-    os.replace(tmp, run_dir / "accuracy_vs_cycles.png")
+    methods = _requested_methods(info, curves)
+    for axis, (_, _, name) in PLOT_AXES.items():
+        tmp = run_dir / f".{name}.tmp.png"
+        plot_curves(curves, tmp, x_axis=axis, methods=methods)
+        os.replace(tmp, run_dir / name)
     return text

@@ -4,11 +4,11 @@ A *score* is a pytree like ``params``; larger means "verify first". Scores are
 defined on crossbar leaves (conv and dense kernels by default, see
 :func:`uswim_jax.default_crossbar`); off the crossbar they are zero and ignored.
 :func:`global_order` ranks every crossbar weight of every layer in one list (the
-authors select globally, with no per-layer budget, method.md §4.2 step 5), and
+authors select globally, with no per-layer budget, docs/method.md §6), and
 :func:`mask_from_order` turns the first ``count`` entries into a mask, so masks
 nest as the budget grows.
 
-Per-layer normalisation (method.md §4.2 step 1): SWIM takes derivatives with
+Per-layer normalisation (docs/method.md §5.1): SWIM takes derivatives with
 respect to ``W_hat = W / max|W_l|``, so ``h_hat = max|W_l|**2 * H`` and
 ``g_hat = max|W_l| * g`` (:func:`normalized_derivatives`).
 
@@ -28,7 +28,12 @@ from uswim_jax._checks import (
     check_same_structure,
     is_concrete,
 )
-from uswim_jax._tree import CrossbarPredicate, crossbar_flags, map_crossbar
+from uswim_jax._tree import (
+    CrossbarPredicate,
+    check_crossbar,
+    crossbar_flags,
+    map_crossbar,
+)
 
 
 def _zeros_like(x: Any, *_: Any) -> jax.Array:
@@ -62,11 +67,14 @@ def normalized_derivatives(
       (``g_hat`` is ``None`` when ``grad`` is).
 
     Raises:
-      ValueError: if ``hess`` or ``grad`` does not match ``params``.
+      ValueError: if ``hess`` or ``grad`` does not match ``params``, if any of
+        them holds NaN or Inf, or if no leaf of ``params`` is on the crossbar.
 
     References:
-      method.md §4.2 step 1, §10.2.
+      docs/method.md §5.1.
     """
+    check_crossbar("params", params, predicate)
+    check_finite_tree("params", params)
     check_same_structure("hess", hess, params, "params")
     check_finite_tree("hess", hess)
     h_hat = map_crossbar(
@@ -113,11 +121,15 @@ def state_multiplier(
     Returns:
       A pytree like ``params`` with ``k`` on crossbar leaves and ones elsewhere.
 
-    References:
-      method.md §3.4 and §10.6.
-    """
+    Raises:
+      ValueError: if ``s`` is not positive or no leaf of ``params`` is on the
+        crossbar.
 
+    References:
+      docs/method.md §2.4 and §5.3.
+    """
     check_positive("s", s)
+    check_crossbar("params", params, predicate)
 
     def k(w: jax.Array) -> jax.Array:
         r = jnp.abs(w) / _layer_scale(w)
@@ -190,10 +202,12 @@ def swim_score(
       Scores like ``params`` (zeros off the crossbar).
 
     Raises:
-      ValueError: if ``hess``/``grad`` do not match ``params``.
+      ValueError: if ``hess``/``grad`` do not match ``params``, if ``params``,
+        ``hess`` or ``grad`` hold NaN or Inf, or if no leaf of ``params`` is on
+        the crossbar.
 
     References:
-      method.md §4.2 steps 1–4.
+      docs/method.md §5.1 and §5.2.
     """
     return _swim_core(params, hess, grad, None, alpha, first_order, predicate)
 
@@ -220,7 +234,7 @@ def uswim_score(
         ``0.25 < |W|/max|W_l| < 0.75`` else 1 (ignored if ``multiplier`` is given).
       alpha: weight of the curvature term.
       k_power: 1 (the authors' code, std ratio) or 2 (variance ratio, the Taylor
-        argument of §4.1).
+        argument of docs/method.md §3).
       first_order: include ``2 g_hat``.
       multiplier: a pytree like ``params`` of per-weight ``k`` from any device
         model, overriding ``s``.
@@ -230,10 +244,12 @@ def uswim_score(
       Scores like ``params`` (zeros off the crossbar).
 
     Raises:
-      ValueError: if ``k_power`` is not 1 or 2, or trees do not match.
+      ValueError: if ``k_power`` is not 1 or 2, trees do not match, ``params``,
+        ``hess`` or ``grad`` hold NaN or Inf, or no leaf of ``params`` is on the
+        crossbar.
 
     References:
-      method.md §3.4 and §4.2 step 4.
+      docs/method.md §2.4 and §5.3.
     """
     if k_power not in (1, 2):
         raise ValueError(f"k_power must be 1 or 2, got {k_power!r}")
@@ -261,7 +277,7 @@ def expected_loss_score(hess: Any, std_written: Any, std_verified: Any) -> Any:
       Scores like ``hess``.
 
     References:
-      method.md §4.1.
+      docs/method.md §3 and §5.5.
     """
 
     check_finite_tree("hess", hess)
@@ -288,9 +304,13 @@ def expected_loss_score(hess: Any, std_written: Any, std_verified: Any) -> Any:
 def magnitude_score(params: Any, *, predicate: CrossbarPredicate | None = None) -> Any:
     """Per-layer normalised magnitude ``|W| / max|W_l|`` (the authors' baseline).
 
+    Raises:
+      ValueError: if no leaf of ``params`` is on the crossbar.
+
     References:
-      method.md §4.2 ("magnitude") and §6.
+      docs/method.md §5.4.
     """
+    check_crossbar("params", params, predicate)
     return map_crossbar(
         lambda w: jnp.abs(w) / _layer_scale(w),
         params,
@@ -311,7 +331,11 @@ def random_score(
 
     Returns:
       U(0, 1) scores like ``params`` on crossbar leaves, zeros elsewhere.
+
+    Raises:
+      ValueError: if no leaf of ``params`` is on the crossbar.
     """
+    check_crossbar("params", params, predicate)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = treedef.unflatten(
         list(jax.random.split(key, max(len(leaves), 1))[: len(leaves)])
@@ -349,11 +373,10 @@ def global_order(
       ValueError: if there is no crossbar leaf.
 
     References:
-      method.md §4.2 step 5.
+      docs/method.md §6.
     """
+    check_crossbar("scores", scores, predicate)
     parts = _crossbar_leaves(scores, predicate)
-    if not parts:
-        raise ValueError("scores has no crossbar leaf (check the predicate)")
     dtype = jnp.result_type(*parts)
     flat = jnp.concatenate([jnp.ravel(p).astype(dtype) for p in parts])
     key = jnp.where(jnp.isnan(flat), jnp.inf, -flat)
@@ -388,10 +411,12 @@ def mask_from_order(
 
     Raises:
       ValueError: if both or neither of ``fraction``/``count`` are given, if a
-        concrete value is out of range, or if ``order`` has the wrong length.
+        concrete value is out of range, if ``order`` has the wrong length, or if
+        no leaf of ``params`` is on the crossbar.
     """
     if (fraction is None) == (count is None):
         raise ValueError("give exactly one of fraction and count")
+    check_crossbar("params", params, predicate)
     flags = crossbar_flags(params, predicate)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     flag_leaves = jax.tree_util.tree_leaves(flags)

@@ -10,7 +10,10 @@ each), it compares every pair on the crossbar leaves, per layer and overall:
   :func:`uswim_jax.global_order`).
 
 :func:`write_sensitivity_report` writes ``sensitivity_comparison.csv``,
-``sensitivity_comparison.md`` and ``sensitivity_histograms.png``.
+``sensitivity_comparison.md`` and ``sensitivity_histograms.png`` (a histogram of
+each estimator's scores on a shared log axis with its exact zeros counted, and
+per-weight log-log hexbins of the one-pass diagonal, the GGN and Hutchinson
+against each other with their Spearman).
 """
 
 import csv
@@ -22,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from uswim_jax._tree import CrossbarPredicate, crossbar_flags, path_str
+from uswim_jax._tree import CrossbarPredicate, check_crossbar, crossbar_flags, path_str
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.2)
 
@@ -96,10 +99,12 @@ def compare_estimators(
       ``spearman`` and ``top{100*f:g}%`` per fraction.
 
     Raises:
-      ValueError: with fewer than two estimators or mismatched leaves.
+      ValueError: with fewer than two estimators, mismatched leaves, or params
+        with no crossbar leaf.
     """
     if len(scores) < 2:
         raise ValueError("scores must hold at least two estimators")
+    check_crossbar("params", params, predicate)
     layers = list(crossbar_arrays(params, predicate))
     arrays = {}
     for name, tree in scores.items():
@@ -140,7 +145,27 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _histograms(arrays: dict[str, np.ndarray], path: str, bins: int) -> str | None:
+#: Estimators the scatter panels compare, when present (else the first three).
+SCATTER_ESTIMATORS = ("obd", "ggn", "hutchinson")
+
+_LABELS = {"obd": "one-pass (obd)"}
+
+
+def _label(name: str) -> str:
+    return _LABELS.get(name, name)
+
+
+def _overall_spearman(rows: list[dict[str, Any]], a: str, b: str) -> float:
+    for r in rows:
+        if r["layer"] == "overall" and {r["a"], r["b"]} == {a, b}:
+            return r["spearman"]
+    raise KeyError((a, b))
+
+
+def _plot(
+    arrays: dict[str, np.ndarray], rows: list[dict[str, Any]], path: str, bins: int
+) -> str | None:
+    """Writes :func:`_figure` to ``path``; None without matplotlib."""
     try:
         import matplotlib
 
@@ -148,20 +173,90 @@ def _histograms(arrays: dict[str, np.ndarray], path: str, bins: int) -> str | No
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - matplotlib is an optional extra
         return None
-    fig, axes = plt.subplots(
-        len(arrays), 1, figsize=(6, 2.2 * len(arrays)), squeeze=False
-    )
-    for ax, (name, x) in zip(axes[:, 0], arrays.items(), strict=True):
-        mag = np.abs(x[np.isfinite(x)])
-        pos = mag[mag > 0]
-        if pos.size:
-            ax.hist(np.log10(pos), bins=bins)
-        ax.set_title(f"{name}  ({mag.size - pos.size} zeros)", fontsize=9)
-        ax.set_xlabel("log10 |score|")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig = _figure(arrays, rows, bins)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _figure(arrays: dict[str, np.ndarray], rows: list[dict[str, Any]], bins: int):
+    """Histograms of log10 |score| per estimator on one shared x range, with
+    the exact zeros counted in the titles, and log-log hexbins of the
+    estimators of :data:`SCATTER_ESTIMATORS` against each other with the
+    overall Spearman of ``rows`` on each."""
+    import matplotlib.pyplot as plt
+
+    names = list(arrays)
+    n = len(next(iter(arrays.values())))
+    logs = {}
+    for name, x in arrays.items():
+        mag = np.abs(x[np.isfinite(x)])
+        logs[name] = np.log10(mag[mag > 0])
+    nonempty = [v for v in logs.values() if v.size]
+    lo = min(v.min() for v in nonempty) if nonempty else -1.0
+    hi = max(v.max() for v in nonempty) if nonempty else 1.0
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    picked = [e for e in SCATTER_ESTIMATORS if e in arrays]
+    if len(picked) < 2:
+        picked = names[:3]
+    pairs = list(itertools.combinations(picked, 2))
+    ncol = max(len(names), len(pairs))
+    fig = plt.figure(figsize=(4.2 * ncol, 9.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1, 1.3))
+    hist_axes = top.subplots(1, len(names), sharex=True, squeeze=False)[0]
+    for ax, name in zip(hist_axes, names, strict=True):
+        x = arrays[name]
+        zeros = int(np.sum(x == 0))
+        neg = int(np.sum(x < 0))
+        ax.hist(logs[name], bins=edges, color="C0")
+        title = f"{_label(name)}\n{zeros:,} exact zeros ({100 * zeros / n:.1f} %)"
+        if neg:
+            title += f", {neg:,} negative"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("log10 |score| (zeros left out)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    hist_axes[0].set_ylabel("weights", fontsize=8)
+    all_zero = np.logical_and.reduce([arrays[k] == 0 for k in names])
+    head = f"Per-weight scores of {n:,} crossbar weights (x range shared)."
+    if all_zero.any():
+        head += (
+            f" {int(all_zero.sum()):,} are exactly 0 under every estimator:\nthe "
+            "loss does not depend on them on the images used (an input that is "
+            "always 0, or a unit that never activates), so no estimator can rank "
+            "them"
+        )
+    top.suptitle(head, fontsize=10)
+    scatter_axes = bottom.subplots(1, max(len(pairs), 1), squeeze=False)[0]
+    for ax, (a, b) in zip(scatter_axes, pairs, strict=False):
+        xa, xb = np.abs(arrays[a]), np.abs(arrays[b])
+        ok = np.isfinite(xa) & np.isfinite(xb) & (xa > 0) & (xb > 0)
+        if ok.any():
+            la, lb = np.log10(xa[ok]), np.log10(xb[ok])
+            hb = ax.hexbin(la, lb, gridsize=50, bins="log", cmap="viridis", mincnt=1)
+            lim = (min(la.min(), lb.min()), max(la.max(), lb.max()))
+            ax.plot(lim, lim, color="r", lw=0.8, ls="--", label="equal")
+            cb = bottom.colorbar(hb, ax=ax)
+            cb.set_label("weights per cell", fontsize=8)
+            cb.ax.tick_params(labelsize=7)
+        rho = _overall_spearman(rows, a, b)
+        ax.text(
+            0.03,
+            0.97,
+            f"Spearman {rho:.3f} (all {n:,} weights, as the table)\n"
+            f"shown: {int(ok.sum()):,} nonzero in both",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=9,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"},
+        )
+        ax.set_xlabel(f"log10 |{_label(a)}|", fontsize=8)
+        ax.set_ylabel(f"log10 |{_label(b)}|", fontsize=8)
+        ax.set_title(f"{_label(a)} vs {_label(b)}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    bottom.suptitle("Per weight, log-log; dashed: equal scores", fontsize=10)
+    return fig
 
 
 def write_sensitivity_report(
@@ -211,8 +306,8 @@ def write_sensitivity_report(
         name: np.concatenate(list(crossbar_arrays(tree, predicate).values()))
         for name, tree in scores.items()
     }
-    png = _histograms(
-        overall_arrays, os.path.join(outdir, "sensitivity_histograms.png"), bins
+    png = _plot(
+        overall_arrays, rows, os.path.join(outdir, "sensitivity_histograms.png"), bins
     )
     if png is not None:
         paths["histogram"] = png

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_finite_tree
-from uswim_jax._tree import crossbar_flags, crossbar_size
-from uswim_jax.device import noise_like
+from uswim_jax._checks import check_model_data
+from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
+from uswim_jax.device import DEVICE_FIX, noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
@@ -184,15 +184,15 @@ def sweep(
 
     Returns:
         A :class:`Curve`.
+
+    Raises:
+        ValueError: on bad input, as :func:`uswim_jax.evaluate`, or bad
+            ``counts``.
     """
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
-    if np.ndim(x) < 1 or np.shape(x)[0] == 0 or np.shape(y) != (np.shape(x)[0],):
-        raise ValueError(
-            f"x and y must be non-empty and match; got {np.shape(x)}, {np.shape(y)}"
-        )
-    check_finite_tree("params", params)
-    check_finite_tree("x", x)
+    check_crossbar("params", params, device.crossbar, fix=DEVICE_FIX)
+    check_model_data(apply_fn, params, x, y)
     n = crossbar_size(params, device.crossbar)
     if np.ndim(counts) != 1:
         raise ValueError(f"counts must be 1-D, got shape {np.shape(counts)}")

@@ -1,7 +1,7 @@
 """Training with optax: a jitted step, a progress bar, checkpoints every epoch,
 resume from the run folder. Deterministic from the seed.
 
-Recipes as the authors (method.md §7): Adam 1e-3 for LeNet and the ConvNet; SGD
+Recipes as the authors (docs/method.md §9): Adam 1e-3 for LeNet and the ConvNet; SGD
 0.01, momentum 0.9, weight decay 5e-4 with cosine annealing for ResNet-18; batch
 128. Each epoch visits a fresh permutation of the training set in full batches
 (the last partial batch is dropped, so batch-norm never sees a tiny batch).
@@ -239,6 +239,50 @@ def _run_config(config: TrainConfig) -> dict[str, Any]:
     return {"train": config.to_json()}
 
 
+def check_train_inputs(
+    config: TrainConfig, train_data: Dataset, test_data: Dataset
+) -> tuple[Model, Dataset]:
+    """Checks a training config against its data without writing anything.
+
+    Args:
+        config: what to train.
+        train_data, test_data: the data it will see.
+
+    Returns:
+        The model :func:`train` builds, and the training data it trains on (the
+        first ``config.train_subset`` samples when set).
+
+    Raises:
+        ValueError: bad data (empty, NaN, labels out of range), test images of
+            another shape than the training images, a model that does not take
+            the images, or a batch larger than the training set.
+    """
+    c = config.resolved()
+    if c.train_subset is not None:
+        train_data = train_data.take(c.train_subset)
+    check_dataset("train_data", train_data)
+    check_dataset("test_data", test_data)
+    shape_train = tuple(np.shape(train_data.images)[1:])
+    shape_test = tuple(np.shape(test_data.images)[1:])
+    if shape_train != shape_test:
+        raise ValueError(
+            f"test_data images have shape {shape_test}, train_data {shape_train}"
+        )
+    if len(train_data) < c.batch_size:
+        raise ValueError(
+            f"batch_size {c.batch_size} is larger than the training set "
+            f"({len(train_data)} samples)"
+        )
+    model = build_model(
+        c.model,
+        num_classes=train_data.num_classes,
+        input_shape=shape_train,
+        weight_bits=c.weight_bits,
+        width=c.width,
+    )
+    return model, train_data
+
+
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
@@ -263,38 +307,23 @@ def train(
     Returns:
         The model, trained params, per-epoch history, clean test accuracy and the
         name of the dataset actually used (e.g. ``mnist-10k``).
+
+    Raises:
+        ValueError: as :func:`check_train_inputs` (nothing is written then), or
+            a run folder holding a different config.
     """
     c = config.resolved()
     if train_data is None:
         train_data = load(c.dataset, "train")
     if test_data is None:
         test_data = load(c.dataset, "test")
-    if c.train_subset is not None:
-        train_data = train_data.take(c.train_subset)
-    # Bad data is reported before anything is written.
-    check_dataset("train_data", train_data)
-    check_dataset("test_data", test_data)
-    if len(train_data) < c.batch_size:
-        raise ValueError(
-            f"batch_size {c.batch_size} is larger than the training set "
-            f"({len(train_data)} samples)"
-        )
+    # Everything is checked before the run folder is touched, so a corrected
+    # command can reuse the folder.
+    model, train_data = check_train_inputs(c, train_data, test_data)
     run_dir = prepare_run_dir(run_dir, _run_config(config))
     x_train, y_train = train_data
     x_test, y_test = test_data
-    model = build_model(
-        c.model,
-        num_classes=train_data.num_classes,
-        input_shape=tuple(x_train.shape[1:]),
-        weight_bits=c.weight_bits,
-        width=c.width,
-    )
     steps = len(x_train) // c.batch_size
-    if steps == 0:
-        raise ValueError(
-            f"batch_size {c.batch_size} is larger than the training set "
-            f"({len(x_train)} samples)"
-        )
     tx = make_optimizer(c, steps)
     state = _init_state(model, tx, c.seed)
     history: list[dict[str, float]] = []

@@ -1,6 +1,6 @@
 """Configs of ``make ablations``: LeNet on MNIST (the same training as
 ``make reproduce-mnist``), a base run that follows the authors' code, and one
-variant per ablation (method.md §4.3, §9, §10). Each variant changes one thing
+variant per ablation (docs/method.md §8, §10). Each variant changes one thing
 and runs only the settings and methods that the change can affect, so the whole
 table costs about as much as a third of ``reproduce-mnist``.
 
@@ -13,7 +13,7 @@ U-SWIM's k linear, the authors' average-pool rule (h/k), Gaussian programming,
 The authors' two sensitivity quirks need other models, so each is a pair of
 variants on its own model, compared in their own section of the table:
 
-- the Q-layer scale rule (h * a instead of h * a**2, method.md §4.3) exists only
+- the Q-layer scale rule (h * a instead of h * a**2, docs/method.md §8) exists only
   in quantized layers: a 4-bit LeNet (the authors' QLeNet bit width), trained
   like the base, with the exact rule and with the authors';
 - the average-pool rule (h / k instead of h / k**2) needs an average pool, which
@@ -135,8 +135,8 @@ def variants(
         Variant(
             "noise-finetune",
             f"noise-aware fine-tuning first ({finetune_steps} SGD steps, lr 1e-4, "
-            "momentum 0.9, a fresh sigma = 0.3 noise draw per batch; method.md "
-            "§6), then the same sweep: compare its none_verified (NWC 0.1, plain "
+            "momentum 0.9, a fresh sigma = 0.3 noise draw per batch; docs/method.md "
+            "§7.4), then the same sweep: compare its none_verified (NWC 0.1, plain "
             "writes only) and its curve with the base's SWIM at equal NWC",
             _u(finetune_steps=finetune_steps),
         ),
@@ -161,7 +161,7 @@ def variants(
             f"{qlenet_train.weight_bits}-bit LeNet, the authors' Q-layer scale "
             "rule: h through the input scale x * max|W_l| gets a, not a**2, so "
             "every crossbar layer divides the h of its input by max|W_l| "
-            "(method.md §4.3)",
+            "(docs/method.md §8)",
             _u(train=qlenet_train, q_scale="authors"),
         ),
         Variant(

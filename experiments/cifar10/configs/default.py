@@ -1,13 +1,13 @@
 """Configs of ``make reproduce-cifar10``: the authors' ConvNet and ResNet-18 on
-CIFAR-10 (method.md §7), one :class:`ExperimentConfig` per model.
+CIFAR-10 (docs/method.md §9), one :class:`ExperimentConfig` per model.
 
 Training recipes (``TrainConfig.resolved``): ConvNet Adam 1e-3; ResNet-18 SGD
 0.01, momentum 0.9, weight decay 5e-4, cosine annealing; batch 128, 20 epochs
 (the code's ``--train_epoch`` default), random crop (pad 4) and horizontal flip,
 inputs normalised with the CIFAR-10 mean and std. The second-derivative pass
 runs over the whole training set with the training augmentations and batch-norm
-in inference mode, with the authors' average-pool rule (h/k, method.md §4.3,
-§10.7). Device settings and methods as ``make reproduce-mnist``.
+in inference mode, with the authors' average-pool rule (h/k, docs/method.md
+§8). Device settings and methods as ``make reproduce-mnist``.
 
 The default and ``--full`` runs need the real data (TFDS or
 ``USWIM_CIFAR10_PATH``) and a GPU to finish in hours; ``--quick`` runs every

@@ -1,5 +1,5 @@
 """Configs of ``make reproduce-fashion-mnist``: LeNet on the full Fashion-MNIST
-with the authors' LeNet recipe (Adam 1e-3, batch 128; method.md §7), then the
+with the authors' LeNet recipe (Adam 1e-3, batch 128; docs/method.md §9), then the
 MNIST grid of device settings (uniform sigma = 0.1, 0.2, 0.3; U-SWIM's
 state-dependent variation s = 2, 3, 5 at sigma = 0.3; sigma_verified = sigma /
 10) and every selection method.

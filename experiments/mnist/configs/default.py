@@ -1,5 +1,5 @@
 """Configs of ``make reproduce-mnist``: LeNet on MNIST with the authors' recipe
-(Adam 1e-3, batch 128, 20 epochs; method.md §7), then selective write-verify
+(Adam 1e-3, batch 128, 20 epochs; docs/method.md §9), then selective write-verify
 under uniform variation (sigma = 0.1, 0.2, 0.3) and U-SWIM's state-dependent
 variation (s = 2, 3, 5 at sigma = 0.3, the authors' default dev_var), with
 sigma_verified = sigma / 10."""

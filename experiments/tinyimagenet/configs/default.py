@@ -1,5 +1,5 @@
 """Configs of ``make reproduce-tinyimagenet``: the authors' ResNet-18 (CIFAR
-stem, 64x64 inputs, 200 classes) on Tiny ImageNet (method.md §7): SGD 0.01,
+stem, 64x64 inputs, 200 classes) on Tiny ImageNet (docs/method.md §9): SGD 0.01,
 momentum 0.9, weight decay 5e-4, cosine annealing, batch 128, 20 epochs, random
 crop (64, pad 4) and flip, ImageNet mean and std; the second-derivative pass over
 the training set with augmentation, batch-norm in inference mode and the

@@ -25,7 +25,11 @@ from uswim_jax.experiment.config import (
     load_config,
 )
 from uswim_jax.experiment.pipeline import run
-from uswim_jax.experiment.sensitivities import compute_sensitivities, method_order
+from uswim_jax.experiment.sensitivities import (
+    compute_sensitivities,
+    method_order,
+    sensitivity_sizes,
+)
 
 __all__ = [
     "ABLATION_DEFAULTS",
@@ -38,4 +42,5 @@ __all__ = [
     "load_config",
     "method_order",
     "run",
+    "sensitivity_sizes",
 ]

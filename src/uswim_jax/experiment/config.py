@@ -109,13 +109,13 @@ class ExperimentConfig:
     conv_impl: str = "im2col"
     # Budget points per saved unit of work within a curve (None: whole curves).
     steps_per_chunk: int | None = None
-    # Ablation switches (method.md §4.3, §9); at their defaults they are left
+    # Ablation switches (docs/method.md §8, §10); at their defaults they are left
     # out of ``to_json`` so older run folders keep their config hash.
     first_order: bool = True
     k_power: int = 1
     avg_pool: str = "exact"
-    # The authors' Q-layer scale rule (h * a instead of h * a**2, method.md
-    # §4.3); "authors" needs a quantized model (train.weight_bits).
+    # The authors' Q-layer scale rule (h * a instead of h * a**2, docs/method.md
+    # §8); "authors" needs a quantized model (train.weight_bits).
     q_scale: str = "exact"
     curvature_augment: bool = False
     programming: str = "gaussian"

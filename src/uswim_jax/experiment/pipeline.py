@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_dataset
 from uswim_jax._io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -31,7 +30,7 @@ from uswim_jax.experiment.sensitivities import (
 )
 from uswim_jax.report import check_resumable, config_hash, manifest, prepare_run_dir
 from uswim_jax.sweep import Curve, counts_for_fractions
-from uswim_jax.train import train
+from uswim_jax.train import check_train_inputs, train
 
 
 def run(
@@ -60,35 +59,22 @@ def run(
             made under a different environment or dataset, or a corrupt file in
             the run folder.
     """
-    check_dataset("train_data", train_data)
-    check_dataset("test_data", test_data)
-    (x_tr, _), (x_te, _) = train_data, test_data
-    shape_train, shape_test = np.shape(x_tr)[1:], np.shape(x_te)[1:]
-    if shape_train != shape_test:
-        raise ValueError(
-            f"test_data images have shape {shape_test}, train_data {shape_train}"
-        )
-    from uswim_jax.models import build_model
-
-    build_model(  # checks model, image shape and bits before anything is written
-        config.train.model,
-        num_classes=max(2, getattr(train_data, "num_classes", 10)),
-        input_shape=tuple(shape_train),
-        weight_bits=config.train.weight_bits,
-        width=config.train.width,
-    )
-    run_dir = prepare_run_dir(run_dir, {"experiment": config.to_json()})
+    # Every check runs before anything is written, so a corrected command can
+    # reuse the run folder.
+    check_train_inputs(config.train, train_data, test_data)
     num_test = len(test_data)
     if config.test_subset:
         num_test = min(num_test, config.test_subset)
+    run_config = {"experiment": config.to_json()}
     new_manifest = manifest(
         seed=config.seed,
         dataset=test_data.name,
         dataset_source=test_data.source,
         num_test=int(num_test),
-        config_hash=config_hash({"experiment": config.to_json()}),
+        config_hash=config_hash(run_config),
     )
-    check_resumable(run_dir / "manifest.json", new_manifest, run_dir)
+    check_resumable(Path(run_dir) / "manifest.json", new_manifest, run_dir)
+    run_dir = prepare_run_dir(run_dir, run_config)
     remove_stale_temp_files(run_dir)  # left by a run that was killed mid-write
     atomic_write_json(run_dir / "manifest.json", new_manifest)
     start = time.perf_counter()

@@ -45,18 +45,29 @@ def _load_tree(path: Path, template: Any, names: list[str]) -> dict[str, Any] | 
         raise ValueError(f"corrupt sensitivity file {path} ({e}); delete it") from e
 
 
+def sensitivity_sizes(config: ExperimentConfig, num_train: int) -> tuple[int, int]:
+    """How many training images (the first ones) the one-pass diagonal and the
+    other estimators use, out of ``num_train``: ``curvature_subset`` (default
+    all) and ``estimator_subset``, both within the images the model was
+    trained on (``train.train_subset``)."""
+    n_train = min(config.train.train_subset or num_train, num_train)
+    n_curv = min(config.curvature_subset or n_train, n_train)
+    return n_curv, min(config.estimator_subset, n_train)
+
+
 def compute_sensitivities(
     apply_fn, params, train_data: Dataset, config: ExperimentConfig, log=print
 ) -> dict[str, Any]:
-    """One-pass diagonal (and first-order term) over the training set, plus the
-    other curvature estimators on a subset. Returns a dict of pytrees."""
+    """One-pass diagonal (and first-order term) over the training images, plus
+    the other curvature estimators on a subset (sizes: :func:`sensitivity_sizes`).
+    Returns a dict of pytrees."""
     x, y = train_data
-    n = config.curvature_subset or len(x)
+    n, m = sensitivity_sizes(config, len(x))
     t0 = time.perf_counter()
     aug = {}
     if config.curvature_augment:
-        # Training augmentations in the second-derivative pass (method.md §4.2
-        # step 2, §10.3), batch-norm in inference mode (apply_fn).
+        # Training augmentations in the second-derivative pass (docs/method.md
+        # §4.3), batch-norm in inference mode (apply_fn).
         from uswim_jax.train import augment_batch
 
         aug = {
@@ -79,7 +90,6 @@ def compute_sensitivities(
         f"{time.perf_counter() - t0:.1f} s"
     )
     wanted = {m.split("-", 1)[1] for m in config.methods if m.startswith("eloss-")}
-    m = min(config.estimator_subset, len(x))
     xs, ys = jnp.asarray(x[:m]), jnp.asarray(y[:m])
     if "hutchinson" in wanted:
         t0 = time.perf_counter()
@@ -111,7 +121,7 @@ def compute_sensitivities(
 
 
 def _finetuned(model, params, train_data, config, run_dir: Path, log) -> Any:
-    """Noise-aware fine-tuning of the trained model (method.md §6), cached in
+    """Noise-aware fine-tuning of the trained model (docs/method.md §7.4), cached in
     ``run_dir/finetuned.npz``."""
     from uswim_jax.finetune import FinetuneConfig, noise_aware_finetune
 

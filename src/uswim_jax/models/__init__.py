@@ -128,7 +128,7 @@ class Model:
     def export(self, params: Any) -> tuple["Model", Any]:
         """For quantized models: the float model and params holding Q(W).
 
-        Device noise is added to the quantized weights (method.md §3.1:
+        Device noise is added to the quantized weights (docs/method.md §2.1:
         ``W_eff = Q(W) + dW``), so Monte Carlo evaluation uses the exported pair;
         for float models this returns ``(self, params)``.
         """

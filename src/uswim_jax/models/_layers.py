@@ -33,7 +33,7 @@ def quantize(w: jax.Array, bits: int, scheme: str = "swim") -> jax.Array:
     Args:
         w: the weights.
         bits: the bit parameter N.
-        scheme: ``"swim"`` is the authors' SWIM code (method.md §7): step
+        scheme: ``"swim"`` is the authors' SWIM code (docs/method.md §8): step
             ``max|w| / 2^N``, no clamp, so the integer range is ±2^N (about N + 1
             signed bits). ``"signed"`` is the standard N-bit signed grid: step
             ``max|w| / (2^(N-1) - 1)``.

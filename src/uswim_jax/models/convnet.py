@@ -1,4 +1,4 @@
-"""The VGG-like CIFAR-10 ConvNet of the authors' code (method.md §7)."""
+"""The VGG-like CIFAR-10 ConvNet of the authors' code (docs/method.md §9)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""LeNet for MNIST, exactly as the authors' code (method.md §7)."""
+"""LeNet for MNIST, exactly as the authors' code (docs/method.md §9)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,5 @@
 """ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool), as the
-authors' code (torchvision BasicBlock [2, 2, 2, 2]; method.md §7)."""
+authors' code (torchvision BasicBlock [2, 2, 2, 2]; docs/method.md §9)."""
 
 import jax
 import jax.numpy as jnp
