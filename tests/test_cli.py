@@ -1,5 +1,6 @@
 """The ``uswim`` command: help, one-line errors with exit status 2 or 1."""
 
+import numpy as np
 import pytest
 
 from uswim_jax import cli
@@ -226,3 +227,33 @@ def test_core_only_install_says_which_extra_to_install():
     assert len(err) == 3, proc.stderr  # one line per command, no traceback
     for line in err:
         assert "pip install 'uswim_jax[experiments]'" in line and "flax" in line
+
+
+def test_sweep_quick_is_make_reproduce_mnist_quick(monkeypatch, tmp_path):
+    """``uswim sweep --quick`` and ``make reproduce-mnist --quick`` read one
+    definition (``experiment.presets``): the same config, hence the same run."""
+    import uswim_jax.experiment
+    from experiments.mnist.configs import default
+    from uswim_jax import data
+    from uswim_jax.data import Dataset
+
+    class Built(Exception):
+        pass
+
+    def capture(config, run_dir, **kwargs):
+        raise Built(config)
+
+    fake = Dataset(
+        np.zeros((4, 28, 28, 1), np.float32),
+        np.zeros(4, np.int32),
+        "synthetic",
+        "generated",
+        "train",
+        10,
+    )
+    monkeypatch.setattr(data, "load", lambda name, split, path=None: fake)
+    monkeypatch.setattr(uswim_jax.experiment, "run", capture)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(Built) as got:
+        cli.main(["sweep", "--quick", "--no-progress", "--run-dir", run_dir])
+    assert got.value.args[0] == default.get_quick_config()

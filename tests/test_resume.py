@@ -156,3 +156,37 @@ def test_an_interrupt_swallowed_by_a_destructor_is_delivered_again():
             time.sleep(10)  # the second one ends this
     assert time.monotonic() - start < 5
     assert signal.getsignal(signal.SIGINT) is not None
+
+
+def test_a_run_folder_made_by_other_source_code_is_refused(tmp_path):
+    """The manifest records the hash of the package's source; a run folder
+    whose manifest holds another hash (or none) is not resumed."""
+    import json
+
+    from uswim_jax import experiment
+    from uswim_jax.data import Dataset
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.report import manifest, prepare_run_dir, source_hash
+    from uswim_jax.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    data = Dataset(
+        rng.random((16, 28, 28, 1), dtype=np.float32),
+        rng.integers(0, 10, 16).astype(np.int32),
+        "synthetic",
+        "generated",
+        "train",
+        10,
+    )
+    config = ExperimentConfig(train=TrainConfig(epochs=1, batch_size=8))
+    h = source_hash()
+    assert len(h) == 12 and int(h, 16) >= 0 and source_hash() == h
+    assert manifest()["source_hash"] == h
+    for old in ("0" * 12, None):
+        prepare_run_dir(tmp_path, {"experiment": config.to_json()})
+        m = manifest(dataset="synthetic", dataset_source="generated")
+        m["source_hash"] = old
+        (tmp_path / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ValueError, match="source_hash.*Start afresh"):
+            experiment.run(config, tmp_path, train_data=data, test_data=data)
+        assert not (tmp_path / "train").exists()

@@ -375,19 +375,14 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
-#: ``uswim sweep --quick``: the settings of ``make reproduce-mnist --quick``.
-_QUICK = {
-    "epochs": 2,
-    "train_subset": 2048,
-    "sigmas": (0.2,),
-    "s_values": (3.0,),
-    "fractions": (0.001, 0.005, 0.01, 0.05, 0.3),
-    "trials": 8,
-    "test_subset": 500,
-    "curvature_subset": 2048,
-    "estimator_subset": 256,
-    "probes": 16,
-}
+def _quick_defaults() -> dict:
+    """``uswim sweep --quick``: the sizes of ``make reproduce-mnist --quick``
+    (``uswim_jax.experiment.presets``), by flag name."""
+    from uswim_jax.experiment import presets
+
+    names = {"num_trials": "trials", "hutchinson_probes": "probes"}
+    both = {**presets.QUICK_TRAIN, **presets.QUICK}
+    return {names.get(k, k): v for k, v in both.items()}
 
 
 def _add_sweep(sub) -> None:
@@ -477,7 +472,7 @@ def _add_sweep(sub) -> None:
         help="a few-minute smoke run; unless given, sets "
         + ", ".join(
             f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-            for k, v in _QUICK.items()
+            for k, v in _quick_defaults().items()
         ),
     )
     p.add_argument(
@@ -496,7 +491,7 @@ def _cmd_sweep(args) -> int:
     from uswim_jax.report import write_report
     from uswim_jax.train import TrainConfig
 
-    quick = _QUICK if args.quick else {}
+    quick = _quick_defaults() if args.quick else {}
 
     def pick(name, default):
         v = getattr(args, name, None)

@@ -3,6 +3,7 @@ to reproduce a run."""
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -63,9 +64,23 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
         return None
 
 
+@functools.cache
+def source_hash() -> str:
+    """First 12 hex digits of the SHA-256 over the ``uswim_jax`` package's
+    ``.py`` files (relative paths and contents, sorted by path): which code
+    produced an artefact. Computed once per process."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
-    """What is needed to reproduce a run: package versions, backend, the threefry
-    setting, seed, git commit, plus ``extra`` (e.g. the dataset name and source)."""
+    """What is needed to reproduce a run: package versions, the hash of the
+    package's source (:func:`source_hash`), backend, the threefry setting,
+    seed, git commit, plus ``extra`` (e.g. the dataset name and source)."""
     packages = {
         d: _version(d)
         for d in (
@@ -80,6 +95,7 @@ def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
     }
     return {
         "packages": packages,
+        "source_hash": source_hash(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "backend": jax.default_backend(),
@@ -98,6 +114,8 @@ def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
 #: Manifest entries that must not change when a run is resumed: a different
 #: value can change the results, so old and new work would not mix cleanly.
 RESUME_KEYS = (
+    "source_hash",
+    "packages.uswim_jax",
     "packages.jax",
     "packages.jaxlib",
     "backend",
@@ -136,16 +154,18 @@ def check_resumable(
     changed = [
         f"{k} {_get(old, k)!r} -> {_get(new, k)!r}"
         for k in RESUME_KEYS
-        if _get(old, k) is not None
-        and _get(new, k) is not None
+        if _get(new, k) is not None
         and _get(old, k) != _get(new, k)
+        # Older folders lack some keys; only the source hash is required.
+        and (_get(old, k) is not None or k == "source_hash")
     ]
     if changed:
         where = run_dir if run_dir is not None else path.parent
         raise ValueError(
-            f"run folder {where} was started under a different environment or "
-            f"data ({'; '.join(changed)}), so resuming would mix results that "
-            "are not comparable. Pass a new run folder or delete the old one."
+            f"run folder {where} was started under a different environment, "
+            f"data or source code ({'; '.join(changed)}), so resuming would mix "
+            "results that are not comparable. Start afresh: pass a new run "
+            "folder (--run-dir / --workdir) or delete the old one."
         )
 
 
