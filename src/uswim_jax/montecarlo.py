@@ -21,7 +21,13 @@ from uswim_jax._tree import check_crossbar, crossbar_flags
 from uswim_jax._trialbatch import nbytes_of as _nbytes_of
 from uswim_jax._trialbatch import trial_batched
 from uswim_jax._trialbatch import var_bytes as _var_bytes
-from uswim_jax.device import DEVICE_FIX, noise_like, verified_mask
+from uswim_jax.device import (
+    DEVICE_FIX,
+    _noisy_leaf,
+    add_noise,
+    noise_like,
+    verified_mask,
+)
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -185,7 +191,7 @@ def noisy_accuracy(
     device models, with ``std = device.effective_std(params, verified)``.
     """
     z = noise_like(key, params, crossbar)
-    noisy = jax.tree.map(lambda w, s, n: (w + s * n).astype(w.dtype), params, std, z)
+    noisy = add_noise(params, std, z, crossbar)
     correct = correct_count(apply_fn, noisy, x, y, eval_batch_size)
     return correct.astype(jnp.float32) / jnp.float32(x.shape[0])
 
@@ -254,7 +260,7 @@ def stack_noisy(params: Any, std: Any, z: Any, batched: Any) -> Any:
     leaves flagged in ``batched``; the other leaves as they are (their noise is
     zero)."""
     return jax.tree.map(
-        lambda w, s, n, f: (w[None] + s[None] * n).astype(w.dtype) if f else w,
+        lambda w, s, n, f: _noisy_leaf(w[None], s[None], n) if f else w,
         params,
         std,
         z,
