@@ -25,6 +25,7 @@ from uswim_jax._checks import check_dataset
 from uswim_jax._io import atomic_write_json
 from uswim_jax.data import DATASETS, Dataset, load
 from uswim_jax.data._load import SPECS
+from uswim_jax.keys import host_rng, key_stream
 from uswim_jax.models import MODELS, Model, build_model
 from uswim_jax.report import manifest, prepare_run_dir
 
@@ -88,8 +89,14 @@ class TrainConfig:
                 isinstance(v, int | float) and math.isfinite(v) and v >= 0
             ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not 0 <= self.seed < 2**32
+        ):
+            raise ValueError(
+                f"seed must be an integer in [0, 2**32), got {self.seed!r}"
+            )
         if self.width is not None and (
             self.model != "resnet18"
             or not isinstance(self.width, int)
@@ -231,7 +238,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _init_state(model: Model, tx, seed: int) -> TrainState:
-    params = model.init(jax.random.key(seed))
+    params = model.init(key_stream(seed, "init"))
     return TrainState(params, tx.init(params["params"]), jnp.zeros((), jnp.int32))
 
 
@@ -371,10 +378,11 @@ def _train_epochs(
     steps = len(x_train) // c.batch_size
     ckpt = run_dir / CHECKPOINT
     step = jax.jit(make_train_step(model, tx, c.augment), donate_argnums=(0, 1))
-    aug_key = jax.random.fold_in(jax.random.key(c.seed), 1)
+    aug_key = key_stream(c.seed, "augment")
+    order_key = key_stream(c.seed, "data_order")
     params, opt_state = state.params, state.opt_state
     for epoch in range(int(state.epoch), c.epochs):
-        perm = np.random.default_rng([c.seed, epoch]).permutation(len(x_train))
+        perm = host_rng(jax.random.fold_in(order_key, epoch)).permutation(len(x_train))
         bar = _progress(steps, f"epoch {epoch + 1}/{c.epochs}", progress)
         losses, accs = [], []
         for i in range(steps):

@@ -28,6 +28,7 @@ from uswim_jax.experiment.sensitivities import (
     compute_sensitivities,
     method_order,
 )
+from uswim_jax.keys import key_stream
 from uswim_jax.report import check_resumable, config_hash, manifest, prepare_run_dir
 from uswim_jax.sweep import Curve, counts_for_fractions
 from uswim_jax.train import check_train_inputs, train
@@ -120,7 +121,7 @@ def run(
 
     n = model.num_weights(params)
     counts = jnp.asarray(counts_for_fractions(config.fractions, n))
-    key = jax.random.key(config.seed)
+    key = key_stream(config.seed, "trials")
     common = {
         "apply_fn": eval_model.apply_fn,
         "num_trials": config.num_trials,

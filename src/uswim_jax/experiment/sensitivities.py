@@ -18,6 +18,7 @@ from uswim_jax.data import Dataset
 from uswim_jax.device import UniformVariation
 from uswim_jax.experiment.config import ExperimentConfig, Setting
 from uswim_jax.experiment.units import _is_pulse
+from uswim_jax.keys import key_stream
 
 
 def _save_tree(path: Path, trees: dict[str, Any]) -> None:
@@ -72,7 +73,7 @@ def compute_sensitivities(
 
         aug = {
             "augment": augment_batch,
-            "key": jax.random.fold_in(jax.random.key(config.seed), 13),
+            "key": key_stream(config.seed, "curvature"),
         }
     hess, grad = curvature.obd_over_dataset(
         apply_fn,
@@ -101,7 +102,7 @@ def compute_sensitivities(
                 chunk_size=8,
             ),
             static_argnums=(1,),
-        )(jax.random.fold_in(jax.random.key(config.seed), 7), loss_fn, params)
+        )(key_stream(config.seed, "probes"), loss_fn, params)
         out["hutchinson"], out["hutchinson_se"] = jax.block_until_ready((est, se))
         log(
             f"  Hutchinson ({config.hutchinson_probes} probes, {m} images): "
@@ -163,7 +164,7 @@ def method_order(
     if _is_pulse(device):  # expected-loss orders use the Gaussian equivalent
         device = setting.device(1.0)
     if method == "random":
-        key = jax.random.fold_in(jax.random.key(seed), 11)
+        key = key_stream(seed, "random_order")
         scores = selection.random_score(key, params)
     elif method == "magnitude":
         scores = selection.magnitude_score(params)
