@@ -37,7 +37,9 @@ def _params_equal(a, b):
 def test_training_lowers_the_loss(tmp_path, task):
     tr, te = task
     result = train(
-        TrainConfig(epochs=3, batch_size=64),
+        # 4 epochs: at 3 the loss halves for some seeds' draws and not others
+        # (seed 0: 2.21 -> 1.26 at 3 epochs, 0.52 at 4; seeds 1, 2: below 0.12).
+        TrainConfig(epochs=4, batch_size=64),
         tmp_path,
         train_data=tr,
         test_data=te,
