@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from uswim_jax import checkpoint
 from uswim_jax.data import Dataset
+from uswim_jax.experiment import CorruptFileError
 from uswim_jax.train import TrainConfig, augment_batch, load_run, train
 
 
@@ -63,7 +63,7 @@ def test_same_seed_same_params_and_resume_equals_straight_run(tmp_path, task):
     train(TrainConfig(epochs=1, batch_size=64), tmp_path / "c", **kw)
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["config"]["train"]["epochs"] = 2
-    from uswim_jax.report import config_hash
+    from uswim_jax.experiment import config_hash
 
     cfg["hash"] = config_hash(cfg["config"])
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
@@ -99,10 +99,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, task):
     raw = bytearray(ckpt.read_bytes())
     raw[-10] ^= 0xFF
     ckpt.write_bytes(bytes(raw))
-    with pytest.raises(checkpoint.CorruptCheckpointError, match="checksum"):
+    with pytest.raises(CorruptFileError, match="checksum"):
         load_run(tmp_path)
     ckpt.write_bytes(b"hello")
-    with pytest.raises(checkpoint.CorruptCheckpointError, match="not a uswim_jax"):
+    with pytest.raises(CorruptFileError, match="not a uswim_jax"):
         load_run(tmp_path)
 
 
