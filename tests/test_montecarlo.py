@@ -169,7 +169,7 @@ def test_auto_chunk_gives_the_same_trials(problem, monkeypatch):
     """``chunk_size="auto"`` (the default) gives per-trial accuracies identical
     to explicit chunk sizes, also when the memory budget forces several chunks
     (a tiny free-memory figure makes the choice non-trivial)."""
-    from uswim_jax import montecarlo
+    from uswim_jax import _chunking, montecarlo
 
     params, x, y = problem
     key = jax.random.key(11)
@@ -182,7 +182,7 @@ def test_auto_chunk_gives_the_same_trials(problem, monkeypatch):
         + 4 * sum(p.nbytes for p in jax.tree.leaves(params))
     )
     monkeypatch.setattr(
-        montecarlo, "_free_memory_bytes", lambda device: 2 * 7 * per_trial
+        _chunking, "_free_memory_bytes", lambda device: 2 * 7 * per_trial
     )
     chunk = montecarlo.auto_chunk_size(mlp_apply, params, x, 30)
     assert chunk == 6  # 7 fit, 6 is the largest divisor of 30 in (3.5, 7]

@@ -30,12 +30,6 @@ def _mc_device(setting: Setting, config: "ExperimentConfig") -> Any:
     return PulseModel(sigma=setting.sigma, tolerance=tol)
 
 
-def _is_pulse(device: Any) -> bool:
-    from uswim_jax.programming import PulseModel
-
-    return isinstance(device, PulseModel)
-
-
 @functools.partial(
     jax.jit,
     static_argnames=("apply_fn", "num_trials", "chunk_size", "eval_batch_size"),
@@ -56,10 +50,7 @@ def _sweep_jit(
     chunk_size,
     eval_batch_size,
 ):
-    run_sweep = sweep
-    if _is_pulse(device):
-        from uswim_jax.pulse_sweep import pulse_sweep as run_sweep
-    return run_sweep(
+    return sweep(
         key,
         apply_fn,
         params,
@@ -93,23 +84,6 @@ def _evaluate_jit(
     chunk_size,
     eval_batch_size,
 ):
-    if _is_pulse(device):
-        from uswim_jax.montecarlo import summarize
-        from uswim_jax.pulse_sweep import pulse_trials
-
-        out = pulse_trials(
-            key,
-            apply_fn,
-            params,
-            x,
-            y,
-            device,
-            verified,
-            num_trials,
-            chunk_size=chunk_size,
-            eval_batch_size=eval_batch_size,
-        )
-        return summarize(out[:, 0])
     return evaluate(
         key,
         apply_fn,
