@@ -7,6 +7,7 @@ value depends on PRNG bits.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -573,7 +574,8 @@ def _mlp_problem(dtype=jnp.float32):
     params, x, y = toy_problem(n=64)
     cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)
     order = uswim_jax.global_order(uswim_jax.magnitude_score(params))
-    return mlp_apply, cast(params), x.astype(dtype), y, order
+    labels = y.astype(jnp.int64) if dtype == jnp.float64 else y  # argmax's dtype
+    return mlp_apply, cast(params), x.astype(dtype), labels, order
 
 
 def check_engine(model, apply_fn, params, x, y, order, key, num_trials=5):
@@ -583,35 +585,32 @@ def check_engine(model, apply_fn, params, x, y, order, key, num_trials=5):
     run cost over the exhaustive cost of the run with split(key)[1]."""
     n = int(order.shape[0])
     counts = jnp.asarray([0, n // 3, n], jnp.int32)
-    mask = uswim_jax.mask_from_order(order, params, count=n // 3)
-    ev = jax.jit(
-        lambda k, c: uswim_jax.evaluate(
-            k, apply_fn, params, x, y, model, mask, num_trials, chunk_size=c
-        ),
-        static_argnums=1,
-    )
-    acc = np.asarray(ev(key, 2).accuracies)
-    np.testing.assert_array_equal(acc, np.asarray(ev(key, 2).accuracies))
-    np.testing.assert_array_equal(acc, np.asarray(ev(key, None).accuracies))
-    prefix = uswim_jax.evaluate(key, apply_fn, params, x, y, model, mask, 3)
-    np.testing.assert_array_equal(acc[:3], prefix.accuracies)
+    masks = [uswim_jax.mask_from_order(order, params, count=int(c)) for c in counts]
+
+    @functools.partial(jax.jit, static_argnums=(2, 3))
+    def ev(k, m, trials, chunk):
+        return uswim_jax.evaluate(
+            k, apply_fn, params, x, y, model, m, trials, chunk_size=chunk
+        ).accuracies
+
+    cost = jax.jit(lambda k, m: model.program_with_cost(k, params, m))
+    acc = np.asarray(ev(key, masks[1], num_trials, 2))
+    np.testing.assert_array_equal(acc, ev(key, masks[1], num_trials, 2))
+    np.testing.assert_array_equal(acc, ev(key, masks[1], num_trials, None))
+    np.testing.assert_array_equal(acc[:2], ev(key, masks[1], 2, 2))  # a prefix
     for t in (0, num_trials - 1):
-        chip = model.program(jax.random.fold_in(key, t), params, mask)
+        chip = cost(jax.random.fold_in(key, t), masks[1]).params
         assert acc[t] == pytest.approx(_accuracy(apply_fn, chip, x, y), abs=1e-6)
-    curve = uswim_jax.sweep(
-        key, apply_fn, params, x, y, model, order, counts, num_trials, chunk_size=2
-    )
-    every = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
-    ex_run = model.program_with_cost(jax.random.split(key)[1], params, every)
-    ex = float(ex_run.cycles.total)
-    for k, c in enumerate(np.asarray(counts)):
-        m = uswim_jax.mask_from_order(order, params, count=int(c))
-        direct = uswim_jax.evaluate(key, apply_fn, params, x, y, model, m, num_trials)
-        np.testing.assert_array_equal(curve.accuracies[k], direct.accuracies)
-        runs = [
-            model.program_with_cost(jax.random.fold_in(key, t), params, m).cycles
-            for t in range(num_trials)
-        ]
+    curve = jax.jit(
+        lambda k: uswim_jax.sweep(
+            k, apply_fn, params, x, y, model, order, counts, num_trials, chunk_size=2
+        )
+    )(key)
+    ex = float(cost(jax.random.split(key)[1], masks[-1]).cycles.total)
+    for k, m in enumerate(masks):
+        direct = ev(key, m, num_trials, 2)
+        np.testing.assert_array_equal(curve.accuracies[k], direct)
+        runs = [cost(jax.random.fold_in(key, t), m).cycles for t in range(num_trials)]
         want = np.mean([float(r.total) for r in runs]) / ex
         assert float(curve.cycles[k]) == pytest.approx(want, rel=1e-5)
     np.testing.assert_array_equal(curve.accuracies[-1], curve.reference)
