@@ -14,7 +14,6 @@ from _user_models import KERNEL_COUNT, KINDS, build, make_data
 
 import uswim_jax as u
 from uswim_jax._tree import leaf_paths
-from uswim_jax.pulse_sweep import pulse_sweep, pulse_trials
 
 KEY = jax.random.key(0)
 LOUD = u.UniformVariation(3.0, 0.03)  # noise that must change predictions
@@ -107,10 +106,10 @@ def _no_crossbar_cases():
         "sweep": lambda f, p, x, y: u.sweep(
             KEY, f, p, x, y, LOUD, empty, jnp.zeros(1, jnp.int32), 2
         ),
-        "pulse_trials": lambda f, p, x, y: pulse_trials(
+        "evaluate(pulse)": lambda f, p, x, y: u.evaluate(
             KEY, f, p, x, y, pulse, None, 2
         ),
-        "pulse_sweep": lambda f, p, x, y: pulse_sweep(
+        "sweep(pulse)": lambda f, p, x, y: u.sweep(
             KEY, f, p, x, y, pulse, empty, jnp.zeros(1, jnp.int32), 2
         ),
         "perturb": lambda f, p, x, y: u.perturb(KEY, p, LOUD),
@@ -235,10 +234,10 @@ def _label_cases():
     return {
         "evaluate": lambda f, p, x, y: u.evaluate(KEY, f, p, x, y, LOUD, None, 2),
         "sweep": lambda f, p, x, y: u.sweep(KEY, f, p, x, y, LOUD, order(p), counts, 2),
-        "pulse_trials": lambda f, p, x, y: pulse_trials(
+        "evaluate(pulse)": lambda f, p, x, y: u.evaluate(
             KEY, f, p, x, y, pulse, None, 2
         ),
-        "pulse_sweep": lambda f, p, x, y: pulse_sweep(
+        "sweep(pulse)": lambda f, p, x, y: u.sweep(
             KEY, f, p, x, y, pulse, order(p), counts, 2
         ),
         "obd_diagonal": lambda f, p, x, y: u.obd_diagonal(f, p, x, y),

@@ -289,12 +289,33 @@ def test_perturb_equals_std_times_noise_like(key):
     chex.assert_trees_all_equal(z["BatchNorm_0"], {"scale": jnp.zeros(5)})
 
 
-def test_leaf_noise_depends_only_on_its_path(key):
+def test_noise_is_one_flat_draw_per_dtype(key):
+    """The crossbar leaves of one dtype are consecutive slices, in flatten
+    order, of one standard-normal draw; off-crossbar leaves are zeros."""
     params = small_params()
-    more = {**params, "Extra": {"kernel": jnp.ones((3, 3))}}
-    z1 = noise_like(key, params)
-    z2 = noise_like(key, more)
-    np.testing.assert_array_equal(z1["Dense_1"]["kernel"], z2["Dense_1"]["kernel"])
+    z = noise_like(key, params)
+    zl = jax.tree.leaves(z)
+    flags = jax.tree.leaves(uswim_jax.crossbar_flags(params))
+    drawn = [a for a, f in zip(zl, flags, strict=True) if f]
+    assert len(drawn) == 2
+    sizes = [a.size for a in drawn]
+    flat = jax.random.normal(
+        uswim_jax.device.dtype_key(key, jnp.float32), (sum(sizes),), jnp.float32
+    )
+    np.testing.assert_array_equal(np.concatenate([np.ravel(a) for a in drawn]), flat)
+    for a, f in zip(zl, flags, strict=True):
+        if not f:
+            assert not np.any(np.asarray(a))
+    with jax.enable_x64(True):  # two dtypes: two draws, each of its own dtype
+        mixed = {**params, "Extra": {"kernel": jnp.ones((3, 3), jnp.float64)}}
+        zm = noise_like(key, mixed)
+        assert zm["Extra"]["kernel"].dtype == jnp.float64
+        np.testing.assert_array_equal(
+            zm["Extra"]["kernel"].ravel(),
+            jax.random.normal(
+                uswim_jax.device.dtype_key(key, jnp.float64), (9,), jnp.float64
+            ),
+        )
 
 
 def test_dtypes_preserved(key):

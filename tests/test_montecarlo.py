@@ -12,6 +12,7 @@ import pytest
 from _toy import mlp_apply, toy_problem
 
 import uswim_jax as u
+from uswim_jax import stats
 from uswim_jax.montecarlo import evaluate, noisy_accuracy, summarize, trial_keys
 
 
@@ -81,6 +82,11 @@ def test_summary_statistics():
     assert float(s.p5) == pytest.approx(0.05, abs=1e-6)
     half = 1.96 * float(s.std) / np.sqrt(101)
     np.testing.assert_allclose(s.ci95, [0.5 - half, 0.5 + half], rtol=1e-3)
+    # one definition of the CI: the stats module's, in float64
+    mean, half64 = stats.mean_ci95(np.linspace(0.0, 1.0, 101))
+    assert stats.Z95 == pytest.approx(1.959963984540054, abs=0)
+    np.testing.assert_allclose(s.ci95, [mean - half64, mean + half64], rtol=1e-6)
+    assert stats.mean_ci95([0.3])[1] == 0.0
 
 
 def test_trial_keys_fold_in():
@@ -169,7 +175,7 @@ def test_auto_chunk_gives_the_same_trials(problem, monkeypatch):
     """``chunk_size="auto"`` (the default) gives per-trial accuracies identical
     to explicit chunk sizes, also when the memory budget forces several chunks
     (a tiny free-memory figure makes the choice non-trivial)."""
-    from uswim_jax import montecarlo
+    from uswim_jax import _chunking, montecarlo
 
     params, x, y = problem
     key = jax.random.key(11)
@@ -182,7 +188,7 @@ def test_auto_chunk_gives_the_same_trials(problem, monkeypatch):
         + 4 * sum(p.nbytes for p in jax.tree.leaves(params))
     )
     monkeypatch.setattr(
-        montecarlo, "_free_memory_bytes", lambda device: 2 * 7 * per_trial
+        _chunking, "_free_memory_bytes", lambda device: 2 * 7 * per_trial
     )
     chunk = montecarlo.auto_chunk_size(mlp_apply, params, x, 30)
     assert chunk == 6  # 7 fit, 6 is the largest divisor of 30 in (3.5, 7]

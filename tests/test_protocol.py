@@ -7,6 +7,7 @@ value depends on PRNG bits.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -477,3 +478,246 @@ def test_require_device_model_names_the_argument():
     with pytest.raises(ValueError, match=r"device_model\.crossbar"):
         require_device_model("device_model", NoPredicate(0.1, 0.01))
     assert not isinstance(object(), DeviceModel)
+
+
+# ---------------------------------------------------------------------------
+# the engine (evaluate, sweep) runs any device model
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Multiplicative:
+    """``w * (1 + sigma * z)`` (``sigma_verified`` where verified), one device
+    per weight; a verified weight costs ``verify_cycles`` plus 0 or 1 extra
+    cycles drawn at random, so the cost is an outcome of the run. Written only
+    against the protocol."""
+
+    sigma: float
+    sigma_verified: float
+    verify_cycles: float = 4.0
+    crossbar: Callable[[str, Any], bool] = _is_kernel
+    devices_per_weight: int = 1
+
+    def program_with_cost(self, key, params, verified=None):
+        if verified is None:
+            verified = jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), bool), params)
+        noise_key, cost_key = jax.random.split(key)
+        flat = jax.tree_util.tree_leaves_with_path(params)
+        masks = jax.tree.leaves(verified)
+        out, total, verify, n = [], 0.0, 0.0, 0.0
+        for i, ((path, w), m) in enumerate(zip(flat, masks, strict=True)):
+            if not self.crossbar(path_str(path), w):
+                out.append(w)
+                continue
+            m = jnp.asarray(m).astype(bool)
+            z = jax.random.normal(jax.random.fold_in(noise_key, i), w.shape, w.dtype)
+            s = jnp.where(m, self.sigma_verified, self.sigma).astype(w.dtype)
+            out.append(w * (1 + s * z))
+            extra = jax.random.bernoulli(jax.random.fold_in(cost_key, i), 0.5, w.shape)
+            v = jnp.sum(
+                jnp.where(m, self.verify_cycles + extra.astype(jnp.float32), 0.0),
+                dtype=jnp.float32,
+            )
+            verify = verify + v
+            total = total + v + jnp.sum(~m, dtype=jnp.float32)
+            n = n + w.size
+        cycles = WriteCycles(
+            total=jnp.float32(0) + total,
+            verify=jnp.float32(0) + verify,
+            exhaustive=jnp.float32(n * (self.verify_cycles + 0.5)),
+        )
+        return Programmed(
+            jax.tree.unflatten(jax.tree.structure(params), out),
+            cycles,
+            jnp.zeros((), jnp.int32),
+        )
+
+    def program(self, key, params, verified=None):
+        return self.program_with_cost(key, params, verified).params
+
+    def write_cycles(self, verified, params=None, *, key=None):
+        return self.program_with_cost(key, params, verified).cycles
+
+
+@dataclasses.dataclass(frozen=True)
+class Opaque:
+    """Any device model with its closed form hidden: the engine must take the
+    generic path (program per trial)."""
+
+    inner: Any
+
+    @property
+    def crossbar(self):
+        return self.inner.crossbar
+
+    @property
+    def devices_per_weight(self):
+        return self.inner.devices_per_weight
+
+    def program(self, key, params, verified=None):
+        return self.inner.program(key, params, verified)
+
+    def program_with_cost(self, key, params, verified=None):
+        return self.inner.program_with_cost(key, params, verified)
+
+    def write_cycles(self, verified, params=None, *, key=None):
+        return self.inner.write_cycles(verified, params, key=key)
+
+
+def _accuracy(apply_fn, params, x, y):
+    return float(np.mean(np.asarray(jnp.argmax(apply_fn(params, x), -1) == y)))
+
+
+def _mlp_problem(dtype=jnp.float32):
+    from _toy import mlp_apply, toy_problem
+
+    params, x, y = toy_problem(n=64)
+    cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)
+    order = uswim_jax.global_order(uswim_jax.magnitude_score(params))
+    labels = y.astype(jnp.int64) if dtype == jnp.float64 else y  # argmax's dtype
+    return mlp_apply, cast(params), x.astype(dtype), labels, order
+
+
+def check_engine(model, apply_fn, params, x, y, order, key, num_trials=5):
+    """evaluate and sweep under ``model``: trial t is the chip
+    ``model.program(fold_in(key, t), ...)``; same key -> same result; a prefix
+    of trials is stable; the sweep's steps are evaluate's, its cycles the mean
+    run cost over the exhaustive cost of the run with split(key)[1]."""
+    n = int(order.shape[0])
+    counts = jnp.asarray([0, n // 3, n], jnp.int32)
+    masks = [uswim_jax.mask_from_order(order, params, count=int(c)) for c in counts]
+
+    @functools.partial(jax.jit, static_argnums=(2, 3))
+    def ev(k, m, trials, chunk):
+        return uswim_jax.evaluate(
+            k, apply_fn, params, x, y, model, m, trials, chunk_size=chunk
+        ).accuracies
+
+    cost = jax.jit(lambda k, m: model.program_with_cost(k, params, m))
+    acc = np.asarray(ev(key, masks[1], num_trials, 2))
+    np.testing.assert_array_equal(acc, ev(key, masks[1], num_trials, 2))
+    np.testing.assert_array_equal(acc, ev(key, masks[1], num_trials, None))
+    np.testing.assert_array_equal(acc[:2], ev(key, masks[1], 2, 2))  # a prefix
+    for t in (0, num_trials - 1):
+        chip = cost(jax.random.fold_in(key, t), masks[1]).params
+        assert acc[t] == pytest.approx(_accuracy(apply_fn, chip, x, y), abs=1e-6)
+    curve = jax.jit(
+        lambda k: uswim_jax.sweep(
+            k, apply_fn, params, x, y, model, order, counts, num_trials, chunk_size=2
+        )
+    )(key)
+    ex = float(cost(jax.random.split(key)[1], masks[-1]).cycles.total)
+    for k, m in enumerate(masks):
+        direct = ev(key, m, num_trials, 2)
+        np.testing.assert_array_equal(curve.accuracies[k], direct)
+        runs = [cost(jax.random.fold_in(key, t), m).cycles for t in range(num_trials)]
+        want = np.mean([float(r.total) for r in runs]) / ex
+        assert float(curve.cycles[k]) == pytest.approx(want, rel=1e-5)
+    np.testing.assert_array_equal(curve.accuracies[-1], curve.reference)
+    np.testing.assert_array_equal(curve.accuracies[0], curve.baseline)
+    return acc, curve
+
+
+def test_user_model_runs_through_evaluate_and_sweep(key):
+    apply_fn, params, x, y, order = _mlp_problem()
+    model = Multiplicative(0.8, 0.05, crossbar=uswim_jax.default_crossbar)
+    assert not isinstance(model, ClosedFormStd)
+    acc, curve = check_engine(model, apply_fn, params, x, y, order, key)
+    assert acc.std() > 0  # the noise reaches the model
+    # the cost is stochastic: more verified weights, more cycles, about 1 at the end
+    assert np.all(np.diff(np.asarray(curve.cycles)) > 0)
+    assert float(curve.cycles[-1]) == pytest.approx(1.0, rel=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", _user_models.KINDS)
+def test_user_model_on_every_framework(kind, key):
+    apply_fn, params, _, _ = _user_models.build(kind, jax.random.key(0))
+    x, y = _user_models.make_data(apply_fn, params, jax.random.key(1), n=16)
+    order = uswim_jax.global_order(uswim_jax.magnitude_score(params))
+    model = Multiplicative(0.8, 0.05, crossbar=uswim_jax.default_crossbar)
+    check_engine(model, apply_fn, params, x, y, order, key, 3)
+
+
+def test_user_model_on_a_lax_cnn(key):
+    apply_fn, params, _, _ = _user_models.build("lax", jax.random.key(0))
+    x, y = _user_models.make_data(apply_fn, params, jax.random.key(1), n=16)
+    order = uswim_jax.global_order(uswim_jax.magnitude_score(params))
+    check_engine(
+        Multiplicative(0.8, 0.05, crossbar=uswim_jax.default_crossbar),
+        apply_fn,
+        params,
+        x,
+        y,
+        order,
+        key,
+        3,
+    )
+
+
+def test_pulse_model_runs_through_evaluate(key):
+    apply_fn, params, x, y, order = _mlp_problem()
+    check_engine(PulseModel(sigma=0.8), apply_fn, params, x, y, order, key, 3)
+
+
+@pytest.mark.parametrize("name", GAUSSIAN)
+def test_generic_path_is_the_fast_path_in_float64(name, key):
+    """A closed-form model with its closed form hidden goes through the generic
+    path (program per trial): the same accuracies, bit for bit in float64, and
+    the same cycles."""
+    with jax.enable_x64(True):
+        apply_fn, params, x, y, order = _mlp_problem(jnp.float64)
+        fast = MODELS[name](0.7)
+        slow = Opaque(fast)
+        assert isinstance(fast, ClosedFormStd) and not isinstance(slow, ClosedFormStd)
+        n = int(order.shape[0])
+        counts = jnp.asarray([0, n // 4, n // 2, n], jnp.int32)
+        mask = uswim_jax.mask_from_order(order, params, count=n // 2)
+        runs = [
+            uswim_jax.evaluate(key, apply_fn, params, x, y, m, mask, 6, chunk_size=4)
+            for m in (fast, slow)
+        ]
+        np.testing.assert_array_equal(runs[0].accuracies, runs[1].accuracies)
+        a, b = (
+            uswim_jax.sweep(key, apply_fn, params, x, y, m, order, counts, 6)
+            for m in (fast, slow)
+        )
+        for field in ("accuracies", "reference", "baseline"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        for field in ("cycles", "cycles_verified_only", "baseline_cycles"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6)
+
+
+def test_device_keyword_is_deprecated(key):
+    apply_fn, params, x, y, order = _mlp_problem()
+    model = UniformVariation(0.7, 0.07)
+    new = uswim_jax.evaluate(key, apply_fn, params, x, y, device_model=model)
+    with pytest.warns(DeprecationWarning, match="device_model"):
+        old = uswim_jax.evaluate(key, apply_fn, params, x, y, device=model)
+    np.testing.assert_array_equal(new.accuracies, old.accuracies)
+    counts = jnp.asarray([0, 8], jnp.int32)
+    with pytest.warns(DeprecationWarning, match="device_model"):
+        curve = uswim_jax.sweep(
+            key,
+            apply_fn,
+            params,
+            x,
+            y,
+            device=model,
+            order=order,
+            counts=counts,
+            num_trials=3,
+        )
+    assert curve.accuracies.shape == (2, 3)
+    with pytest.raises(ValueError, match="once"):
+        uswim_jax.evaluate(key, apply_fn, params, x, y, model, device=model)
+
+
+@pytest.mark.parametrize("bad", [None, object(), jax.devices()[0], "uniform"])
+def test_engine_refuses_what_is_not_a_device_model(bad, key):
+    apply_fn, params, x, y, order = _mlp_problem()
+    counts = jnp.asarray([0], jnp.int32)
+    with pytest.raises(ValueError, match="device_model must be a device model"):
+        uswim_jax.evaluate(key, apply_fn, params, x, y, bad)
+    with pytest.raises(ValueError, match="device_model must be a device model"):
+        uswim_jax.sweep(key, apply_fn, params, x, y, bad, order, counts, 2)

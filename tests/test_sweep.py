@@ -175,3 +175,66 @@ def test_quadratic_toy_best_selection():
         np.testing.assert_array_equal(top(uswim), best)
         assert expected_dl(top(mag)) > expected_dl(best)
         assert expected_dl(top(swim)) > expected_dl(best)
+
+
+# ------------------------------------------- the pulse model through sweep
+
+
+def test_pulse_sweep_cycles_and_end_points(problem, key):
+    params, x, y, order = problem
+    model = u.PulseModel(sigma=1.0)
+    n = int(order.shape[0])
+    counts = jnp.asarray([0, n // 4, n // 2, n], jnp.int32)
+    curve = jax.jit(
+        lambda k: sweep(k, mlp_apply, params, x, y, model, order, counts, 8)
+    )(key)
+    cyc = np.asarray(curve.cycles)
+    assert np.all(np.diff(cyc) > 0)
+    # nothing verified: one write per device; everything verified: about 1
+    np.testing.assert_allclose(cyc[0], float(curve.baseline_cycles[0]), rtol=1e-6)
+    np.testing.assert_allclose(cyc[-1], 1.0, rtol=0.05)
+    np.testing.assert_allclose(curve.cycles_verified_only[0], 0.0)
+    # common random numbers: the last step equals the reference trial by trial
+    np.testing.assert_array_equal(curve.accuracies[-1], curve.reference)
+    np.testing.assert_array_equal(curve.accuracies[0], curve.baseline)
+    # verifying everything beats verifying nothing at sigma = 1
+    assert float(np.mean(curve.reference)) > float(np.mean(curve.baseline))
+
+
+def test_pulse_exhaustive_cost_matches_calibration(problem, key):
+    """The exhaustive cost E is one all-verified run with split(key)[1]: about
+    10 pulses per device at the calibrated defaults (sigma 0.3), and the
+    no-verify point costs one pulse per device over E."""
+    params, x, y, order = problem
+    model = u.PulseModel()
+    n_dev = 8 * u.crossbar_size(params)
+    every = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
+    ex = float(
+        model.program_with_cost(jax.random.split(key)[1], params, every).cycles.total
+    )
+    assert 8.0 < ex / n_dev < 12.0
+    counts = jnp.asarray([0], jnp.int32)
+    curve = sweep(key, mlp_apply, params, x, y, model, order, counts, 2)
+    assert float(curve.baseline_cycles[0]) == pytest.approx(n_dev / ex, rel=1e-6)
+    assert float(curve.baseline_cycles[1]) == 0.0
+
+
+def test_pulse_auto_chunk_gives_the_same_trials(problem, key):
+    """chunk_size="auto" only groups trials: per-trial results equal those of
+    explicit chunk sizes, for evaluate and for the whole sweep."""
+    params, x, y, order = problem
+    model = u.PulseModel(sigma=0.5)
+    mask = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
+    outs = [
+        evaluate(key, mlp_apply, params, x, y, model, mask, 6, chunk_size=c).accuracies
+        for c in ("auto", 1, None)
+    ]
+    for other in outs[1:]:
+        np.testing.assert_array_equal(outs[0], other)
+    counts = jnp.asarray([0, int(order.shape[0]) // 2], jnp.int32)
+    curves = [
+        sweep(key, mlp_apply, params, x, y, model, order, counts, 6, chunk_size=c)
+        for c in ("auto", 4)
+    ]
+    np.testing.assert_array_equal(curves[0].accuracies, curves[1].accuracies)
+    np.testing.assert_allclose(curves[0].cycles, curves[1].cycles, rtol=1e-6)

@@ -31,6 +31,7 @@ from uswim_jax.experiment import ExperimentConfig, manifest
 from uswim_jax.experiment import run as run_experiment
 from uswim_jax.report import write_report
 from uswim_jax.sensitivity_report import crossbar_arrays, spearman, topk_overlap
+from uswim_jax.stats import mean_ci95
 
 REPORT_FILES = ("ablations.md", "ablations.csv", "ablation_pairs.csv", "manifest.json")
 MARGINS = (0.5, 1.0)
@@ -92,8 +93,8 @@ def _acc_cell(curve, f: float) -> str:
     if not len(k):
         return "-"
     a = 100.0 * np.asarray(curve.accuracies, np.float64)[k[0]]
-    half = 1.96 * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else 0.0
-    return f"{a.mean():.2f} ± {half:.2f}"
+    mean, half = mean_ci95(a)
+    return f"{mean:.2f} ± {half:.2f}"
 
 
 def _nwc(curve, g: float, verified_only: bool = False) -> tuple[str, float]:
@@ -265,7 +266,7 @@ def pair_analysis(
                 continue
             d = acc_b - acc_a
             t = d.shape[1]
-            half = 1.96 * d.std(axis=1, ddof=1) / np.sqrt(t) if t > 1 else 0 * d[:, 0]
+            _, half = mean_ci95(d, axis=1)
             lines += [
                 "",
                 f"Accuracy (%) against budget, {key[0]}, {key[1]} (mean over "

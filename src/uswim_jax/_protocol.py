@@ -25,6 +25,7 @@ turns a failed check into a ``ValueError`` naming the argument. See
 docs/device.md and docs/architecture.md.
 """
 
+import warnings
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
@@ -154,3 +155,44 @@ def require_device_model(name: str, value: Any) -> None:
         raise ValueError(
             f"{name}.crossbar must be a callable predicate, got {value.crossbar!r}"
         )
+
+
+def resolve_device_model(device_model: Any, device: Any, fn: str) -> Any:
+    """The device model of an engine call that takes ``device_model=`` and, for
+    one release, the old keyword ``device=`` (with a ``DeprecationWarning``),
+    checked with :func:`require_device_model`.
+
+    Args:
+        device_model: the value given as ``device_model`` (or positionally).
+        device: the value given as the deprecated ``device`` keyword, or ``None``.
+        fn: the calling function's name, for the messages.
+
+    Returns:
+        The device model.
+
+    Raises:
+        ValueError: when both are given, or the model fails
+            :func:`require_device_model`.
+    """
+    if device is not None:
+        if device_model is not None:
+            raise ValueError(
+                f"{fn}: pass the device model once, as device_model= (device= is "
+                "its deprecated name)"
+            )
+        warnings.warn(
+            f"{fn}(device=...) is deprecated; pass device_model=... (device= "
+            "will be removed in the next release)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        device_model = device
+    require_device_model("device_model", device_model)
+    return device_model
+
+
+def has_closed_form(model: Any) -> bool:
+    """Whether ``model`` offers the optional :class:`ClosedFormStd` members
+    (``std``, ``effective_std``), i.e. whether an engine may take the fast path
+    (draw ``z`` once per trial and rescale it)."""
+    return isinstance(model, ClosedFormStd)

@@ -159,10 +159,9 @@ def _float_dtype(x: Any) -> Any:
 
 
 def leaf_key(key: jax.Array, path: str) -> jax.Array:
-    """The key of one leaf: ``fold_in(key, crc32(path))``.
-
-    It depends only on ``key`` and the leaf's path string, so adding, removing or
-    reordering other leaves never changes a leaf's noise.
+    """A key derived from ``key`` and a leaf's path: ``fold_in(key,
+    crc32(path))``. Kept for models that draw per leaf (the Gaussian models
+    draw every crossbar leaf at once, see :func:`noise_like`).
 
     Args:
         key: a ``jax.random`` key.
@@ -174,16 +173,27 @@ def leaf_key(key: jax.Array, path: str) -> jax.Array:
     return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
 
 
+def dtype_key(key: jax.Array, dtype: Any) -> jax.Array:
+    """The key of :func:`noise_like`'s draw for the crossbar leaves of one
+    dtype: ``fold_in(key, crc32(dtype name))``."""
+    name = np.dtype(dtype).name
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
 def noise_like(
     key: jax.Array, params: PyTree, predicate: CrossbarPredicate | None = None
 ) -> PyTree:
     """Standard-normal draws shaped like each crossbar leaf; zeros elsewhere.
 
-    Each crossbar leaf gets its own key, :func:`leaf_key` ``(key, path)``. The
-    draw has the leaf's dtype (float32 for non-float leaves). With
-    ``std = device.effective_std(params, verified)`` a noisy instance is
-    ``add_noise(params, std, z, device.crossbar)``, which is exactly what
-    ``device.program(key, params, verified)`` returns for the same key.
+    One flat draw per dtype: the crossbar leaves of each float dtype (float32
+    for non-float leaves) are, in tree-flatten order, consecutive slices of one
+    ``jax.random.normal(dtype_key(key, dtype), (their total size,), dtype)``, so
+    a trial costs one random-number kernel, not one per leaf (a shorter
+    compile). A leaf's draw therefore depends on the sizes of the crossbar
+    leaves before it. With ``std = device.effective_std(params, verified)`` a
+    noisy instance is ``add_noise(params, std, z, device.crossbar)``, which is
+    exactly what ``device.program(key, params, verified)`` returns for the same
+    key.
 
     Args:
         key: a ``jax.random`` key; the key is consumed.
@@ -199,15 +209,23 @@ def noise_like(
         ValueError: if no leaf of ``params`` is on the crossbar.
     """
     check_crossbar("params", params, predicate)
-
-    def draw(path, x):
-        p = path_str(path)
-        dtype = _float_dtype(x)
-        if on_crossbar(predicate, p, x):
-            return jax.random.normal(leaf_key(key, p), jnp.shape(x), dtype)
-        return jnp.zeros(jnp.shape(x), dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, params)
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(params)
+    dtypes = [_float_dtype(x) for _, x in pairs]
+    on = [on_crossbar(predicate, path_str(p), x) for p, x in pairs]
+    out = [jnp.zeros(jnp.shape(x), d) for (_, x), d in zip(pairs, dtypes, strict=True)]
+    for dtype in dict.fromkeys(d for d, o in zip(dtypes, on, strict=True) if o):
+        idx = [
+            i
+            for i, (d, o) in enumerate(zip(dtypes, on, strict=True))
+            if o and d == dtype
+        ]
+        sizes = [int(np.prod(jnp.shape(pairs[i][1]))) for i in idx]
+        flat = jax.random.normal(dtype_key(key, dtype), (sum(sizes),), dtype)
+        start = 0
+        for i, size in zip(idx, sizes, strict=True):
+            out[i] = flat[start : start + size].reshape(jnp.shape(pairs[i][1]))
+            start += size
+    return treedef.unflatten(out)
 
 
 def _noisy_leaf(w: Any, s: Any, n: Any) -> jax.Array:

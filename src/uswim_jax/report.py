@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from uswim_jax.stats import Z95, ci95_half_width, mean_ci95
+
 # ----------------------------------------------------------------- sweep reports
 
 CURVE_COLUMNS = (
@@ -36,7 +38,7 @@ def curve_rows(setting: str, method: str, curve: Any) -> list[list[Any]]:
     t = acc.shape[1]
     mean = acc.mean(axis=1)
     std = acc.std(axis=1, ddof=1) if t > 1 else np.zeros_like(mean)
-    half = 1.959963984540054 * std / np.sqrt(t)
+    half = ci95_half_width(std, t)
     p1 = np.percentile(acc, 1.0, axis=1)
     p5 = np.percentile(acc, 5.0, axis=1)
     dmean, dse = curve.paired_difference()
@@ -141,8 +143,8 @@ def _pct(acc: Any) -> tuple[float, float]:
     import numpy as np
 
     a = 100.0 * np.asarray(acc, np.float64)
-    half = 1.96 * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
-    return float(a.mean()), float(half)
+    mean, half = mean_ci95(a)
+    return float(mean), float(half)
 
 
 def _run_fractions(curves: Any) -> list[float]:
@@ -311,7 +313,7 @@ def paired_band(curve: Any) -> tuple[Any, Any, Any]:
     :func:`plot_curves` draws, whose edges give the range of
     ``Curve.cycles_to_target`` (the summary's cycles-to-target and speedup)."""
     mean, se = curve.paired_difference()
-    return mean, mean - 1.96 * se, mean + 1.96 * se
+    return mean, mean - Z95 * se, mean + Z95 * se
 
 
 def _uswim_is_swim(setting: str, methods: Any, curves: dict) -> bool:

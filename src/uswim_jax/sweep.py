@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax._checks import check_model_data
+from uswim_jax._protocol import has_closed_form, resolve_device_model
 from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
 from uswim_jax.device import DEVICE_FIX, noise_like
 from uswim_jax.montecarlo import (
@@ -28,6 +29,7 @@ from uswim_jax.montecarlo import (
     MCStats,
     auto_chunk_size,
     noisy_accuracies,
+    programmed_trials,
     run_chunks,
     stack_noisy,
     summarize,
@@ -35,9 +37,8 @@ from uswim_jax.montecarlo import (
     trials_correct,
 )
 from uswim_jax.selection import mask_from_order
-
-#: The margins (percentage points below exhaustive write-verify) every report uses.
-MARGINS = (0.1, 0.5, 1.0)
+from uswim_jax.stats import MARGINS as MARGINS
+from uswim_jax.stats import Z95
 
 
 class CyclesToTarget(NamedTuple):
@@ -112,7 +113,7 @@ class Curve(NamedTuple):
         # No-verify start point; exhaustive end point (difference 0, cycles 1).
         cycles = np.concatenate([[start], cycles, [1.0]])
         out = []
-        for sign in (0.0, 1.96, -1.96):
+        for sign in (0.0, Z95, -Z95):
             curve = np.concatenate([[d0.mean() + sign * se0], mean + sign * se, [0.0]])
             out.append(_first_crossing(cycles, curve, -margin))
         return CyclesToTarget(*out)
@@ -147,16 +148,17 @@ def sweep(
     params: Any,
     x: jax.Array,
     y: jax.Array,
-    device: Any,
-    order: jax.Array,
-    counts: jax.Array,
-    num_trials: int,
+    device_model: Any = None,
+    order: jax.Array | None = None,
+    counts: jax.Array | None = None,
+    num_trials: int | None = None,
     *,
     chunk_size: int | str | None = "auto",
     eval_batch_size: int | None = None,
     shard: bool = False,
     reference: jax.Array | None = None,
     baseline: jax.Array | None = None,
+    device: Any = None,
 ) -> Curve:
     """Selective write-verify along ``order``, one ``lax.scan`` step per budget.
 
@@ -166,34 +168,53 @@ def sweep(
         apply_fn: ``apply_fn(params, x) -> logits``.
         params: trained params pytree.
         x, y: test images and labels.
-        device: a Gaussian device model (``UniformVariation``,
-            ``StateDependentVariation``, ``LevelTableVariation``); its
-            ``verify_cycles`` setting prices a write-verify.
+        device_model: any :class:`~uswim_jax.DeviceModel` (a Gaussian model, whose
+            ``verify_cycles`` setting prices a write-verify, a ``PulseModel``,
+            whose cost is the pulses it spends, or a model of your own).
         order: from :func:`uswim_jax.global_order`: crossbar weights, most
-            important first.
+            important first (required).
         counts: (K,) non-decreasing numbers of verified weights, one per step
-            (e.g. :func:`counts_for_fractions`). May be traced: changing the
-            budget does not recompile.
-        num_trials: T.
+            (e.g. :func:`counts_for_fractions`; required). May be traced:
+            changing the budget does not recompile.
+        num_trials: T (required).
         chunk_size, eval_batch_size, shard: as in :func:`uswim_jax.evaluate`
             (``"auto"``: :func:`uswim_jax.montecarlo.auto_chunk_size`, chosen
             once for every step).
         reference, baseline: (T,) per-trial accuracies with every / no weight
             verified, when already computed with the same key (e.g. shared by
             the methods of one setting); computed here when ``None``.
+        device: deprecated name of ``device_model`` (a ``DeprecationWarning``;
+            removed in the next release).
 
     Returns:
         A :class:`Curve`.
 
     Raises:
-        ValueError: on bad input, as :func:`uswim_jax.evaluate`, or bad
-            ``counts``.
+        ValueError: on bad input, as :func:`uswim_jax.evaluate`, or a missing
+            ``order``, or bad ``counts``.
+
+    Two paths, as in :func:`uswim_jax.evaluate`. A model with a closed-form std
+    (:class:`~uswim_jax.ClosedFormStd`) takes the fast path: each trial draws
+    its noise once and every step rescales it (trials outside, steps inside);
+    the cycles are the model's exact ``write_cycles(mask, params)``. Any other
+    model programs every trial at every step
+    (``program_with_cost(fold_in(key, t), params, mask)``, steps outside,
+    trials inside) and its cycles are the mean over trials of each run's cost,
+    normalized by the exhaustive cost ``E``: the ``total`` of one all-verified
+    run with the key ``jax.random.split(key)[1]`` (a split, so it is no trial's
+    ``fold_in(key, t)``). ``baseline_cycles`` is then one no-verify run with
+    that key, over ``E``.
     """
+    device_model = resolve_device_model(device_model, device, "sweep")
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
-    check_crossbar("params", params, device.crossbar, fix=DEVICE_FIX)
+    if order is None:
+        raise ValueError("order is required (e.g. uswim_jax.global_order(scores))")
+    if counts is None:
+        raise ValueError("counts is required (e.g. counts_for_fractions(...))")
+    check_crossbar("params", params, device_model.crossbar, fix=DEVICE_FIX)
     check_model_data(apply_fn, params, x, y)
-    n = crossbar_size(params, device.crossbar)
+    n = crossbar_size(params, device_model.crossbar)
     if np.ndim(counts) != 1:
         raise ValueError(f"counts must be 1-D, got shape {np.shape(counts)}")
     if not isinstance(counts, jax.core.Tracer):
@@ -205,9 +226,27 @@ def sweep(
         chunk_size = auto_chunk_size(
             apply_fn, params, x, num_trials, eval_batch_size, shard=shard
         )
+    if not has_closed_form(device_model):
+        return _programmed_sweep(
+            key,
+            apply_fn,
+            params,
+            x,
+            y,
+            device_model,
+            order,
+            counts,
+            num_trials,
+            n,
+            chunk_size=chunk_size,
+            eval_batch_size=eval_batch_size,
+            shard=shard,
+            reference=reference,
+            baseline=baseline,
+        )
     keys = trial_keys(key, num_trials)
-    std_w, std_v = device.std(params)
-    crossbar = device.crossbar
+    std_w, std_v = device_model.std(params)
+    crossbar = device_model.crossbar
 
     def mask_std(mask):
         return jax.tree.map(lambda m, a, b: jnp.where(m, b, a), mask, std_w, std_v)
@@ -248,11 +287,11 @@ def sweep(
 
     def step_cycles(carry, count):
         mask = mask_from_order(order, params, count=count, predicate=crossbar)
-        cyc = device.write_cycles(mask, params)
+        cyc = device_model.write_cycles(mask, params)
         return carry, (cyc.normalized, cyc.normalized_verified_only)
 
     none = jax.tree.map(lambda s: jnp.zeros(s.shape, bool), std_w)
-    cyc0 = device.write_cycles(none, params)
+    cyc0 = device_model.write_cycles(none, params)
     every = jax.tree.map(lambda s: jnp.ones(s.shape, bool), std_w)
     _, (cycles, cycles_v) = jax.lax.scan(step_cycles, None, counts)
     accs = run_chunks(keys, chunk_curve, chunk_size=chunk_size, shard=shard).T
@@ -265,4 +304,77 @@ def sweep(
         reference=accuracies(every) if reference is None else reference,
         baseline=accuracies(none) if baseline is None else baseline,
         baseline_cycles=jnp.stack([cyc0.normalized, cyc0.normalized_verified_only]),
+    )
+
+
+def _programmed_sweep(
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    y: jax.Array,
+    device_model: Any,
+    order: jax.Array,
+    counts: Any,
+    num_trials: int,
+    n: int,
+    *,
+    chunk_size: int | None,
+    eval_batch_size: int | None,
+    shard: bool,
+    reference: jax.Array | None,
+    baseline: jax.Array | None,
+) -> Curve:
+    """:func:`sweep`'s generic path (any device model; see there)."""
+    keys = trial_keys(key, num_trials)
+    crossbar = device_model.crossbar
+    _, ex_key = jax.random.split(key)
+    every = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
+    none = jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), bool), params)
+    exhaustive = jnp.asarray(
+        device_model.program_with_cost(ex_key, params, every).cycles.total
+    ).astype(jnp.float32)
+    plain = device_model.program_with_cost(ex_key, params, none).cycles
+
+    def run(mask):
+        def chunk(k):
+            return programmed_trials(
+                k,
+                apply_fn,
+                params,
+                device_model,
+                mask,
+                x,
+                y,
+                eval_batch_size=eval_batch_size,
+            )
+
+        return run_chunks(keys, chunk, chunk_size=chunk_size, shard=shard)
+
+    def step(carry, count):
+        mask = mask_from_order(order, params, count=count, predicate=crossbar)
+        out = run(mask)
+        return carry, (
+            out[:, 0],
+            jnp.mean(out[:, 1]) / exhaustive,
+            jnp.mean(out[:, 2]) / exhaustive,
+        )
+
+    counts = jnp.asarray(counts, jnp.int32)
+    _, (accs, cycles, cycles_v) = jax.lax.scan(step, None, counts)
+    f32 = jnp.float32
+    return Curve(
+        counts=counts,
+        fractions=counts.astype(f32) / f32(n),
+        cycles=cycles,
+        cycles_verified_only=cycles_v,
+        accuracies=accs,
+        reference=run(every)[:, 0] if reference is None else reference,
+        baseline=run(none)[:, 0] if baseline is None else baseline,
+        baseline_cycles=jnp.stack(
+            [
+                jnp.asarray(plain.total).astype(f32) / exhaustive,
+                jnp.asarray(plain.verify).astype(f32) / exhaustive,
+            ]
+        ),
     )

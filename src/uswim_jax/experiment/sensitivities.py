@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from uswim_jax import curvature, selection
+from uswim_jax._protocol import has_closed_form
 from uswim_jax.data import Dataset
 from uswim_jax.device import UniformVariation
 from uswim_jax.experiment.config import ExperimentConfig, Setting
-from uswim_jax.experiment.units import _is_pulse
 from uswim_jax.keys import key_stream
 
 
@@ -131,7 +131,7 @@ def method_order(
 ) -> jax.Array:
     """The verification order of ``method`` under ``setting`` (``first_order``
     and ``k_power`` are the SWIM/U-SWIM ablation switches)."""
-    if _is_pulse(device):  # expected-loss orders use the Gaussian equivalent
+    if not has_closed_form(device):  # expected-loss orders need a closed-form std
         device = setting.device(1.0)
     if method == "random":
         key = key_stream(seed, "random_order")

@@ -33,12 +33,6 @@ def _mc_device(setting: Setting, config: "ExperimentConfig") -> Any:
 STATIC = ("apply_fn", "num_trials", "chunk_size", "eval_batch_size")
 
 
-def _is_pulse(device: Any) -> bool:
-    from uswim_jax.programming import PulseModel
-
-    return isinstance(device, PulseModel)
-
-
 @functools.partial(
     jax.jit,
     static_argnames=("apply_fn", "num_trials", "chunk_size", "eval_batch_size"),
@@ -59,10 +53,7 @@ def _sweep_jit(
     chunk_size,
     eval_batch_size,
 ):
-    run_sweep = sweep
-    if _is_pulse(device):
-        from uswim_jax.pulse_sweep import pulse_sweep as run_sweep
-    return run_sweep(
+    return sweep(
         key,
         apply_fn,
         params,
@@ -96,23 +87,6 @@ def _evaluate_jit(
     chunk_size,
     eval_batch_size,
 ):
-    if _is_pulse(device):
-        from uswim_jax.montecarlo import summarize
-        from uswim_jax.pulse_sweep import pulse_trials
-
-        out = pulse_trials(
-            key,
-            apply_fn,
-            params,
-            x,
-            y,
-            device,
-            verified,
-            num_trials,
-            chunk_size=chunk_size,
-            eval_batch_size=eval_batch_size,
-        )
-        return summarize(out[:, 0])
     return evaluate(
         key,
         apply_fn,

@@ -1,0 +1,175 @@
+"""How many Monte Carlo trials to evaluate at once: memory and cache probing
+(free memory, last-level cache) and the chunk-size choice made from them
+(``chunk_size="auto"`` of :func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uswim_jax._jaxpr import ApplyFn, _peak_bytes
+from uswim_jax._trialbatch import nbytes_of as _nbytes_of
+from uswim_jax._trialbatch import trial_batched
+
+#: ``chunk_size="auto"``: the share of the free memory the trials may take.
+AUTO_MEMORY_FRACTION = 0.5
+#: ``chunk_size="auto"`` on CPU: a chunk's working set for one image batch is
+#: kept within this share of the last-level cache. Calibrated on LeNet (im2col)
+#: with a 32 MiB L3 (2-core CPU): it picks 5 trials x 20 images, 4 x 40 and
+#: 2 x 100 (10 to 20 MiB of estimated working set), each as fast as the best
+#: chunk measured for its image batch; 20 x 10 or 25 x 16 ran slower.
+AUTO_CACHE_FRACTION = 0.6
+_FALLBACK_FREE_BYTES = 4 * 2**30
+_FALLBACK_CACHE_BYTES = 32 * 2**20
+
+
+def choose_chunk_size(
+    num_trials: int,
+    trial_bytes: int,
+    budget_bytes: int,
+    *,
+    block_bytes: int | None = None,
+    cache_bytes: int | None = None,
+    min_chunk: int = 2,
+) -> int:
+    """How many trials to evaluate at once: a pure function of the sizes.
+
+    1. Memory: at most ``budget_bytes // trial_bytes`` trials (at least 1).
+    2. Cache (when ``cache_bytes`` is given, i.e. on CPU): at most
+       ``cache_bytes // block_bytes`` trials, ``block_bytes`` being what one
+       trial touches per image batch, but at least ``min_chunk``: ``vmap``-ing
+       two trials already shares the first layer's input patches and gives the
+       matmuls a trial axis (measured faster than one at a time on LeNet), and
+       the cache only costs speed where the memory bound costs an OOM, so the
+       memory bound still wins.
+    3. At most ``num_trials``.
+    4. Even chunks: the largest divisor of ``num_trials`` in ``(cap / 2,
+       cap]`` when there is one, so ``lax.map`` has no remainder chunk to
+       compile; else the cap.
+
+    Examples:
+        >>> choose_chunk_size(100, 2**20, 2**30)  # memory allows all
+        100
+        >>> choose_chunk_size(100, 2**20, 2**30, block_bytes=3 * 2**20,
+        ...                   cache_bytes=16 * 2**20)  # 5 blocks fit, 5 | 100
+        5
+        >>> choose_chunk_size(100, 300 * 2**20, 2**30)  # 3 fit, 2 | 100
+        2
+    """
+    if num_trials < 1 or trial_bytes < 1 or budget_bytes < 0:
+        raise ValueError(
+            "num_trials and trial_bytes must be positive and budget_bytes "
+            f"non-negative, got {num_trials}, {trial_bytes}, {budget_bytes}"
+        )
+    cap = max(1, budget_bytes // trial_bytes)
+    if cache_bytes is not None:
+        if block_bytes is None or block_bytes < 1:
+            raise ValueError("cache_bytes needs a positive block_bytes")
+        cap = min(cap, max(min_chunk, cache_bytes // block_bytes))
+    cap = min(cap, num_trials)
+    for d in range(cap, cap // 2, -1):
+        if num_trials % d == 0:
+            return d
+    return cap
+
+
+def _free_memory_bytes(device: Any) -> int:
+    if device.platform == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return _FALLBACK_FREE_BYTES
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return _FALLBACK_FREE_BYTES
+
+
+def _last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (Linux sysfs), else 32 MiB."""
+    best = (0, 0)
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for name in os.listdir(base):
+            try:
+                with open(os.path.join(base, name, "level")) as f:
+                    level = int(f.read())
+                with open(os.path.join(base, name, "size")) as f:
+                    size = f.read().strip()
+            except (OSError, ValueError):
+                continue
+            unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:].upper(), 1)
+            value = int(size[:-1] if unit > 1 else size) * unit
+            best = max(best, (level, value))
+    except (OSError, ValueError):
+        pass
+    return best[1] or _FALLBACK_CACHE_BYTES
+
+
+def auto_chunk_size(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    eval_batch_size: int | None = None,
+    *,
+    shard: bool = False,
+) -> int:
+    """``chunk_size="auto"``: :func:`choose_chunk_size` with sizes estimated for
+    this model and data on the first local device.
+
+    - One trial holds a noisy copy of the params, the noise and its random
+      bits and the prepared params (4 x the params' bytes), plus the activations
+      of one forward pass over ``eval_batch_size`` images
+      (:func:`forward_bytes`); twice that is budgeted per trial.
+    - The budget is :data:`AUTO_MEMORY_FRACTION` of the free memory:
+      ``MemAvailable`` from ``/proc/meminfo`` on CPU, ``bytes_limit -
+      bytes_in_use`` of the device's memory stats on GPU and TPU.
+    - On CPU only, a chunk's working set per image batch (activations plus
+      params of each trial) stays within :data:`AUTO_CACHE_FRACTION` of the
+      last-level cache; on accelerators only the memory bounds the chunk.
+    - The activations are those of the trial-batched forward pass that
+      :func:`evaluate` runs (:func:`uswim_jax._trialbatch.trial_batched`, one
+      trial), im2col patches included; any model gets several trials (its
+      convolutions with per-trial kernels are matmuls, not grouped
+      convolutions).
+
+    With ``shard=True`` the trials per device are what is chunked. The choice is
+    made when traced (under ``jit``, once per compilation).
+    """
+    n = int(np.shape(x)[0])
+    b = n if eval_batch_size is None else min(int(eval_batch_size), n)
+    xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
+    # The activations of one trial as evaluate runs it: trial-batched, with
+    # the im2col patches of the rewritten convolutions.
+    one = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)), params
+    )
+    tb = trial_batched(apply_fn, params, xb)
+    activations = _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
+    param_bytes = sum(
+        _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
+    )
+    device = jax.local_devices()[0]
+    cache = None
+    if device.platform == "cpu":
+        cache = int(AUTO_CACHE_FRACTION * _last_level_cache_bytes())
+    t = num_trials
+    if shard and jax.local_device_count() > 1:
+        t = -(-num_trials // jax.local_device_count())
+    return choose_chunk_size(
+        t,
+        2 * (activations + 4 * param_bytes),
+        int(AUTO_MEMORY_FRACTION * _free_memory_bytes(device)),
+        block_bytes=max(1, activations + param_bytes),
+        cache_bytes=cache,
+    )
