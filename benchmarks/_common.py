@@ -1,12 +1,14 @@
 """Helpers shared by the sweep, scaling and compile benchmarks: the LeNet problem
 (trained run and MNIST test images when present, else fresh params and generated
-images), machine information, round-robin timing and a linear fit.
+images), machine information, round-robin timing and a linear fit. The jitted
+drivers the benchmarks time are the pipeline's own (``_sweep_jit`` and
+``_evaluate_jit`` of ``uswim_jax.experiment.units``, static arguments
+``STATIC``).
 
 ``benchmarks/run.py`` skips this module (its name starts with ``_``).
 """
 
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -22,9 +24,6 @@ import numpy as np
 
 from uswim_jax._io import atomic_write_text
 from uswim_jax.models import Model, build_model
-from uswim_jax.montecarlo import evaluate
-from uswim_jax.selection import mask_from_order
-from uswim_jax.sweep import sweep
 
 RUN_DIR = "runs/reproduce-mnist/train"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -158,77 +157,6 @@ def linear_fit(xs, ts) -> dict[str, float]:
             else float("nan")
         ),
     }
-
-
-#: The static arguments of the jitted drivers.
-STATIC = ("apply_fn", "num_trials", "chunk_size", "eval_batch_size")
-
-
-@functools.partial(jax.jit, static_argnames=STATIC)
-def evaluate_driver(
-    key,
-    params,
-    x,
-    y,
-    device,
-    order,
-    count,
-    *,
-    apply_fn,
-    num_trials,
-    chunk_size,
-    eval_batch_size,
-):
-    """Per-trial accuracies of ``evaluate`` with the first ``count`` weights of
-    ``order`` verified (one step of a sweep, evaluated on its own)."""
-    mask = mask_from_order(order, params, count=count, predicate=device.crossbar)
-    return evaluate(
-        key,
-        apply_fn,
-        params,
-        x,
-        y,
-        device,
-        mask,
-        num_trials,
-        chunk_size=chunk_size,
-        eval_batch_size=eval_batch_size,
-    ).accuracies
-
-
-@functools.partial(jax.jit, static_argnames=STATIC)
-def sweep_driver(
-    key,
-    params,
-    x,
-    y,
-    device,
-    order,
-    counts,
-    reference=None,
-    baseline=None,
-    *,
-    apply_fn,
-    num_trials,
-    chunk_size,
-    eval_batch_size,
-):
-    """The whole sweep in one jitted call (the :class:`Curve`)."""
-    return sweep(
-        key,
-        apply_fn,
-        params,
-        x,
-        y,
-        device,
-        order,
-        counts,
-        num_trials,
-        chunk_size=chunk_size,
-        eval_batch_size=eval_batch_size,
-        reference=reference,
-        baseline=baseline,
-    )
 
 
 def write_result(out: dict, path: str) -> None:

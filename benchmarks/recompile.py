@@ -41,14 +41,13 @@ import numpy as np
 import uswim_jax as uj
 from benchmarks._common import (
     RESULTS_DIR,
-    STATIC,
     block,
-    evaluate_driver,
     lenet_problem,
     machine_info,
-    sweep_driver,
     write_result,
 )
+from uswim_jax.experiment.units import STATIC, _evaluate_jit, _sweep_jit
+from uswim_jax.selection import mask_from_order
 from uswim_jax.sweep import counts_for_fractions, sweep
 
 RESULTS = os.path.join(RESULTS_DIR, "recompile.json")
@@ -227,16 +226,19 @@ def main(argv=None) -> dict:
         f"{len(sigmas)} sigmas x {len(budgets)} budgets; {sources}",
         flush=True,
     )
+    # No end points passed in: the sweep computes them in the same call.
     sweep_settings = [
-        (key, params, x, y, d, order, c) for d in devices for c in budgets
+        (key, params, x, y, d, order, c, None, None) for d in devices for c in budgets
     ]
     counts = [jnp.int32(c) for c in budgets[0][:: max(num_steps // 3, 1)]]
-    eval_settings = [(key, params, x, y, d, order, c) for d in devices for c in counts]
+    masks = [
+        mask_from_order(order, params, count=c, predicate=devices[0].crossbar)
+        for c in counts
+    ]
+    eval_settings = [(key, params, x, y, d, m) for d in devices for m in masks]
     drivers = {
-        "sweep": measure_driver(log, sweep_driver, static, sweep_settings, repeats),
-        "evaluate": measure_driver(
-            log, evaluate_driver, static, eval_settings, repeats
-        ),
+        "sweep": measure_driver(log, _sweep_jit, static, sweep_settings, repeats),
+        "evaluate": measure_driver(log, _evaluate_jit, static, eval_settings, repeats),
     }
     control = None
     if not args.no_control:

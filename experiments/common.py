@@ -166,7 +166,7 @@ def main(
         type=int,
         default=None,
         help="save every N budget points of a curve as they finish (default: "
-        "whole curves); part of the config, so a new run folder",
+        "whole curves); not part of the run's identity, so a change resumes the run",
     )
     p.add_argument("--no-progress", action="store_true")
     if extra_flags is not None:

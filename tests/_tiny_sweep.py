@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from uswim_jax.data import Dataset
-from uswim_jax.experiment import ExperimentConfig, run
+from uswim_jax.experiment import ExperimentConfig, RunStore, run
 from uswim_jax.report import write_report
 from uswim_jax.train import TrainConfig
 
@@ -47,21 +47,28 @@ CONFIG = ExperimentConfig(
 )
 
 
+class PausingStore(RunStore):
+    """A run folder that sleeps ``pause`` seconds after saving each step chunk
+    or curve, so a test can kill the run between units of work."""
+
+    def __init__(self, root, pause: float):
+        super().__init__(root)
+        self.pause = pause
+
+    def save_chunk(self, *args):
+        super().save_chunk(*args)
+        time.sleep(self.pause)
+
+    def save_curve(self, *args):
+        super().save_curve(*args)
+        time.sleep(self.pause)
+
+
 def main(run_dir: str) -> None:
     pause = float(os.environ.get("USWIM_TEST_PAUSE", "0"))
-    if pause:
-        from uswim_jax.experiment import units
-
-        save = units._save_curve
-
-        def save_then_pause(path, curve):
-            save(path, curve)
-            time.sleep(pause)
-
-        units._save_curve = save_then_pause
     out = run(
         CONFIG,
-        run_dir,
+        PausingStore(run_dir, pause) if pause else run_dir,
         train_data=fake_digits(64, 0),
         test_data=fake_digits(32, 1),
         progress=False,

@@ -155,10 +155,11 @@ def test_recompile_driver_loop_does_not_compile(problem):
     budgets = [jnp.asarray(counts), jnp.asarray(counts[::-1].cumsum() // 4)]
     settings = [
         (jax.random.key(0), params, x, y, u.UniformVariation(s, s / 10), order, b)
+        + (None, None)  # no end points: the sweep computes them
         for s in (0.2, 0.6)
         for b in budgets
     ]
-    r = recompile.measure_driver(log, recompile.sweep_driver, static, settings, 1)
+    r = recompile.measure_driver(log, recompile._sweep_jit, static, settings, 1)
     assert r["compiles_first_call"] == 1 and r["compile_s"] > 0
     assert r["loop_compiles_driver"] == r["loop_traces_driver"] == 0
     assert r["loop_compiles_all"] == 0

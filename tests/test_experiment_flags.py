@@ -9,10 +9,9 @@ import pytest
 from _toy import mlp_apply, toy_problem
 
 from uswim_jax import curvature, selection
-from uswim_jax.experiment import ExperimentConfig, Setting, method_order
+from uswim_jax.experiment import ExperimentConfig, Setting, config_hash, method_order
 from uswim_jax.experiment.units import _mc_device
 from uswim_jax.programming import PulseModel
-from uswim_jax.report import config_hash
 
 
 def test_defaults_keep_the_config_hash():

@@ -1,5 +1,8 @@
-"""Step-chunk units of a sweep: chunks join to the whole curve, saved chunks are
-reused instead of recomputed, and the finished curve replaces its chunks."""
+"""The run-folder store: step chunks join to the whole curve, saved chunks are
+reused instead of recomputed, the finished curve replaces its chunks, corrupt
+files are one clear error, and a run folder refuses other source code."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,11 @@ import pytest
 from _toy import mlp_apply, toy_problem
 
 import uswim_jax as u
-from uswim_jax.experiment import Setting, units
+from uswim_jax.experiment import CorruptFileError, RunStore
+from uswim_jax.experiment.store import join_steps, step_slices
+from uswim_jax.sweep import sweep
+
+SETTING = "uniform sigma=0.5"
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +27,28 @@ def problem():
     return params, x, y, device, order, counts
 
 
-def _chunk(problem, counts):
-    params, x, y, device, order, _ = problem
-    ends = (jnp.zeros(8, jnp.float32), jnp.ones(8, jnp.float32))
-    return units._sweep_jit(
+@functools.partial(jax.jit, static_argnames=("chunk_size", "eval_batch_size"))
+def _sweep(params, x, y, device, order, counts, chunk_size, eval_batch_size):
+    return sweep(
         jax.random.key(3),
+        mlp_apply,
         params,
         x,
         y,
         device,
         order,
         counts,
-        *ends,
-        apply_fn=mlp_apply,
-        num_trials=8,
-        chunk_size=None,
-        eval_batch_size=None,
+        8,
+        chunk_size=chunk_size,
+        eval_batch_size=eval_batch_size,
+        reference=jnp.zeros(8, jnp.float32),
+        baseline=jnp.ones(8, jnp.float32),
     )
+
+
+def _chunk(problem, counts, chunk_size=None, eval_batch_size=None):
+    params, x, y, device, order, _ = problem
+    return _sweep(params, x, y, device, order, counts, chunk_size, eval_batch_size)
 
 
 @pytest.mark.parametrize("per", [2, 4])
@@ -45,10 +57,10 @@ def test_chunks_join_to_the_whole_curve(problem, per):
     step uses the same trial keys)."""
     counts = problem[-1]
     whole = jax.device_get(_chunk(problem, counts))
-    slices = units._chunk_slices(len(counts), per)
+    slices = step_slices(len(counts), per)
     assert [s.start for s in slices] == list(range(0, len(counts), per))
     parts = [jax.device_get(_chunk(problem, counts[s])) for s in slices]
-    joined = units._join_chunks(parts)
+    joined = join_steps(parts)
     for name in whole._fields:
         np.testing.assert_array_equal(
             np.asarray(getattr(joined, name)), np.asarray(getattr(whole, name)), name
@@ -57,33 +69,118 @@ def test_chunks_join_to_the_whole_curve(problem, per):
 
 def test_saved_chunks_are_reused_and_removed_when_the_curve_is_done(problem, tmp_path):
     counts = problem[-1]
-    setting = Setting(0.5)
-    slices = units._chunk_slices(len(counts), 2)
+    store = RunStore(tmp_path)
+    slices = step_slices(len(counts), 2)
     # A previous (killed) invocation finished chunk 1 only.
-    done = jax.device_get(_chunk(problem, counts[slices[1]]))
-    units._save_curve(units._chunk_file(tmp_path, setting, "swim", 1), done)
+    store.save_chunk(SETTING, "swim", slices[1], _chunk(problem, counts[slices[1]]))
+    assert store.chunks_left(SETTING, "swim", slices) == 2
     calls = []
 
-    def sweep_chunk(sl):
+    def compute(sl):
         calls.append(sl.start)
         return _chunk(problem, counts[sl])
 
-    curve = units._sweep_in_chunks(tmp_path, setting, "swim", slices, sweep_chunk)
+    curve = store.curve(SETTING, "swim", slices, compute)
     assert calls == [slices[0].start, slices[2].start]  # chunk 1 was not redone
     whole = jax.device_get(_chunk(problem, counts))
     np.testing.assert_array_equal(curve.accuracies, whole.accuracies)
-    saved = units._load_curve(units._curve_file(tmp_path, setting, "swim"))
+    saved = store.load_curve(SETTING, "swim")
     np.testing.assert_array_equal(saved.accuracies, whole.accuracies)
+    assert not list((tmp_path / "chunks").glob("*__steps*.npz"))
+    assert store.chunks_left(SETTING, "swim", slices) == 0
+    # A finished curve is loaded, not recomputed.
+    assert store.curve(SETTING, "swim", slices, None).accuracies.shape == (6, 8)
+
+
+def test_chunks_are_named_by_step_range(problem, tmp_path):
+    """A chunk file holds a step range, so chunks saved with another
+    ``steps_per_chunk`` are recomputed, never mistaken for other steps; the
+    curve is the same either way, and every stale chunk goes with it."""
+    counts = problem[-1]
+    store = RunStore(tmp_path)
+    old = step_slices(len(counts), 4)  # killed with steps_per_chunk=4
+    store.save_chunk(SETTING, "swim", old[0], _chunk(problem, counts[old[0]]))
+    new = step_slices(len(counts), 3)
+    assert store.chunks_left(SETTING, "swim", new) == 2
+    curve = store.curve(SETTING, "swim", new, lambda sl: _chunk(problem, counts[sl]))
+    whole = jax.device_get(_chunk(problem, counts))
+    np.testing.assert_array_equal(curve.accuracies, whole.accuracies)
     assert not list((tmp_path / "chunks").glob("*__steps*.npz"))
 
 
-def test_corrupt_chunk_is_reported(problem, tmp_path):
-    setting = Setting(0.5)
-    slices = units._chunk_slices(6, 3)
-    units._chunk_file(tmp_path, setting, "swim", 0).parent.mkdir(parents=True)
-    units._chunk_file(tmp_path, setting, "swim", 0).write_bytes(b"PK\x03\x04")
-    with pytest.raises(ValueError, match="corrupt curve file .*delete it"):
-        units._sweep_in_chunks(tmp_path, setting, "swim", slices, lambda sl: None)
+def test_execution_knobs_do_not_change_the_accuracies(problem):
+    """Trials per chunk and images per batch change how the work is batched,
+    not the noise draws; on this problem the accuracies are identical (they
+    could only differ where float32 op order flips a prediction)."""
+    counts = problem[-1]
+    whole = jax.device_get(_chunk(problem, counts))
+    for knobs in ({"chunk_size": 3}, {"eval_batch_size": 16}, {"chunk_size": 8}):
+        other = jax.device_get(_chunk(problem, counts, **knobs))
+        np.testing.assert_array_equal(other.accuracies, whole.accuracies, str(knobs))
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"garbage", b"PK\x03\x04 truncated zip", b"\x93NUMPY"]
+)
+def test_a_corrupt_file_is_one_clear_error(problem, tmp_path, content):
+    store = RunStore(tmp_path)
+    steps = slice(0, 3)
+    paths = {
+        "curve": store.chunk_path(SETTING, "swim", steps),
+        "end points": store.ends_path(SETTING),
+        "sensitivities": tmp_path / "sensitivities.npz",
+        "checkpoint": tmp_path / "checkpoint.ckpt",
+        "JSON": tmp_path / "run_info.json",
+    }
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    params = problem[0]
+    loads = {
+        "curve": lambda: store.curve(SETTING, "swim", [steps, slice(3, 6)], None),
+        "end points": lambda: store.load_ends(SETTING),
+        "sensitivities": lambda: store.load_trees("sensitivities", params, ["obd"]),
+        "checkpoint": lambda: store.load_checkpoint(params),
+        "JSON": lambda: store.read_json("run_info.json"),
+    }
+    for what, load in loads.items():
+        with pytest.raises(
+            CorruptFileError, match=f"corrupt {what} file .*{paths[what].name}.*delete"
+        ):
+            load()
+
+
+def test_saved_artefacts_load_back(problem, tmp_path):
+    params = problem[0]
+    store = RunStore(tmp_path)
+    assert store.load_ends(SETTING) is None
+    assert store.load_trees("sensitivities", params, ["obd"]) is None
+    assert store.load_checkpoint(params) is None
+    store.save_ends(SETTING, np.arange(3.0), np.zeros(3))
+    ref, base = store.load_ends(SETTING)
+    np.testing.assert_array_equal(ref, np.arange(3.0))
+    store.save_trees("sensitivities", {"obd": params})
+    got = store.load_trees("sensitivities", params, ["obd"])
+    for a, b in zip(jax.tree.leaves(got["obd"]), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A missing estimator means "not computed yet", not corrupt.
+    assert store.load_trees("sensitivities", params, ["obd", "ggn"]) is None
+    store.save_checkpoint(params)
+    back = store.load_checkpoint(params)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_open_refuses_another_config_and_resumes_changed_execution(tmp_path):
+    store = RunStore(tmp_path / "run")
+    logged = []
+    store.open({"a": 1}, execution={"chunk_size": 5}, log=logged.append)
+    assert store.read_json("config.json")["execution"] == {"chunk_size": 5}
+    store.open({"a": 1}, execution={"chunk_size": 10}, log=logged.append)
+    assert store.read_json("config.json")["execution"] == {"chunk_size": 10}
+    assert len(logged) == 1 and "chunk_size 5 -> 10" in logged[0]
+    with pytest.raises(ValueError, match="different config.*changed: a"):
+        store.open({"a": 2})
 
 
 def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
@@ -112,7 +209,7 @@ def test_git_commit_in_a_clean_and_a_dirty_checkout(tmp_path):
     import shutil
     import subprocess
 
-    from uswim_jax.report import git_commit
+    from uswim_jax.experiment.store import git_commit
 
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -165,8 +262,7 @@ def test_a_run_folder_made_by_other_source_code_is_refused(tmp_path):
 
     from uswim_jax import experiment
     from uswim_jax.data import Dataset
-    from uswim_jax.experiment import ExperimentConfig
-    from uswim_jax.report import manifest, prepare_run_dir, source_hash
+    from uswim_jax.experiment import ExperimentConfig, RunStore, manifest, source_hash
     from uswim_jax.train import TrainConfig
 
     rng = np.random.default_rng(0)
@@ -183,10 +279,47 @@ def test_a_run_folder_made_by_other_source_code_is_refused(tmp_path):
     assert len(h) == 12 and int(h, 16) >= 0 and source_hash() == h
     assert manifest()["source_hash"] == h
     for old in ("0" * 12, None):
-        prepare_run_dir(tmp_path, {"experiment": config.to_json()})
+        RunStore(tmp_path).open({"experiment": config.to_json()})
         m = manifest(dataset="synthetic", dataset_source="generated")
         m["source_hash"] = old
         (tmp_path / "manifest.json").write_text(json.dumps(m))
         with pytest.raises(ValueError, match="source_hash.*Start afresh"):
             experiment.run(config, tmp_path, train_data=data, test_data=data)
         assert not (tmp_path / "train").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_execution_knob_resumes_the_same_run(tmp_path):
+    """Chunk sizes, the image batch and the convolution path are not part of
+    the run's identity: a rerun with other values resumes the folder (nothing
+    finished is recomputed), and a curve recomputed under them has the same
+    accuracies on this fixed set (they change float32 op order only)."""
+    import dataclasses
+
+    from _tiny_sweep import CONFIG, fake_digits
+
+    from uswim_jax import experiment
+
+    data = {"train_data": fake_digits(64, 0), "test_data": fake_digits(32, 1)}
+    first = experiment.run(CONFIG, tmp_path, progress=False, log=print, **data)
+    other = dataclasses.replace(
+        CONFIG, chunk_size=1, eval_batch_size=8, conv_impl="xla", steps_per_chunk=2
+    )
+    logged = []
+    again = experiment.run(other, tmp_path, progress=False, log=logged.append, **data)
+    assert any("resuming: 2 of 2 curves" in line for line in logged), logged
+    assert any("conv_impl 'im2col' -> 'xla'" in line for line in logged), logged
+    assert experiment.load_config(tmp_path) == other
+    # One curve recomputed under the other knobs, the end points with it.
+    store = RunStore(tmp_path)
+    store.curve_path("uniform sigma=0.3", "swim").unlink()
+    store.ends_path("uniform sigma=0.3").unlink()
+    redone = experiment.run(other, tmp_path, progress=False, log=print, **data)
+    for k in first["curves"]:
+        for a, b in ((first, again), (first, redone)):
+            np.testing.assert_array_equal(
+                a["curves"][k].accuracies, b["curves"][k].accuracies, str(k)
+            )
+            np.testing.assert_array_equal(
+                a["curves"][k].reference, b["curves"][k].reference, str(k)
+            )

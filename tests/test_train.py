@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from uswim_jax import checkpoint
 from uswim_jax.data import Dataset
+from uswim_jax.experiment import CorruptFileError
 from uswim_jax.train import TrainConfig, augment_batch, load_run, train
 
 
@@ -37,7 +37,9 @@ def _params_equal(a, b):
 def test_training_lowers_the_loss(tmp_path, task):
     tr, te = task
     result = train(
-        TrainConfig(epochs=3, batch_size=64),
+        # 4 epochs: at 3 the loss halves for some seeds' draws and not others
+        # (seed 0: 2.21 -> 1.26 at 3 epochs, 0.52 at 4; seeds 1, 2: below 0.12).
+        TrainConfig(epochs=4, batch_size=64),
         tmp_path,
         train_data=tr,
         test_data=te,
@@ -61,7 +63,7 @@ def test_same_seed_same_params_and_resume_equals_straight_run(tmp_path, task):
     train(TrainConfig(epochs=1, batch_size=64), tmp_path / "c", **kw)
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["config"]["train"]["epochs"] = 2
-    from uswim_jax.report import config_hash
+    from uswim_jax.experiment import config_hash
 
     cfg["hash"] = config_hash(cfg["config"])
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
@@ -97,10 +99,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, task):
     raw = bytearray(ckpt.read_bytes())
     raw[-10] ^= 0xFF
     ckpt.write_bytes(bytes(raw))
-    with pytest.raises(checkpoint.CorruptCheckpointError, match="checksum"):
+    with pytest.raises(CorruptFileError, match="checksum"):
         load_run(tmp_path)
     ckpt.write_bytes(b"hello")
-    with pytest.raises(checkpoint.CorruptCheckpointError, match="not a uswim_jax"):
+    with pytest.raises(CorruptFileError, match="not a uswim_jax"):
         load_run(tmp_path)
 
 

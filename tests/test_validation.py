@@ -14,9 +14,8 @@ from _toy import mlp_apply, toy_problem
 import uswim_jax as u
 from uswim_jax import checkpoint, cli, data, experiment
 from uswim_jax.data import Dataset
-from uswim_jax.experiment import ExperimentConfig, units
+from uswim_jax.experiment import ExperimentConfig, RunStore
 from uswim_jax.models import build_model
-from uswim_jax.report import prepare_run_dir
 from uswim_jax.train import TrainConfig, train
 
 PARAMS, X, Y = toy_problem(n=16)
@@ -282,14 +281,14 @@ def test_train_rejects_bad_data_and_writes_nothing(case, tmp_path):
 
 
 def test_changed_config_is_refused_with_how_to_start_anew(tmp_path):
-    prepare_run_dir(tmp_path, {"experiment": TINY.to_json()})
+    RunStore(tmp_path).open({"experiment": TINY.to_json()})
     other = dataclasses.replace(TINY, num_trials=3)
     with pytest.raises(ValueError, match="different config.*new run folder"):
         experiment.run(other, tmp_path, train_data=_fake(16), test_data=_fake(16, 1))
 
 
 def test_changed_environment_is_refused(tmp_path):
-    prepare_run_dir(tmp_path, {"experiment": TINY.to_json()})
+    RunStore(tmp_path).open({"experiment": TINY.to_json()})
     (tmp_path / "manifest.json").write_text(
         json.dumps({"packages": {"jax": "0.0.1"}, "backend": "cpu"})
     )
@@ -298,22 +297,17 @@ def test_changed_environment_is_refused(tmp_path):
     assert not (tmp_path / "train").exists()
 
 
-def test_steps_per_chunk_unset_keeps_old_config_hash():
-    assert "steps_per_chunk" not in TINY.to_json()
-    chunked = dataclasses.replace(TINY, steps_per_chunk=2)
-    assert chunked.to_json()["steps_per_chunk"] == 2
-
-
-@pytest.mark.parametrize(
-    "content", [b"", b"garbage", b"PK\x03\x04 truncated zip", b"\x93NUMPY"]
-)
-def test_corrupt_curve_and_chunk_files_are_clear_errors(tmp_path, content):
-    path = tmp_path / "c.npz"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match="corrupt curve file"):
-        units._load_curve(path)
-    with pytest.raises(ValueError, match="corrupt"):
-        units._load_ends(path)
+def test_execution_fields_are_not_part_of_the_config_hash():
+    chunked = dataclasses.replace(
+        TINY, steps_per_chunk=2, chunk_size=3, eval_batch_size=7, conv_impl="xla"
+    )
+    assert chunked.to_json() == TINY.to_json()
+    assert chunked.execution_json() == {
+        "chunk_size": 3,
+        "eval_batch_size": 7,
+        "conv_impl": "xla",
+        "steps_per_chunk": 2,
+    }
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
@@ -376,7 +370,7 @@ def test_cli_sweep_corrupt_cache_exit_1_nothing_written(capsys, tmp_path, monkey
 
 def test_cli_sensitivity_corrupt_checkpoint_exit_1(capsys, tmp_path):
     run_dir = tmp_path / "trained"
-    prepare_run_dir(run_dir, {"train": TrainConfig(epochs=1).to_json()})
+    RunStore(run_dir).open({"train": TrainConfig(epochs=1).to_json()})
     (run_dir / "checkpoint.ckpt").write_bytes(b"USWIMCKPT1\n" + b"0" * 64 + b"\nxx")
     code = cli.main(["sensitivity", "--run-dir", str(run_dir)])
     assert code == 1

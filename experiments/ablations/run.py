@@ -27,9 +27,9 @@ from experiments.ablations.configs.default import AblationConfig
 from experiments.common import full_choices
 from uswim_jax import data, selection
 from uswim_jax._io import atomic_write_json, atomic_write_text
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax.experiment import ExperimentConfig, manifest
 from uswim_jax.experiment import run as run_experiment
-from uswim_jax.report import manifest, write_report
+from uswim_jax.report import write_report
 from uswim_jax.sensitivity_report import crossbar_arrays, spearman, topk_overlap
 
 REPORT_FILES = ("ablations.md", "ablations.csv", "ablation_pairs.csv", "manifest.json")
@@ -478,7 +478,7 @@ def run(
             seed=config.base.seed,
             dataset=info["dataset"],
             dataset_source=info["dataset_source"],
-            base=config.base.to_json(),
+            base={**config.base.to_json(), **config.base.execution_json()},
             variants=[dataclasses.asdict(v) for v in config.variants],
             pairs=[list(p) for p in config.pairs],
         ),

@@ -170,6 +170,11 @@ from uswim_jax.sweep import CyclesToTarget as CyclesToTarget
 from uswim_jax.sweep import counts_for_fractions as counts_for_fractions
 from uswim_jax.sweep import sweep as sweep
 
+# --- key streams ---
+# isort: split
+from uswim_jax.keys import KEY_STREAMS as KEY_STREAMS
+from uswim_jax.keys import key_stream as key_stream
+
 #: The public API: every name re-exported above.
 __all__ = [
     "CrossbarPredicate",
@@ -228,6 +233,8 @@ __all__ = [
     "CyclesToTarget",
     "counts_for_fractions",
     "sweep",
+    "KEY_STREAMS",
+    "key_stream",
 ]
 
 __version__ = "0.1.0"

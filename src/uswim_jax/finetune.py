@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from uswim_jax.data import Dataset
+from uswim_jax.keys import host_rng, key_stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,8 @@ def noise_aware_finetune(
             f"batch_size {config.batch_size} is larger than the training set ({n})"
         )
     tx = optax.sgd(config.learning_rate, momentum=config.momentum)
-    base_key = jax.random.fold_in(jax.random.key(config.seed), 17)
+    base_key = key_stream(config.seed, "finetune")
+    order_key = key_stream(config.seed, "finetune_order")
 
     def step(p, opt_state, xb, yb, k):
         def loss_fn(weights):
@@ -92,7 +93,7 @@ def noise_aware_finetune(
         for i in range(config.steps):
             e, j = divmod(i, steps_per_epoch)
             if j == 0:
-                perm = np.random.default_rng([config.seed, 99, e]).permutation(n)
+                perm = host_rng(jax.random.fold_in(order_key, e)).permutation(n)
             idx = perm[j * config.batch_size : (j + 1) * config.batch_size]
             params, opt_state, loss = jstep(
                 params,

@@ -9,10 +9,8 @@ Recipes as the authors (docs/method.md §9): Adam 1e-3 for LeNet and the ConvNet
 
 import dataclasses
 import functools
-import json
 import math
 import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -20,13 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from uswim_jax import checkpoint
 from uswim_jax._checks import check_dataset
-from uswim_jax._io import atomic_write_json
 from uswim_jax.data import DATASETS, Dataset, load
 from uswim_jax.data._load import SPECS
+from uswim_jax.keys import host_rng, key_stream
 from uswim_jax.models import MODELS, Model, build_model
-from uswim_jax.report import manifest, prepare_run_dir
 
 CHECKPOINT = "checkpoint.ckpt"
 
@@ -88,8 +84,14 @@ class TrainConfig:
                 isinstance(v, int | float) and math.isfinite(v) and v >= 0
             ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not 0 <= self.seed < 2**32
+        ):
+            raise ValueError(
+                f"seed must be an integer in [0, 2**32), got {self.seed!r}"
+            )
         if self.width is not None and (
             self.model != "resnet18"
             or not isinstance(self.width, int)
@@ -231,7 +233,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _init_state(model: Model, tx, seed: int) -> TrainState:
-    params = model.init(jax.random.key(seed))
+    params = model.init(key_stream(seed, "init"))
     return TrainState(params, tx.init(params["params"]), jnp.zeros((), jnp.int32))
 
 
@@ -320,35 +322,35 @@ def train(
     # Everything is checked before the run folder is touched, so a corrected
     # command can reuse the folder.
     model, train_data = check_train_inputs(c, train_data, test_data)
-    run_dir = prepare_run_dir(run_dir, _run_config(config))
+    # Imported here: uswim_jax.experiment imports this module.
+    from uswim_jax.experiment.store import RunStore, manifest
+
+    store = RunStore(run_dir).open(
+        _run_config(config),
+        manifest(
+            seed=c.seed, dataset=train_data.name, dataset_source=train_data.source
+        ),
+    )
     x_train, y_train = train_data
     x_test, y_test = test_data
     steps = len(x_train) // c.batch_size
     tx = make_optimizer(c, steps)
     state = _init_state(model, tx, c.seed)
     history: list[dict[str, float]] = []
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.is_file():
-        state = checkpoint.load(ckpt, state)
-        hist_file = run_dir / "history.json"
-        if hist_file.is_file():
-            history = json.loads(hist_file.read_text())[: int(state.epoch)]
-    atomic_write_json(
-        run_dir / "manifest.json",
-        manifest(
-            seed=c.seed, dataset=train_data.name, dataset_source=train_data.source
-        ),
-    )
+    saved = store.load_checkpoint(state, CHECKPOINT)
+    if saved is not None:
+        state = saved
+        history = (store.read_json("history.json") or [])[: int(state.epoch)]
 
     # optax relies on standard dtype promotion; keep it even when a caller (or
     # the test suite) runs with jax_numpy_dtype_promotion="strict".
     with jax.numpy_dtype_promotion("standard"):
         params = _train_epochs(
-            c, model, tx, state, history, run_dir, train_data, test_data, progress
+            c, model, tx, state, history, store, train_data, test_data, progress
         )
     test_acc = accuracy(model.apply_fn, params, x_test, y_test)
-    atomic_write_json(
-        run_dir / "metrics.json",
+    store.write_json(
+        "metrics.json",
         {
             "test_accuracy": test_acc,
             "dataset": test_data.name,
@@ -362,19 +364,18 @@ def train(
     return TrainResult(model, params, history, test_acc, train_data.name)
 
 
-def _train_epochs(
-    c, model, tx, state, history, run_dir, train_data, test_data, progress
-):
-    """The epoch loop of :func:`train`; appends to ``history``, returns params."""
+def _train_epochs(c, model, tx, state, history, store, train_data, test_data, progress):
+    """The epoch loop of :func:`train`; appends to ``history`` and saves it and
+    the checkpoint in ``store`` after every epoch; returns params."""
     x_train, y_train = train_data
     x_test, y_test = test_data
     steps = len(x_train) // c.batch_size
-    ckpt = run_dir / CHECKPOINT
     step = jax.jit(make_train_step(model, tx, c.augment), donate_argnums=(0, 1))
-    aug_key = jax.random.fold_in(jax.random.key(c.seed), 1)
+    aug_key = key_stream(c.seed, "augment")
+    order_key = key_stream(c.seed, "data_order")
     params, opt_state = state.params, state.opt_state
     for epoch in range(int(state.epoch), c.epochs):
-        perm = np.random.default_rng([c.seed, epoch]).permutation(len(x_train))
+        perm = host_rng(jax.random.fold_in(order_key, epoch)).permutation(len(x_train))
         bar = _progress(steps, f"epoch {epoch + 1}/{c.epochs}", progress)
         losses, accs = [], []
         for i in range(steps):
@@ -409,9 +410,10 @@ def _train_epochs(
                 flush=True,
             )
         # History first: a kill between the two writes only repeats an epoch.
-        atomic_write_json(run_dir / "history.json", history)
-        checkpoint.save(
-            ckpt, TrainState(params, opt_state, jnp.asarray(epoch + 1, jnp.int32))
+        store.write_json("history.json", history)
+        store.save_checkpoint(
+            TrainState(params, opt_state, jnp.asarray(epoch + 1, jnp.int32)),
+            CHECKPOINT,
         )
     return params
 
@@ -421,18 +423,21 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Model, Any, TrainConfig]:
 
     Raises:
         FileNotFoundError: not a run folder, or no checkpoint yet.
-        CorruptCheckpointError: the checkpoint is damaged.
+        CorruptFileError: a file of the folder (e.g. the checkpoint) is damaged
+            (``uswim_jax.experiment.store``; a ``ValueError``).
     """
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.is_file():
+    from uswim_jax.experiment.store import RunStore
+
+    store = RunStore(run_dir)
+    record = store.read_json("config.json")
+    if record is None:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
     try:
-        config = TrainConfig.from_json(
-            json.loads(cfg_file.read_text())["config"]["train"]
-        )
+        config = TrainConfig.from_json(record["config"]["train"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{cfg_file} is not a training config ({e})") from e
+        raise ValueError(
+            f"{store.root / 'config.json'} is not a training config ({e})"
+        ) from e
     c = config.resolved()
     spec = SPECS[c.dataset]
     model = build_model(
@@ -443,9 +448,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Model, Any, TrainConfig]:
         width=c.width,
     )
     tx = make_optimizer(c, 1)
-    template = _init_state(model, tx, c.seed)
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
+    state = store.load_checkpoint(_init_state(model, tx, c.seed), CHECKPOINT)
+    if state is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
-    state = checkpoint.load(ckpt, template)
     return model, state.params, config

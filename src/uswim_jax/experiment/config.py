@@ -148,16 +148,31 @@ class ExperimentConfig:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """What the run's results depend on, as JSON (hashed into the run
+        folder's ``config.json``): every field but :data:`EXECUTION_FIELDS`."""
         d = dataclasses.asdict(self)
-        # Absent when unset, so run folders made before the field existed keep
-        # their config hash (and resume).
-        if d.get("steps_per_chunk") is None:
-            d.pop("steps_per_chunk", None)
+        for k in EXECUTION_FIELDS:
+            d.pop(k)
         for k, v in ABLATION_DEFAULTS.items():
             if d.get(k) == v:
                 d.pop(k, None)
         d["train"] = self.train.to_json()  # leaves out unset new train fields
         return d
+
+    def execution_json(self) -> dict[str, Any]:
+        """How the run is executed (:data:`EXECUTION_FIELDS`): recorded in the
+        run folder but not hashed, so a change resumes the same run."""
+        return {k: getattr(self, k) for k in EXECUTION_FIELDS}
+
+
+#: Fields of :class:`ExperimentConfig` that say how the work is batched, not
+#: what is computed: Monte Carlo trials per vectorised chunk, images per forward
+#: batch, the convolution path of the trials and budget steps per saved unit of
+#: work. Every trial, image and budget step keeps its own keys and noise under
+#: any of them; what can change is the float32 summation order of the forward
+#: pass, i.e. logits in the last bits (docs/architecture.md, "Config identity").
+#: They are not part of a run's identity: a change resumes the same run folder.
+EXECUTION_FIELDS = ("chunk_size", "eval_batch_size", "conv_impl", "steps_per_chunk")
 
 
 def _check_config(c: "ExperimentConfig") -> None:
@@ -181,8 +196,12 @@ def _check_config(c: "ExperimentConfig") -> None:
             )
     if not (math.isfinite(c.verify_cycles) and c.verify_cycles > 0):
         raise ValueError(f"verify_cycles must be > 0, got {c.verify_cycles!r}")
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {c.seed!r}")
+    if (
+        not isinstance(c.seed, int)
+        or isinstance(c.seed, bool)
+        or not 0 <= c.seed < 2**32
+    ):
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {c.seed!r}")
     for name in (
         "test_subset",
         "curvature_subset",
@@ -255,8 +274,9 @@ def _methods_for(setting: Setting, methods: tuple[str, ...]) -> list[str]:
 
 def load_config(run_dir: str | Path) -> ExperimentConfig:
     """The experiment config stored in a run folder."""
-    raw = json.loads((Path(run_dir) / "config.json").read_text())["config"]
-    d = dict(raw["experiment"])
+    record = json.loads((Path(run_dir) / "config.json").read_text())
+    raw = record["config"]
+    d = {**raw["experiment"], **record.get("execution", {})}
     d["train"] = TrainConfig(**d["train"])
     for k in ("sigmas", "s_values", "fractions", "methods"):
         d[k] = tuple(d[k])

@@ -4,45 +4,17 @@ subset, noise-aware fine-tuning, and each method's verification order."""
 
 import functools
 import time
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from uswim_jax import curvature, selection
-from uswim_jax._io import atomic_write_bytes, npz_bytes
 from uswim_jax.data import Dataset
 from uswim_jax.device import UniformVariation
 from uswim_jax.experiment.config import ExperimentConfig, Setting
 from uswim_jax.experiment.units import _is_pulse
-
-
-def _save_tree(path: Path, trees: dict[str, Any]) -> None:
-    arrays = {}
-    for name, tree in trees.items():
-        for i, leaf in enumerate(jax.tree.leaves(tree)):
-            arrays[f"{name}/{i}"] = np.asarray(leaf)
-    atomic_write_bytes(path, npz_bytes(**arrays))
-
-
-def _load_tree(path: Path, template: Any, names: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    treedef = jax.tree.structure(template)
-    n = treedef.num_leaves
-    try:
-        with open(path, "rb") as f, np.load(f) as z:
-            if not all(f"{name}/0" in z for name in names):
-                return None
-            return {
-                name: treedef.unflatten([z[f"{name}/{i}"] for i in range(n)])
-                for name in names
-            }
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"corrupt sensitivity file {path} ({e}); delete it") from e
+from uswim_jax.keys import key_stream
 
 
 def sensitivity_sizes(config: ExperimentConfig, num_train: int) -> tuple[int, int]:
@@ -72,7 +44,7 @@ def compute_sensitivities(
 
         aug = {
             "augment": augment_batch,
-            "key": jax.random.fold_in(jax.random.key(config.seed), 13),
+            "key": key_stream(config.seed, "curvature"),
         }
     hess, grad = curvature.obd_over_dataset(
         apply_fn,
@@ -101,7 +73,7 @@ def compute_sensitivities(
                 chunk_size=8,
             ),
             static_argnums=(1,),
-        )(jax.random.fold_in(jax.random.key(config.seed), 7), loss_fn, params)
+        )(key_stream(config.seed, "probes"), loss_fn, params)
         out["hutchinson"], out["hutchinson_se"] = jax.block_until_ready((est, se))
         log(
             f"  Hutchinson ({config.hutchinson_probes} probes, {m} images): "
@@ -120,13 +92,12 @@ def compute_sensitivities(
     return out
 
 
-def _finetuned(model, params, train_data, config, run_dir: Path, log) -> Any:
+def _finetuned(model, params, train_data, config, store, log) -> Any:
     """Noise-aware fine-tuning of the trained model (docs/method.md §7.4), cached in
-    ``run_dir/finetuned.npz``."""
+    the run folder (``store``, a ``RunStore``) as ``finetuned.npz``."""
     from uswim_jax.finetune import FinetuneConfig, noise_aware_finetune
 
-    path = run_dir / "finetuned.npz"
-    got = _load_tree(path, params, ["params"])
+    got = store.load_trees("finetuned", params, ["params"])
     if got is not None:
         return got["params"]
     t0 = time.perf_counter()
@@ -139,7 +110,7 @@ def _finetuned(model, params, train_data, config, run_dir: Path, log) -> Any:
         seed=config.seed,
     )
     params, _ = noise_aware_finetune(model, params, train_data, device, ft)
-    _save_tree(path, {"params": params})
+    store.save_trees("finetuned", {"params": params})
     log(
         f"  noise-aware fine-tuning, {config.finetune_steps} steps at sigma "
         f"{config.finetune_sigma:g}: {time.perf_counter() - t0:.1f} s"
@@ -163,7 +134,7 @@ def method_order(
     if _is_pulse(device):  # expected-loss orders use the Gaussian equivalent
         device = setting.device(1.0)
     if method == "random":
-        key = jax.random.fold_in(jax.random.key(seed), 11)
+        key = key_stream(seed, "random_order")
         scores = selection.random_score(key, params)
     elif method == "magnitude":
         scores = selection.magnitude_score(params)
