@@ -106,6 +106,15 @@ from uswim_jax.programming import (
     write_cycles as write_cycles,
 )
 
+# --- measured devices (docs/devices.md) ---
+# isort: split
+from uswim_jax.devices import BitSlicedPair as BitSlicedPair
+from uswim_jax.devices import ConductanceDevice as ConductanceDevice
+from uswim_jax.devices import CostModel as CostModel
+from uswim_jax.devices import DifferentialPair as DifferentialPair
+from uswim_jax.devices import VerifyLoop as VerifyLoop
+from uswim_jax.devices import device_preset as device_preset
+
 # --- curvature and selection ---
 # isort: split
 from uswim_jax.curvature import (
@@ -209,6 +218,12 @@ __all__ = [
     "program_step",
     "pulse_write_cycles",
     "write_cycles",
+    "BitSlicedPair",
+    "ConductanceDevice",
+    "CostModel",
+    "DifferentialPair",
+    "VerifyLoop",
+    "device_preset",
     "exact_diagonal",
     "fisher_diagonal",
     "ggn_diagonal",
