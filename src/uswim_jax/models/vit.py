@@ -25,6 +25,10 @@ from flax import linen as nn
 
 from uswim_jax.models._layers import Conv, Dense
 
+# Flax's LayerNorm promotes its statistics to at least float32 by default, which
+# strict dtype promotion refuses for float64 params; the same function in float32.
+_LN = {"force_float32_reductions": False}
+
 #: How the token sequence is reduced to one vector for the head.
 POOLS = ("cls", "mean")
 
@@ -71,8 +75,10 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         q = {"weight_bits": self.weight_bits, "quant_scheme": self.quant_scheme}
-        x = x + Attention(self.heads, name="attn", **q)(nn.LayerNorm(name="ln1")(x))
-        y = nn.LayerNorm(name="ln2")(x)
+        x = x + Attention(self.heads, name="attn", **q)(
+            nn.LayerNorm(name="ln1", **_LN)(x)
+        )
+        y = nn.LayerNorm(name="ln2", **_LN)(x)
         y = Dense(self.mlp_dim, name="mlp1", **q)(y)
         y = Dense(x.shape[-1], name="mlp2", **q)(nn.gelu(y))
         return x + y
@@ -141,6 +147,6 @@ class ViT(nn.Module):
         x = x + pos.astype(x.dtype)
         for i in range(self.depth):
             x = Block(self.heads, self.mlp_dim, name=f"block{i}", **q)(x)
-        x = nn.LayerNorm(name="ln")(x)
+        x = nn.LayerNorm(name="ln", **_LN)(x)
         x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
         return Dense(self.num_classes, name="head", **q)(x)
