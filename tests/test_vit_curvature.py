@@ -241,3 +241,56 @@ def test_vit_has_rowwise_units_for_softmax_and_layernorm():
         x = np.zeros((2, 8, 8, 1), np.float32)
         params = m.init(jax.random.key(0), x)
         assert _has_rowwise(lambda p, x: m.apply(p, x), params, x)
+
+
+# ------------------------------------------ against the exact GGN: ViT vs CNN
+
+
+class _TinyCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        f = {"param_dtype": jnp.float64}
+        x = nn.max_pool(nn.relu(nn.Conv(6, (3, 3), **f)(x)), (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(8, (3, 3), **f)(x))
+        x = nn.relu(nn.Dense(16, **f)(jnp.reshape(x, (x.shape[0], -1))))
+        return nn.Dense(3, **f)(x)
+
+
+def _crossbar_agreement(module):
+    """Spearman correlation and top-10 % overlap of the one-pass diagonal with
+    the exact GGN diagonal over all crossbar weights."""
+    from scipy.stats import spearmanr
+
+    from uswim_jax._tree import crossbar_flags
+
+    x = _normal(jax.random.key(1), (16, 8, 8, 1))
+    y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+    init = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1), jnp.float64))
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init)
+    apply = lambda p, x: module.apply(p, x)  # noqa: E731
+    flags = jax.tree.leaves(crossbar_flags(params))
+
+    def flat(tree):
+        leaves = jax.tree.leaves(tree)
+        return np.concatenate(
+            [np.ravel(u) for u, f in zip(leaves, flags, strict=True) if f]
+        )
+
+    a, b = flat(obd(apply, params, x, y)), flat(ggn(apply, params, x, y))
+    k = len(a) // 10
+    top = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+    return spearmanr(a, b)[0], top
+
+
+@pytest.mark.slow
+def test_one_pass_diagonal_ranks_like_the_ggn_on_a_vit_and_a_cnn():
+    """The one-pass diagonal is an informative ranking of the crossbar weights
+    on both a tiny ViT and a tiny CNN (measured here: ViT Spearman 0.90,
+    top-10 % overlap 0.62; CNN 0.97, 0.71). The bound is far from chance (0 and
+    0.1) but below both."""
+    vit = ViT(
+        3, patch=4, width=8, depth=2, heads=2, mlp_dim=16, param_dtype=jnp.float64
+    )
+    for module in (vit, _TinyCNN()):
+        rho, top = _crossbar_agreement(module)
+        assert rho > 0.7 and top > 0.4, (type(module).__name__, rho, top)

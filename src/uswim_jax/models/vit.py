@@ -19,15 +19,24 @@ With the defaults (patch 7, width 64, depth 6, 4 heads, MLP 128) on 28x28x1 and
 10 classes it has 200,384 crossbar weights.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from uswim_jax.models._layers import Conv, Dense
 
-# Flax's LayerNorm promotes its statistics to at least float32 by default, which
-# strict dtype promotion refuses for float64 params; the same function in float32.
-_LN = {"force_float32_reductions": False}
+
+def _ln(name: str, param_dtype: Any) -> nn.LayerNorm:
+    """Flax's LayerNorm computing in the params' dtype (by default it promotes
+    its statistics to at least float32 and casts its scale to ``param_dtype``,
+    which strict dtype promotion refuses for float64 params); the same function
+    in float32."""
+    return nn.LayerNorm(
+        name=name, force_float32_reductions=False, param_dtype=param_dtype
+    )
+
 
 #: How the token sequence is reduced to one vector for the head.
 POOLS = ("cls", "mean")
@@ -71,14 +80,13 @@ class Block(nn.Module):
     mlp_dim: int
     weight_bits: int | None = None
     quant_scheme: str = "swim"
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         q = {"weight_bits": self.weight_bits, "quant_scheme": self.quant_scheme}
-        x = x + Attention(self.heads, name="attn", **q)(
-            nn.LayerNorm(name="ln1", **_LN)(x)
-        )
-        y = nn.LayerNorm(name="ln2", **_LN)(x)
+        x = x + Attention(self.heads, name="attn", **q)(_ln("ln1", self.param_dtype)(x))
+        y = _ln("ln2", self.param_dtype)(x)
         y = Dense(self.mlp_dim, name="mlp1", **q)(y)
         y = Dense(x.shape[-1], name="mlp2", **q)(nn.gelu(y))
         return x + y
@@ -100,6 +108,8 @@ class ViT(nn.Module):
         heads: attention heads (``D`` must be a multiple).
         mlp_dim: hidden width of the MLP.
         pool: ``"cls"`` (class token) or ``"mean"`` (mean of the patch tokens).
+        param_dtype: the LayerNorms' parameter dtype (``jnp.float64`` for
+            float64 params).
     """
 
     num_classes: int = 10
@@ -112,6 +122,7 @@ class ViT(nn.Module):
     heads: int = 4
     mlp_dim: int = 128
     pool: str = "cls"
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -146,7 +157,13 @@ class ViT(nn.Module):
         )
         x = x + pos.astype(x.dtype)
         for i in range(self.depth):
-            x = Block(self.heads, self.mlp_dim, name=f"block{i}", **q)(x)
-        x = nn.LayerNorm(name="ln", **_LN)(x)
+            x = Block(
+                self.heads,
+                self.mlp_dim,
+                name=f"block{i}",
+                param_dtype=self.param_dtype,
+                **q,
+            )(x)
+        x = _ln("ln", self.param_dtype)(x)
         x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
         return Dense(self.num_classes, name="head", **q)(x)
