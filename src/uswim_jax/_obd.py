@@ -342,9 +342,12 @@ def forward(
 # --------------------------------------------------------------------------- plan
 
 
-def _plan(rec: _Record, fuse: bool, avg_pool: str) -> list[tuple[str, list[int]]]:
+def _plan(
+    rec: _Record, fuse: bool, avg_pool: str, rowwise: bool = True
+) -> list[tuple[str, list[int]]]:
     """Groups the active equations into units and orders them for the backward
-    pass (reverse topological order). A unit is ``(kind, [eqn indices])``."""
+    pass (reverse topological order). A unit is ``(kind, [eqn indices])``; a
+    row-wise unit's kind is ``("rowwise", axes)`` (see :func:`_rowwise_groups`)."""
     jaxpr, active = rec.jaxpr, rec.active
     eqns = jaxpr.eqns
     kinds: dict[int, str] = {}
@@ -430,17 +433,223 @@ def _plan(rec: _Record, fuse: bool, avg_pool: str) -> list[tuple[str, list[int]]
     groups: dict[int, list[int]] = {}
     for i in kinds:
         groups.setdefault(find(i), []).append(i)
+    row_axes: dict[int, tuple[int, ...]] = {}
+    if fuse and rowwise:
+        rw = _rowwise_groups(rec, kinds, producer, consumers, outvars)
+        if rw:
+            merged = _absorb(groups, rw)
+            if order(merged) is not None:
+                groups = merged
+                row_axes = {r: axes for r, (members, axes) in rw.items()}
     topo = order(groups)
     if topo is None:  # a fused region was not convex: fall back to single equations
         groups = {i: [i] for i in kinds}
+        row_axes = {}
         topo = order(groups)
         assert topo is not None
     units = []
     for r in reversed(topo):
         members = sorted(groups[r])
+        if r in row_axes:
+            units.append((("rowwise", row_axes[r]), members))
+            continue
         kind = "ew" if len(members) > 1 else kinds[members[0]]
         units.append((kind, members))
     return units
+
+
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min"})
+
+
+def _keepdims(eqn: Any) -> bool:
+    """A ``broadcast_in_dim`` or ``reshape`` that only inserts size-1 axes (the
+    ``keepdims`` of a reduction)."""
+    name = eqn.primitive.name
+    src, dst = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+    if name == "broadcast_in_dim":
+        dims = eqn.params["broadcast_dimensions"]
+        return all(src[i] == dst[d] for i, d in enumerate(dims)) and all(
+            dst[d] == 1 for d in range(len(dst)) if d not in dims
+        )
+    if name == "reshape":
+        return len(dst) > len(src) and [d for d in dst if d != 1] == [
+            d for d in src if d != 1
+        ]
+    return False
+
+
+def _rowwise_groups(
+    rec: _Record, kinds: dict, producer: dict, consumers: dict, outvars: set
+) -> dict[int, tuple[list[int], tuple[int, ...]]]:
+    """Normalisation subgraphs (softmax, LayerNorm, RMS norm, ...): sets of
+    elementwise equations, reductions over axes ``A`` and their ``keepdims``
+    broadcasts in which a reduction's result is broadcast back over ``A`` and
+    combined with full rows again. Returns ``{root: (members, A)}``.
+
+    Candidates are joined through values used only by candidates (as the
+    elementwise fusion); a reduction none of whose descendants in the group is
+    full along ``A`` again (a pooling, ``jnp.mean`` before a head) is left out
+    with its descendants; what remains is split into convex pieces by the
+    number of outside equations between them (a residual add after an
+    attention block starts a new piece); a piece is kept if its reductions all
+    reduce the same axes of rows of one shape and every active value in it is
+    a row (full or size 1 along ``A``) or a reduced row."""
+    eqns, active = rec.jaxpr.eqns, rec.active
+    cand = {
+        i
+        for i, k in kinds.items()
+        if k in ("ew", "avgdiv")
+        or (k == "structural" and eqns[i].primitive.name in _REDUCTIONS)
+    }
+    # keepdims broadcasts of computed values (a reshape of a param vector
+    # stays outside: the piece then sees the param as a row)
+    cand |= {
+        i
+        for i, k in kinds.items()
+        if k == "structural"
+        and _keepdims(eqns[i])
+        and producer.get(eqns[i].invars[0]) in cand
+    }
+    if not any(eqns[i].primitive.name in _REDUCTIONS for i in cand):
+        return {}
+
+    def components(members: set) -> list[set]:
+        parent = {i: i for i in members}
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for v, p in producer.items():
+            if p not in members or id(v) in outvars:
+                continue
+            users = consumers.get(v, [])
+            if users and all(u in members for u in users):
+                for u in users:
+                    parent[find(u)] = find(p)
+        out: dict[int, set] = {}
+        for i in members:
+            out.setdefault(find(i), set()).add(i)
+        return list(out.values())
+
+    def desc(start: int, members: set) -> set:
+        seen, stack = {start}, [start]
+        while stack:
+            i = stack.pop()
+            for v in eqns[i].outvars:
+                for u in consumers.get(v, []) if _is_var(v) else []:
+                    if u in members and u not in seen:
+                        seen.add(u)
+                        stack.append(u)
+        return seen
+
+    groups: dict[int, tuple[list[int], tuple[int, ...]]] = {}
+    for comp in components(cand):
+        reds = [i for i in comp if eqns[i].primitive.name in _REDUCTIONS]
+        if not reds:
+            continue
+        drop: set = set()
+        for r in reds:
+            shape = eqns[r].invars[0].aval.shape
+            axes = tuple(eqns[r].params["axes"])
+            d = desc(r, comp)
+            full = any(
+                _is_var(v)
+                and v.aval.shape == shape
+                and all(v.aval.shape[a] > 1 for a in axes)
+                for i in d
+                for v in eqns[i].outvars
+            )
+            if not full:
+                drop |= d
+        kept = comp - drop
+        for piece in _levels(kept, eqns, active, producer):
+            for sub in components(piece):
+                info = _row_layout(sub, eqns, active)
+                if info is not None:
+                    groups[min(sub)] = (sorted(sub), info)
+    return groups
+
+
+def _levels(members: set, eqns: Any, active: set, producer: dict) -> list[set]:
+    """Splits ``members`` by how many outside equations lie on the longest path
+    into each member from another member; each level is convex."""
+    level: dict[int, int] = {}
+    reach: dict[int, int] = {}  # outside equation -> deepest member before it
+    for i in range(len(eqns)):
+        best, via = -1, -1
+        for v in eqns[i].invars:
+            if not (_active(active, v) and v in producer):
+                continue
+            p = producer[v]
+            if p in level:
+                best = max(best, level[p])
+            elif p in reach:
+                via = max(via, reach[p])
+        if i in members:
+            level[i] = max(best, via + 1, 0)
+        elif best >= 0 or via >= 0:
+            reach[i] = max(best, via)
+    out: dict[int, set] = {}
+    for i, lv in level.items():
+        out.setdefault(lv, set()).add(i)
+    return list(out.values())
+
+
+def _row_layout(members: set, eqns: Any, active: set) -> tuple[int, ...] | None:
+    """The reduced axes ``A`` of a normalisation piece, or ``None`` if it is not
+    one (no reduction, reductions over different axes or rows, or an active
+    value that is neither a row nor a reduced row)."""
+    reds = [i for i in members if eqns[i].primitive.name in _REDUCTIONS]
+    layouts = {
+        (tuple(eqns[i].params["axes"]), tuple(eqns[i].invars[0].aval.shape))
+        for i in reds
+    }
+    if len(layouts) != 1:
+        return None
+    ((axes, shape),) = layouts
+    rows = [d for a, d in enumerate(shape) if a not in axes]
+    for i in members:
+        for v in (*eqns[i].invars, *eqns[i].outvars):
+            if not _active(active, v):
+                continue
+            s = v.aval.shape
+            if len(s) == len(shape):
+                along = {s[a] for a in axes}
+                if not (along <= {1} or all(s[a] == shape[a] for a in axes)):
+                    return None
+                if any(s[a] not in (1, shape[a]) for a in range(len(s))):
+                    return None
+            elif list(s) != rows:
+                return None
+    if not any(
+        _is_var(v) and v.aval.shape == shape
+        for i in members
+        if eqns[i].primitive.name not in _REDUCTIONS
+        for v in eqns[i].outvars
+    ):
+        return None
+    return axes
+
+
+def _absorb(groups: dict, rw: dict) -> dict:
+    """``groups`` with every group that meets a row-wise piece merged into it."""
+    owner = {i: r for r, (members, _) in rw.items() for i in members}
+    merged: dict[int, list[int]] = {r: list(m) for r, (m, _) in rw.items()}
+    for g, members in groups.items():
+        hit = {owner[i] for i in members if i in owner}
+        if not hit:
+            merged[g] = list(members)
+            continue
+        r = min(hit)
+        for other in hit - {r}:  # a group bridging two pieces joins them
+            merged[r].extend(merged.pop(other))
+            for i in rw[other][0]:
+                owner[i] = r
+        merged[r].extend(i for i in members if i not in owner)
+    return {r: sorted(set(m)) for r, m in merged.items()}
 
 
 # ----------------------------------------------------------------------- backward
@@ -453,6 +662,7 @@ def backward(
     fuse: bool = True,
     avg_pool: str = "exact",
     q_scales: Sequence[Any] | None = None,
+    rowwise: bool = True,
 ) -> list[jax.Array | None]:
     """Carries the second-order cotangents ``h_out`` of ``rec.jaxpr``'s outputs
     back to its inputs (``None`` where nothing flows).
@@ -473,7 +683,10 @@ def backward(
     for v, ho in zip(jaxpr.outvars, h_out, strict=True):
         acc(v, ho)
 
-    for kind, members in _plan(rec, fuse, avg_pool):
+    for kind, members in _plan(rec, fuse, avg_pool, rowwise):
+        if isinstance(kind, tuple):
+            _rowwise_rule(rec, members, kind[1], h, acc)
+            continue
         if kind == "ew":
             _region_rule(rec, members, h, acc)
             continue
@@ -485,7 +698,12 @@ def backward(
         name = eqn.primitive.name
         if kind == "call":
             hin = backward(
-                rec.subs[i], houts, fuse=fuse, avg_pool=avg_pool, q_scales=q_scales
+                rec.subs[i],
+                houts,
+                fuse=fuse,
+                avg_pool=avg_pool,
+                q_scales=q_scales,
+                rowwise=rowwise,
             )
             for v, x in zip(eqn.invars, hin, strict=True):
                 acc(v, x)
@@ -602,3 +820,93 @@ def _region_rule(rec: _Record, members: list[int], h: dict, acc: Callable) -> No
             term = _unbroadcast(d * d * ho, np.shape(x))
             total = term if total is None else total + term
         acc(u, total)
+
+
+def _rowwise_rule(
+    rec: _Record, members: list[int], axes: tuple[int, ...], h: dict, acc: Callable
+) -> None:
+    """Row-wise region (a normalisation over ``axes``): for each active input
+    ``u`` and each output ``o`` carrying ``h``,
+    ``h_u[r, k] += sum_j (do[r, j] / du[r, k])**2 * h_o[r, j]``, the square of
+    the exact per-row Jacobian; rows (the other axes) do not interact. The
+    Jacobian columns come from one JVP per position ``k`` along ``axes`` (a
+    one-hot tangent along ``axes``, the same in every row), vmapped; an input
+    that is size 1 along ``axes`` (or a reduced row) gets a ones tangent."""
+    env, active, eqns = rec.env, rec.active, rec.jaxpr.eqns
+    produced: list = []
+    produced_ids: set[int] = set()
+    for i in members:
+        for v in eqns[i].outvars:
+            if _is_var(v):
+                produced.append(v)
+                produced_ids.add(id(v))
+    inputs: list = []
+    seen: set[int] = set()
+    for i in members:
+        for v in eqns[i].invars:
+            if _active(active, v) and id(v) not in produced_ids and id(v) not in seen:
+                seen.add(id(v))
+                inputs.append(v)
+    outputs = [v for v in produced if v in h]
+    if not outputs or not inputs:
+        return
+    full = next(
+        eqns[i].invars[0].aval.shape
+        for i in members
+        if eqns[i].primitive.name in _REDUCTIONS
+    )
+    ndim = len(full)
+    sizes = tuple(full[a] for a in axes)
+    width = int(np.prod(sizes))
+
+    def keep_shape(x: jax.Array) -> jax.Array:
+        """``x`` (one output's ``d**2 h``) summed over ``axes`` with ``keepdims``
+        (a reduced row gets its axes back)."""
+        if x.ndim != ndim:
+            return jnp.expand_dims(x, axes)
+        return jnp.sum(x, axis=axes, keepdims=True)
+
+    houts = [h[v] for v in outputs]
+
+    def region(j: int, u: jax.Array) -> list[jax.Array]:
+        local = {id(inputs[j]): u}
+        for i in members:
+            eqn = eqns[i]
+            vals = [
+                local[id(v)] if _is_var(v) and id(v) in local else _read(env, v)
+                for v in eqn.invars
+            ]
+            for v, o in zip(eqn.outvars, _bind(eqn, vals), strict=True):
+                if _is_var(v):
+                    local[id(v)] = o
+        return [local[id(v)] for v in outputs]
+
+    def column(j: int, t: jax.Array) -> jax.Array:
+        """``sum_o sum_j d**2 h_o`` over ``axes`` for tangent ``t`` of input j."""
+        x = env[inputs[j]]
+        _, tangents = jax.jvp(lambda u: region(j, u), (x,), (t,))
+        total = None
+        for d, ho in zip(tangents, houts, strict=True):
+            term = keep_shape(d * d * ho)
+            total = term if total is None else total + term
+        return total
+
+    for j, u in enumerate(inputs):
+        x = env[u]
+        shape = np.shape(x)
+        if len(shape) == ndim and all(shape[a] == full[a] for a in axes) and width > 1:
+            eye = jnp.eye(width, dtype=x.dtype).reshape((width, *sizes))
+            # one-hot tangents along axes, broadcast over the row axes of u
+            rows = [a for a in range(ndim) if a not in axes]
+            t = jnp.expand_dims(eye, tuple(1 + a for a in rows))
+            t = jnp.broadcast_to(t, (width, *shape))
+            cols = jax.vmap(lambda tk, j=j: column(j, tk))(t)  # (width, keep...)
+            # cols[k, r, 1...] -> out[r, k]: move the width axis into axes
+            cols = jnp.squeeze(cols, axis=tuple(1 + a for a in axes))
+            cols = cols.reshape((*sizes, *cols.shape[1:]))
+            out = jnp.moveaxis(cols, tuple(range(len(axes))), axes)
+        else:
+            out = column(j, jnp.ones_like(x))
+            if len(shape) != ndim:
+                out = jnp.squeeze(out, axis=axes)
+        acc(u, _unbroadcast(out, shape))

@@ -194,6 +194,7 @@ def obd_diagonal(
     q_scale: str = "exact",
     predicate: CrossbarPredicate | None = None,
     fuse_elementwise: bool = True,
+    row_jacobian: bool = True,
 ) -> Any:
     """The one-pass diagonal second derivative SWIM and U-SWIM use.
 
@@ -248,6 +249,23 @@ def obd_diagonal(
         GELU). ``False`` applies the rule primitive by primitive, summing squared
         paths where a value fans out; calls whose body is elementwise
         (``jax.nn.relu``, jitted activations) stay one unit either way.
+      row_jacobian: treat each normalisation over an axis (softmax, LayerNorm,
+        RMS norm: a reduction over axes ``A`` whose result is broadcast back and
+        combined with the rows it reduced) as one unit and pass ``h`` through
+        the square of its exact per-row Jacobian,
+        ``h_x[r, k] = sum_j (dy[r, j] / dx[r, k])**2 * h_y[r, j]`` (one JVP per
+        position along ``A``). That is the Becker–LeCun rule of a layer whose
+        output is a vector function of its input row: only the cross terms
+        between different outputs are dropped, as for a dense layer. For
+        softmax, ``J = diag(p) - p p^T``; for LayerNorm,
+        ``J = g (I - 1/D - xhat xhat^T / D) / sigma``. ``False`` applies the
+        rule primitive by primitive inside them (the mean, the variance and the
+        normaliser as separate paths, their cross terms dropped), which
+        ignores that the paths cancel (a softmax is shift invariant). Models
+        without such a normalisation (LeNet, the ConvNet, ResNet-18 with its
+        inference-mode batch-norm and average pool) are unaffected; inside a
+        row-wise unit ``avg_pool="authors"`` does not apply (a layer norm's mean
+        gets the exact rule). Only with ``fuse_elementwise``.
 
     Returns:
       A pytree like ``params`` of raw (unnormalised) diagonal second derivatives
@@ -302,7 +320,12 @@ def obd_diagonal(
     logits = _obd._read(rec.env, out)
     seed = _logit_hessian_seed(jnp.asarray(logits), y, loss)
     h_in = _obd.backward(
-        rec, [seed], fuse=fuse_elementwise, avg_pool=avg_pool, q_scales=q_scales
+        rec,
+        [seed],
+        fuse=fuse_elementwise,
+        avg_pool=avg_pool,
+        q_scales=q_scales,
+        rowwise=row_jacobian,
     )
     result = []
     for leaf, hl in zip(leaves, h_in[:n], strict=True):

@@ -33,6 +33,7 @@ from uswim_jax.models._layers import (
 from uswim_jax.models.convnet import ConvNet
 from uswim_jax.models.lenet import LeNet
 from uswim_jax.models.resnet import ResNet18
+from uswim_jax.models.vit import ViT
 
 __all__ = [
     "MODELS",
@@ -42,19 +43,26 @@ __all__ = [
     "LeNet",
     "ConvNet",
     "ResNet18",
+    "ViT",
     "quantize",
     "quantize_ste",
     "conv_im2col",
     "CONV_IMPLS",
 ]
 
-_CLASSES = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18}
+_CLASSES = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18, "vit": ViT}
 MODELS = tuple(_CLASSES)
 
-#: The authors' bit widths for the quantized models (QLeNet, QCIFAR, QRes18).
-DEFAULT_WEIGHT_BITS = {"lenet": 4, "convnet": 6, "resnet18": 8}
+#: The authors' bit widths for the quantized models (QLeNet, QCIFAR, QRes18);
+#: the ViT (not the authors') takes LeNet's.
+DEFAULT_WEIGHT_BITS = {"lenet": 4, "convnet": 6, "resnet18": 8, "vit": 4}
 
-_DEFAULT_INPUT = {"lenet": (28, 28, 1), "convnet": (32, 32, 3), "resnet18": (32, 32, 3)}
+_DEFAULT_INPUT = {
+    "lenet": (28, 28, 1),
+    "convnet": (32, 32, 3),
+    "resnet18": (32, 32, 3),
+    "vit": (28, 28, 1),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,10 +177,11 @@ def build_model(
     """Builds one of the papers' models.
 
     Args:
-        name: ``lenet``, ``convnet`` or ``resnet18``.
+        name: ``lenet``, ``convnet``, ``resnet18`` or ``vit`` (a small vision
+            transformer, :class:`uswim_jax.models.vit.ViT`).
         num_classes: number of logits.
-        input_shape: (H, W, C); default 28x28x1 for LeNet, 32x32x3 otherwise
-            (ResNet-18 takes 64x64x3 for Tiny ImageNet).
+        input_shape: (H, W, C); default 28x28x1 for LeNet and the ViT, 32x32x3
+            otherwise (ResNet-18 takes 64x64x3 for Tiny ImageNet).
         weight_bits: quantize conv and dense weights to this many bits (straight
             through estimator in training).
         quantized: use the authors' bit width (LeNet 4, ConvNet 6, ResNet-18 8)
@@ -223,6 +232,11 @@ def build_model(
         raise ValueError(
             f"{name} needs {_DEFAULT_INPUT[name][0]}x{_DEFAULT_INPUT[name][1]} "
             f"images (its dense layer size is fixed), got {input_shape}"
+        )
+    if name == "vit" and (input_shape[0] % ViT.patch or input_shape[1] % ViT.patch):
+        raise ValueError(
+            f"vit needs an image side that is a multiple of its patch {ViT.patch}, "
+            f"got {input_shape}"
         )
     module = _CLASSES[name](
         num_classes=num_classes,
