@@ -247,3 +247,52 @@ def test_user_model_lax():
 @pytest.mark.parametrize("kind", um.KINDS)
 def test_user_models(kind):
     _user_case(kind, cross_check=True)
+
+
+@pytest.mark.slow
+def test_reproduce_report_section(tmp_path):
+    """End to end on generated data: the per-chip section and per_chip.csv are
+    written when the config asks for them, and the curves do not move."""
+    import dataclasses
+
+    from experiments.mnist import run
+    from experiments.mnist.run_test import _fake
+    from uswim_jax.experiment import ExperimentConfig, load_config
+    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
+    from uswim_jax.train import TrainConfig
+
+    base = ExperimentConfig(
+        train=TrainConfig(epochs=1, batch_size=32),
+        sigmas=(0.2,),
+        s_values=(),
+        fractions=(0.01, 0.1),
+        methods=("magnitude", "swim"),
+        num_trials=3,
+        test_subset=64,
+        curvature_subset=64,
+        estimator_subset=16,
+        hutchinson_probes=2,
+        label="test",
+    )
+    kw = {"train_data": _fake(160, 0), "test_data": _fake(64, 1), "progress": False}
+    run.run(base, tmp_path / "off", **kw)
+    config = with_per_chip(
+        base, margin=1.0, calibration_size=32, batch_fractions=(0.02, 0.1)
+    )
+    assert config.to_json() == base.to_json()  # not part of the run's identity
+    out = run.run(config, tmp_path / "on", **kw)
+    assert load_config(tmp_path / "on") == config
+    assert load_config(tmp_path / "off").per_chip is None
+    for name in ("curves.csv", "references.csv"):
+        assert (tmp_path / "on" / name).read_text() == (
+            tmp_path / "off" / name
+        ).read_text()
+    assert not (tmp_path / "off" / "per_chip.csv").exists()
+    assert "Per-chip" not in (tmp_path / "off" / "summary.md").read_text()
+    text = (tmp_path / "on" / "summary.md").read_text()
+    assert "## Per-chip programming (uniform sigma=0.2)" in text
+    assert "32 images (the last of the 160 training images, also used" in text
+    lines = (tmp_path / "on" / "per_chip.csv").read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 2 * 2
+    assert "Per-chip" in out["summary"]
+    assert dataclasses.replace(config, per_chip=None) == base

@@ -20,8 +20,10 @@ cannot know one chip's exhaustive accuracy without programming it so). A chip
 is checked once before any weight is verified (``counts[0]``, normally 0) and
 once after each batch; it stops at the first check that meets the rule, and
 from then on costs nothing: its cycles are those of the mask it stopped at. A
-chip that never meets the rule stops at the last batch (the budget) and counts
-as not reached. Each check costs one inference per calibration image.
+chip that never meets the rule stops at the first check with the budget
+(``counts[-1]``) verified and counts as not reached; schedules of different
+batch sizes can so be padded with the budget to one length (one compilation).
+Each check costs one inference per calibration image.
 
 ``B`` denotes checks (programming batches, the first one empty), ``T`` chips.
 """
@@ -245,6 +247,7 @@ def program_chips(
     flags = crossbar_flags(params, crossbar)
     counts = jnp.asarray(counts, jnp.int32)
     steps = counts.shape[0]
+    budget = counts[-1]
     f32 = jnp.float32
 
     def mask_std(mask):
@@ -293,7 +296,7 @@ def program_chips(
                 jnp.all(stopped), lambda _: cal, check, count
             )  # skipped once every chip here has stopped
             meets = acc >= threshold
-            now = ~stopped & (meets | (b == steps - 1))
+            now = ~stopped & (meets | (count == budget))
             carry = (
                 stopped | now,
                 jnp.where(now, b, stop_step),
@@ -390,3 +393,51 @@ def chip_summary(run: ChipRun) -> dict[str, float]:
         "check_inferences_mean": float(checks.mean() * int(run.calibration_size)),
         "threshold": float(100.0 * np.asarray(run.threshold)),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class PerChipConfig:
+    """A per-chip programming study of a reproduction run (``ExperimentConfig.
+    per_chip``): the rule, the batch sizes swept, the calibration split and the
+    device setting.
+
+    - ``margin`` / ``target``: the :class:`StopRule` (``target`` wins when set).
+    - ``batch_fractions``: programming batch sizes, as fractions of the crossbar
+      weights, each one a row per method; the finest is the reference the
+      overshoot is measured from.
+    - ``budget``: the largest verified fraction a chip may reach.
+    - ``calibration_size``: the checks run on the last this many training
+      images.
+    - ``sigma``, ``s``: the device setting (uniform variation when ``s`` is
+      None), with the run's ``verified_ratio`` and ``verify_cycles``.
+    """
+
+    margin: float = 0.5
+    target: float | None = None
+    batch_fractions: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05)
+    budget: float = 0.5
+    calibration_size: int = 1000
+    sigma: float = 0.3
+    s: float | None = None
+
+    def __post_init__(self):
+        self.rule()  # validates margin / target
+        b = self.batch_fractions
+        if not isinstance(b, tuple | list) or not b or not all(0 < f <= 1 for f in b):
+            raise ValueError(
+                f"batch_fractions must be a non-empty tuple in (0, 1], got {b!r}"
+            )
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"budget must lie in (0, 1], got {self.budget!r}")
+        c = self.calibration_size
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"calibration_size must be a positive integer, got {c!r}")
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"sigma must be >= 0, got {self.sigma!r}")
+        if self.s is not None and not self.s > 0:
+            raise ValueError(f"s must be > 0 or None, got {self.s!r}")
+
+    def rule(self) -> StopRule:
+        if self.target is not None:
+            return StopRule(target=self.target)
+        return StopRule(margin=self.margin)
