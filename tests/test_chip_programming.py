@@ -296,3 +296,29 @@ def test_reproduce_report_section(tmp_path):
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 2 * 2
     assert "Per-chip" in out["summary"]
     assert dataclasses.replace(config, per_chip=None) == base
+
+
+def test_per_chip_config_is_off_by_default_and_not_hashed():
+    from uswim_jax.chip_programming import PerChipConfig
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.experiment.per_chip import with_per_chip
+
+    base = ExperimentConfig()
+    assert base.per_chip is None and "per_chip" not in base.execution_json()
+    on = with_per_chip(base, margin=1.0)
+    assert on.to_json() == base.to_json()
+    assert on.execution_json()["per_chip"]["margin"] == 1.0
+    assert (on.per_chip.sigma, on.per_chip.s) == (max(base.sigmas), None)
+    assert PerChipConfig(target=0.9).rule() == StopRule(target=0.9)
+    for bad, name in (
+        ({"batch_fractions": ()}, "batch_fractions"),
+        ({"batch_fractions": (0.0,)}, "batch_fractions"),
+        ({"budget": 0.0}, "budget"),
+        ({"calibration_size": 0}, "calibration_size"),
+        ({"margin": -1.0}, "margin"),
+        ({"s": 0.0}, "s must"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            PerChipConfig(**bad)
+    with pytest.raises(ValueError, match="per_chip"):
+        ExperimentConfig(per_chip={"margin": 1.0})

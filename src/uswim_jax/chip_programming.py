@@ -414,8 +414,8 @@ class PerChipConfig:
 
     margin: float = 0.5
     target: float | None = None
-    batch_fractions: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05)
-    budget: float = 0.5
+    batch_fractions: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05)
+    budget: float = 0.3
     calibration_size: int = 1000
     sigma: float = 0.3
     s: float | None = None
