@@ -32,6 +32,7 @@ REPORT_FILES = (
     "accuracy_vs_verified_fraction.png",
     "config.json",
     "manifest.json",
+    "per_chip.csv",
 )
 
 
@@ -111,7 +112,12 @@ def reproduce(
         f"; pipeline time {out['seconds_total']:.0f} s over all invocations of "
         f"this run folder (this one: {time.perf_counter() - start:.0f} s)"
     )
-    text = write_report(workdir, out, out["curves"], choices=choices)
+    sections = ()
+    if config.per_chip is not None:  # the per-chip study (off by default)
+        from uswim_jax.experiment.per_chip import per_chip_section
+
+        sections = (per_chip_section(out, train_data, test_data, workdir),)
+    text = write_report(workdir, out, out["curves"], choices=choices, sections=sections)
     if results_dir is not None:
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +175,15 @@ def main(
         "whole curves); not part of the run's identity, so a change resumes the run",
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--per-chip",
+        type=float,
+        default=None,
+        metavar="MARGIN",
+        help="also program each chip in batches until it is within MARGIN pp of "
+        "exhaustive write-verify on a calibration split, and report it "
+        "(uswim_jax.chip_programming.PerChipConfig; off by default)",
+    )
     if extra_flags is not None:
         extra_flags(p)
     args = p.parse_args(argv)
@@ -183,7 +198,15 @@ def main(
             config = dataclasses.replace(config, steps_per_chunk=args.steps_per_chunk)
         except ValueError as e:
             p.error(str(e))
+    if args.per_chip is not None:
+        from uswim_jax.experiment.per_chip import with_per_chip
+
+        try:
+            config = with_per_chip(config, margin=args.per_chip)
+        except ValueError as e:
+            p.error(str(e))
     base = {"workdir", "results_dir", "quick", "full", "no_progress", "steps_per_chunk"}
+    base.add("per_chip")
     extra = {k: v for k, v in vars(args).items() if k not in base}
     workdir = args.workdir or f"runs/{prog}{suffix}"
     results = args.results_dir

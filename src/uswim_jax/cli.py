@@ -480,6 +480,17 @@ def _add_sweep(sub) -> None:
         default=None,
         help="the run folder (default: runs/sweep-<model>-<dataset>[-quick])",
     )
+    p.add_argument(
+        "--per-chip",
+        type=float,
+        default=None,
+        metavar="MARGIN",
+        help="also program each chip (trial) in batches until it is within MARGIN "
+        "pp of exhaustive write-verify on a calibration split (the last 1,000 "
+        "training images), under the run's largest uniform sigma, and add the "
+        "per-chip section to the report and per_chip.csv "
+        "(uswim_jax.chip_programming.PerChipConfig)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_sweep)
 
@@ -532,6 +543,10 @@ def _cmd_sweep(args) -> int:
             q_scale=args.q_scale,
             label="quick" if args.quick else "cli",
         )
+        if args.per_chip is not None:
+            from uswim_jax.experiment.per_chip import with_per_chip
+
+            config = with_per_chip(config, margin=args.per_chip)
     except ValueError as e:
         raise UsageError(str(e)) from None
     suffix = "-quick" if args.quick else ""
@@ -547,7 +562,12 @@ def _cmd_sweep(args) -> int:
         test_data=test_data,
         progress=not args.no_progress,
     )
-    print(write_report(run_dir, out, out["curves"]))
+    sections = ()
+    if config.per_chip is not None:
+        from uswim_jax.experiment.per_chip import per_chip_section
+
+        sections = (per_chip_section(out, train_data, test_data, run_dir),)
+    print(write_report(run_dir, out, out["curves"], sections=sections))
     print(f"run folder: {run_dir}")
     return 0
 

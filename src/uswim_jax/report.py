@@ -470,12 +470,14 @@ def write_report(
     curves: dict[tuple[str, str], Any],
     *,
     choices: str = "",
+    sections: tuple[str, ...] = (),
 ) -> str:
     """Writes ``curves.csv``, ``speedups.csv``, ``references.csv``,
     ``summary.md`` and the two plots of :data:`PLOT_AXES`
     (``accuracy_vs_cycles.png``, plain writes counted, and
     ``accuracy_vs_verified_fraction.png``) into ``run_dir``; returns the
-    summary text."""
+    summary text. ``sections``: markdown appended to the summary (the per-chip
+    study, when a run has one)."""
     from uswim_jax._io import atomic_write_text
 
     run_dir = Path(run_dir)
@@ -483,6 +485,7 @@ def write_report(
     atomic_write_text(run_dir / "speedups.csv", speedups_csv(curves))
     atomic_write_text(run_dir / "references.csv", references_csv(curves))
     text = summary_markdown(info, curves, choices=choices)
+    text = "\n".join([text, *sections]) if sections else text
     atomic_write_text(run_dir / "summary.md", text)
     methods = _requested_methods(info, curves)
     for axis, (_, _, name) in PLOT_AXES.items():

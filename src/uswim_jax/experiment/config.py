@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from uswim_jax.chip_programming import PerChipConfig
 from uswim_jax.device import StateDependentVariation, UniformVariation
 from uswim_jax.sweep import counts_for_fractions
 from uswim_jax.train import TrainConfig
@@ -122,6 +123,9 @@ class ExperimentConfig:
     finetune_steps: int = 0
     finetune_sigma: float = 0.3
     label: str = "default"
+    # The per-chip programming study (uswim_jax.experiment.per_chip); None: off.
+    # The curves do not depend on it, so it is not hashed (see execution_json).
+    per_chip: PerChipConfig | None = None
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -151,7 +155,7 @@ class ExperimentConfig:
         """What the run's results depend on, as JSON (hashed into the run
         folder's ``config.json``): every field but :data:`EXECUTION_FIELDS`."""
         d = dataclasses.asdict(self)
-        for k in EXECUTION_FIELDS:
+        for k in (*EXECUTION_FIELDS, "per_chip"):
             d.pop(k)
         for k, v in ABLATION_DEFAULTS.items():
             if d.get(k) == v:
@@ -162,7 +166,10 @@ class ExperimentConfig:
     def execution_json(self) -> dict[str, Any]:
         """How the run is executed (:data:`EXECUTION_FIELDS`): recorded in the
         run folder but not hashed, so a change resumes the same run."""
-        return {k: getattr(self, k) for k in EXECUTION_FIELDS}
+        out = {k: getattr(self, k) for k in EXECUTION_FIELDS}
+        if self.per_chip is not None:  # absent when off: older folders unchanged
+            out["per_chip"] = dataclasses.asdict(self.per_chip)
+        return out
 
 
 #: Fields of :class:`ExperimentConfig` that say how the work is batched, not
@@ -186,6 +193,10 @@ def _check_config(c: "ExperimentConfig") -> None:
         v = getattr(c, name)
         if not isinstance(v, tuple | list):
             raise ValueError(f"{name} must be a tuple of numbers, got {v!r}")
+    if c.per_chip is not None and not isinstance(c.per_chip, PerChipConfig):
+        raise ValueError(
+            f"per_chip must be a PerChipConfig or None, got {c.per_chip!r}"
+        )
     if not c.sigmas and not c.s_values:
         raise ValueError("sigmas and s_values are both empty: no setting to run")
     for name in ("sigmas", "s_values", "s_sigma", "verified_ratio"):
@@ -280,4 +291,9 @@ def load_config(run_dir: str | Path) -> ExperimentConfig:
     d["train"] = TrainConfig(**d["train"])
     for k in ("sigmas", "s_values", "fractions", "methods"):
         d[k] = tuple(d[k])
+    if d.get("per_chip") is not None:
+        pc = d["per_chip"]
+        d["per_chip"] = PerChipConfig(
+            **{**pc, "batch_fractions": tuple(pc["batch_fractions"])}
+        )
     return ExperimentConfig(**d)

@@ -102,7 +102,7 @@ def run(
     # The evaluated params (Q(W) for quantized models) and the sensitivities, for
     # drivers that compare the orders of two runs (the ablations).
     return {**info, "curves": curves, "config": config, "params": params,
-            "sensitivities": sens}  # fmt: skip
+            "sensitivities": sens, "apply_fn": common["apply_fn"]}  # fmt: skip
 
 
 def _open(config, run_dir, train_data, test_data, log) -> RunStore:

@@ -1,0 +1,324 @@
+"""Per-chip programming: each chip stops at the first batch meeting the rule
+(against a brute-force loop over evaluate), stopping is monotone in the margin,
+stopped chips cost nothing more, same key -> same result, and user models."""
+
+import functools
+
+import _user_models as um
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _toy import mlp_apply, toy_problem
+
+import uswim_jax as u
+from uswim_jax.chip_programming import (
+    ChipRun,
+    StopRule,
+    batch_counts,
+    chip_summary,
+    fixed_count_at_cost,
+    program_chips,
+)
+from uswim_jax.montecarlo import evaluate
+from uswim_jax.selection import mask_from_order
+
+DEVICE = u.UniformVariation(0.3, 0.03)
+T = 12
+
+
+@pytest.fixture(scope="module")
+def problem():
+    params, x, y = toy_problem(n=192)
+    order = u.global_order(u.magnitude_score(params))
+    # First 96 images: calibration; the rest: test.
+    return params, (x[:96], y[:96]), (x[96:], y[96:]), order
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_trials"))
+def _run(key, params, cal, test, device, order, counts, *, apply_fn, num_trials, rule):
+    return program_chips(
+        key, apply_fn, params, *cal, *test, device, order, counts, num_trials, rule,
+        chunk_size=5,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_trials"))
+def _eval_at(key, params, x, y, device, order, count, *, apply_fn, num_trials):
+    """Per-trial accuracies of evaluate with the first ``count`` of ``order``
+    verified."""
+    mask = mask_from_order(order, params, count=count)
+    return evaluate(key, apply_fn, params, x, y, device, mask, num_trials).accuracies
+
+
+def _toy(key, params, cal, test, device, order, counts, rule):
+    return _run(key, params, cal, test, device, order, counts,
+                apply_fn=mlp_apply, num_trials=T, rule=rule)  # fmt: skip
+
+
+def _brute(key, params, cal, test, order, counts, rule):
+    """The rule checked chip by chip with evaluate at every batch."""
+    cal_acc = np.stack(
+        [
+            np.asarray(_eval_at(key, params, *cal, DEVICE, order, c,
+                                apply_fn=mlp_apply, num_trials=T))
+            for c in counts
+        ]
+    )  # fmt: skip
+    every = jax.tree.map(lambda w: jnp.ones(w.shape, bool), params)
+    ref = evaluate(key, mlp_apply, params, *cal, DEVICE, every, T).accuracies
+    thr = float(rule.threshold(ref))
+    stops, reached = [], []
+    for t in range(T):
+        hit = [b for b in range(len(counts)) if cal_acc[b, t] >= thr]
+        stops.append(hit[0] if hit else len(counts) - 1)
+        reached.append(bool(hit))
+    return np.asarray(stops), np.asarray(reached), cal_acc, thr
+
+
+def test_stops_at_first_batch_meeting_rule(problem):
+    params, cal, test, order = problem
+    n = u.crossbar_size(params)
+    counts = batch_counts(n, 16)
+    key = jax.random.key(3)
+    rule = StopRule(margin=15.0)
+    got = _toy(key, params, cal, test, DEVICE, order, jnp.asarray(counts), rule)
+    stops, reached, cal_acc, thr = _brute(key, params, cal, test, order, counts, rule)
+    assert float(got.threshold) == pytest.approx(thr, rel=1e-6)
+    assert np.abs(cal_acc - thr).min() > 1e-4  # no tie the last bits could flip
+    np.testing.assert_array_equal(got.stop_step, stops)
+    np.testing.assert_array_equal(got.reached, reached)
+    np.testing.assert_array_equal(got.calibration, cal_acc[stops, np.arange(T)])
+    # Not a trivial case: chips stop at different batches, none at the first.
+    assert len(set(stops.tolist())) > 1 and stops.min() > 0
+    # Cycles are those of the mask each chip stopped at, counted once.
+    for t in range(T):
+        mask = mask_from_order(order, params, count=int(counts[stops[t]]))
+        want = float(DEVICE.write_cycles(mask, params).normalized)
+        assert float(got.cycles_spent[t]) == pytest.approx(want, rel=1e-6)
+        # Test accuracy at the stop: the same chip (trial key) on the test split.
+        direct = _eval_at(key, params, *test, DEVICE, order, counts[stops[t]],
+                          apply_fn=mlp_apply, num_trials=T)  # fmt: skip
+        assert float(got.test[t]) == float(direct[t])
+    np.testing.assert_array_equal(got.checks, stops + 1)
+    np.testing.assert_array_equal(got.check_inferences, (stops + 1) * 96)
+
+
+def test_monotone_in_margin(problem):
+    params, cal, test, order = problem
+    counts = jnp.asarray(batch_counts(u.crossbar_size(params), 16))
+    key = jax.random.key(4)
+    prev = None
+    for margin in (0.0, 1.0, 5.0, 15.0, 30.0):
+        rule = StopRule(margin=margin)
+        got = _toy(key, params, cal, test, DEVICE, order, counts, rule)
+        if prev is not None:
+            assert np.all(np.asarray(got.stop_step) <= np.asarray(prev.stop_step))
+            assert np.all(np.asarray(got.reached) >= np.asarray(prev.reached))
+            assert np.all(np.asarray(got.cycles_spent) <= np.asarray(prev.cycles_spent))
+        prev = got
+    # A margin of 100 pp is met before any verify.
+    lo = _toy(key, params, cal, test, DEVICE, order, counts, StopRule(margin=100.0))
+    assert np.all(np.asarray(lo.stop_step) == 0) and np.all(np.asarray(lo.reached))
+    # A margin of 0 (the mean exhaustive accuracy) is out of reach for the chips
+    # whose own exhaustive accuracy is below the mean: they run out at the
+    # budget with every cycle spent.
+    hi = _toy(key, params, cal, test, DEVICE, order, counts, StopRule(margin=0.0))
+    never = ~np.asarray(hi.reached)
+    below = np.asarray(hi.calibration_reference) < float(hi.threshold)
+    np.testing.assert_array_equal(never, below)
+    assert never.any()
+    np.testing.assert_array_equal(np.asarray(hi.stop_step)[never], len(counts) - 1)
+    np.testing.assert_allclose(np.asarray(hi.cycles_spent)[never], 1.0, rtol=1e-6)
+
+
+def test_threshold():
+    np.testing.assert_allclose(float(StopRule(target=0.9).threshold(None)), 0.9)
+    ref = jnp.asarray([0.9, 1.0], jnp.float32)
+    np.testing.assert_allclose(float(StopRule(margin=2.0).threshold(ref)), 0.93)
+
+
+def test_stopped_chips_cost_nothing_more_and_same_key(problem):
+    params, cal, test, order = problem
+    n = u.crossbar_size(params)
+    key = jax.random.key(5)
+    rule = StopRule(margin=15.0)
+    # The same schedule with the budget cut to 96 weights (repeated counts keep
+    # the shape, so no recompile).
+    short = jnp.asarray(np.minimum(batch_counts(n, 16), 96))
+    a = _toy(key, params, cal, test, DEVICE, order, short, rule)
+    again = _toy(key, params, cal, test, DEVICE, order, short, rule)
+    for f in ChipRun._fields:
+        np.testing.assert_array_equal(getattr(a, f), getattr(again, f))
+    # The full budget: chips that met the rule within 96 weights keep every
+    # number (no further cycles or checks); the others go on.
+    full = jnp.asarray(batch_counts(n, 16))
+    b = _toy(key, params, cal, test, DEVICE, order, full, rule)
+    done = np.asarray(a.reached)
+    assert done.any() and not done.all()
+    for f in ("stop_step", "reached", "cycles_spent", "calibration", "test"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(b, f))[done], np.asarray(getattr(a, f))[done]
+        )
+    # The others ran out at 96 weights in a; in b they spend more.
+    assert np.all(np.asarray(a.cycles_spent)[~done] == np.asarray(a.cycles)[-1])
+    assert np.all(np.asarray(b.cycles_spent)[~done] > np.asarray(a.cycles_spent)[~done])
+    other = _toy(jax.random.key(6), params, cal, test, DEVICE, order, short, rule)
+    assert not np.array_equal(other.calibration, a.calibration)
+
+
+def test_summary_and_fixed_budget(problem):
+    params, cal, test, order = problem
+    n = u.crossbar_size(params)
+    counts = jnp.asarray(batch_counts(n, 16))
+    got = _toy(jax.random.key(3), params, cal, test, DEVICE, order, counts,
+               StopRule(margin=1.0))  # fmt: skip
+    s = chip_summary(got)
+    cyc = np.asarray(got.cycles_spent)
+    assert s["cycles_mean"] == pytest.approx(cyc.mean())
+    assert s["cycles_max"] == pytest.approx(cyc.max())
+    assert s["cycles_median"] <= s["cycles_p95"] <= s["cycles_max"]
+    assert s["checks_mean"] == pytest.approx(np.mean(np.asarray(got.stop_step) + 1))
+    c = fixed_count_at_cost(DEVICE, params, order, s["cycles_mean"])
+    # Uniform variation, C = 10: cycles = 0.1 + 0.9 * count / n.
+    assert c == int(np.floor((s["cycles_mean"] - 0.1) / 0.9 * n + 1e-4))
+
+
+def test_bad_input(problem):
+    params, cal, test, order = problem
+    with pytest.raises(ValueError, match="exactly one"):
+        StopRule()
+    with pytest.raises(ValueError, match="exactly one"):
+        StopRule(margin=1.0, target=0.9)
+    with pytest.raises(ValueError, match="target"):
+        StopRule(target=1.5)
+    with pytest.raises(ValueError, match="margin"):
+        StopRule(margin=-1.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_counts(10, 0)
+    with pytest.raises(ValueError, match="budget"):
+        batch_counts(10, 3, budget=11)
+    np.testing.assert_array_equal(batch_counts(10, 4), [0, 4, 8, 10])
+    np.testing.assert_array_equal(batch_counts(10, 5, budget=5), [0, 5])
+    with pytest.raises(ValueError, match="counts"):
+        program_chips(jax.random.key(0), mlp_apply, params, *cal, *test, DEVICE,
+                      order, [0, 5, 3], 2, StopRule(margin=1.0))  # fmt: skip
+    with pytest.raises(ValueError, match="rule"):
+        program_chips(jax.random.key(0), mlp_apply, params, *cal, *test, DEVICE,
+                      order, [0, 5], 2, 0.5)  # fmt: skip
+    with pytest.raises(ValueError, match="device"):
+        program_chips(jax.random.key(0), mlp_apply, params, *cal, *test, object(),
+                      order, [0, 5], 2, StopRule(margin=1.0))  # fmt: skip
+
+
+def _user_case(kind, cross_check):
+    m = um.build(kind, jax.random.key(0))
+    x, y = um.make_data(m.apply_fn, m.params, jax.random.key(1), n=48)
+    order = u.global_order(u.magnitude_score(m.params))
+    counts = jnp.asarray(batch_counts(um.KERNEL_COUNT, 256))
+    dev = u.UniformVariation(0.5, 0.05)
+    key = jax.random.key(7)
+    cal, test = (x[:24], y[:24]), (x[24:], y[24:])
+    runs = [
+        _run(key, m.params, cal, test, dev, order, counts, apply_fn=m.apply_fn,
+             num_trials=4, rule=StopRule(margin=margin))
+        for margin in (1.0, 10.0)
+    ]  # fmt: skip
+    for got in runs:
+        met = np.asarray(got.calibration) >= float(got.threshold)
+        np.testing.assert_array_equal(met, np.asarray(got.reached))
+    assert np.all(np.asarray(runs[1].stop_step) <= np.asarray(runs[0].stop_step))
+    if cross_check:
+        # Each chip at its stop is trial t of evaluate at that budget.
+        for got in runs:
+            for t in range(4):
+                c = counts[int(got.stop_step[t])]
+                for (xs, ys), acc in ((cal, got.calibration), (test, got.test)):
+                    want = _eval_at(key, m.params, xs, ys, dev, order, c,
+                                    apply_fn=m.apply_fn, num_trials=4)  # fmt: skip
+                    assert float(acc[t]) == float(want[t])
+
+
+def test_user_model_lax():
+    _user_case("lax", cross_check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", um.KINDS)
+def test_user_models(kind):
+    _user_case(kind, cross_check=True)
+
+
+@pytest.mark.slow
+def test_reproduce_report_section(tmp_path):
+    """End to end on generated data: the per-chip section and per_chip.csv are
+    written when the config asks for them, and the curves do not move."""
+    import dataclasses
+
+    from experiments.mnist import run
+    from experiments.mnist.run_test import _fake
+    from uswim_jax.experiment import ExperimentConfig, load_config
+    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
+    from uswim_jax.train import TrainConfig
+
+    base = ExperimentConfig(
+        train=TrainConfig(epochs=1, batch_size=32),
+        sigmas=(0.2,),
+        s_values=(),
+        fractions=(0.01, 0.1),
+        methods=("magnitude", "swim"),
+        num_trials=3,
+        test_subset=64,
+        curvature_subset=64,
+        estimator_subset=16,
+        hutchinson_probes=2,
+        label="test",
+    )
+    kw = {"train_data": _fake(160, 0), "test_data": _fake(64, 1), "progress": False}
+    run.run(base, tmp_path / "off", **kw)
+    config = with_per_chip(
+        base, margin=1.0, calibration_size=32, batch_fractions=(0.02, 0.1)
+    )
+    assert config.to_json() == base.to_json()  # not part of the run's identity
+    out = run.run(config, tmp_path / "on", **kw)
+    assert load_config(tmp_path / "on") == config
+    assert load_config(tmp_path / "off").per_chip is None
+    for name in ("curves.csv", "references.csv"):
+        assert (tmp_path / "on" / name).read_text() == (
+            tmp_path / "off" / name
+        ).read_text()
+    assert not (tmp_path / "off" / "per_chip.csv").exists()
+    assert "Per-chip" not in (tmp_path / "off" / "summary.md").read_text()
+    text = (tmp_path / "on" / "summary.md").read_text()
+    assert "## Per-chip programming (uniform sigma=0.2)" in text
+    assert "32 images (the last of the 160 training images, also used" in text
+    lines = (tmp_path / "on" / "per_chip.csv").read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 2 * 2
+    assert "Per-chip" in out["summary"]
+    assert dataclasses.replace(config, per_chip=None) == base
+
+
+def test_per_chip_config_is_off_by_default_and_not_hashed():
+    from uswim_jax.chip_programming import PerChipConfig
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.experiment.per_chip import with_per_chip
+
+    base = ExperimentConfig()
+    assert base.per_chip is None and "per_chip" not in base.execution_json()
+    on = with_per_chip(base, margin=1.0)
+    assert on.to_json() == base.to_json()
+    assert on.execution_json()["per_chip"]["margin"] == 1.0
+    assert (on.per_chip.sigma, on.per_chip.s) == (max(base.sigmas), None)
+    assert PerChipConfig(target=0.9).rule() == StopRule(target=0.9)
+    for bad, name in (
+        ({"batch_fractions": ()}, "batch_fractions"),
+        ({"batch_fractions": (0.0,)}, "batch_fractions"),
+        ({"budget": 0.0}, "budget"),
+        ({"calibration_size": 0}, "calibration_size"),
+        ({"margin": -1.0}, "margin"),
+        ({"s": 0.0}, "s must"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            PerChipConfig(**bad)
+    with pytest.raises(ValueError, match="per_chip"):
+        ExperimentConfig(per_chip={"margin": 1.0})
