@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from uswim_jax import _distributed
 from uswim_jax._checks import check_model_data
 from uswim_jax._tree import check_crossbar, crossbar_flags
 from uswim_jax._trialbatch import nbytes_of as _nbytes_of
@@ -325,6 +326,10 @@ def run_chunks(
     ``chunk_size`` or the device count as long as ``fn``'s result for a trial
     does not depend on the other trials of its chunk."""
     _check_chunk_size(chunk_size)
+    if (mesh := _distributed.trial_mesh(shard)) is not None:
+        return _distributed.run_on_mesh(
+            keys, lambda k: _map_chunks(fn, k, chunk_size), mesh
+        )
     t = keys.shape[0]
     if not shard or jax.local_device_count() == 1:
         return _map_chunks(fn, keys, chunk_size)

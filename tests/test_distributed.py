@@ -1,0 +1,222 @@
+"""Monte Carlo trials over two local processes with JAX's distributed runtime
+(``uswim_jax._distributed``): the per-trial accuracies of ``evaluate`` and
+``sweep`` are the same bits as one process with one device.
+
+The two-process tests run this file as a script (``python
+tests/test_distributed.py worker PROCESS_ID PORT OUT_DIR``), each process with
+two forced CPU devices, gloo collectives and the coordinator on 127.0.0.1.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import uswim_jax as u  # noqa: E402
+from uswim_jax import _distributed  # noqa: E402
+from uswim_jax.montecarlo import evaluate  # noqa: E402
+from uswim_jax.sweep import counts_for_fractions, sweep  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: Not a multiple of the 4 global devices, so the padding is exercised.
+TRIALS = 7
+FRACTIONS = (0.0, 0.05, 0.3)
+TIMEOUT_S = 150
+
+
+def _problem(kind: str):
+    """``"mlp"``: the toy MLP (plain lax, compiles in seconds); a kind of
+    ``tests/_user_models.py``: its small CNN."""
+    if kind == "mlp":
+        from _toy import mlp_apply, toy_problem
+
+        apply_fn = mlp_apply
+        params, x, y = toy_problem(n=32)
+    else:
+        import _user_models as um
+
+        apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
+        x, y = um.make_data(apply_fn, params, jax.random.key(1), n=16)
+    dev = u.UniformVariation(0.5, 0.05)
+    order = u.global_order(u.magnitude_score(params))
+    counts = counts_for_fractions(FRACTIONS, u.crossbar_size(params, dev.crossbar))
+    return apply_fn, params, x, y, dev, order, counts
+
+
+def _results(kind: str, shard, eager_shard) -> dict[str, np.ndarray]:
+    """Per-trial accuracies of a jitted sweep (its curve, reference and
+    baseline, as the drivers run it) with ``shard`` and of an eager
+    evaluate with ``eager_shard``."""
+    apply_fn, params, x, y, dev, order, counts = _problem(kind)
+    key = jax.random.key(5)
+
+    @jax.jit
+    def jitted_sweep(k, p):
+        return sweep(
+            k, apply_fn, p, x, y, dev, order, counts, TRIALS, chunk_size=2,
+            shard=shard,
+        )  # fmt: skip
+
+    curve = jitted_sweep(key, params)
+    ev = evaluate(key, apply_fn, params, x, y, dev, None, TRIALS, shard=eager_shard)
+    return {
+        "sweep": np.asarray(curve.accuracies),
+        "sweep_reference": np.asarray(curve.reference),
+        "sweep_baseline": np.asarray(curve.baseline),
+        "evaluate": np.asarray(ev.accuracies),
+        "evaluate_mean": np.asarray(ev.mean),
+    }
+
+
+def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    _distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
+    assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    # The sweep on the global mesh (shard=True), the evaluate on a user mesh
+    # with two axes (trials split over both, gathered in trial order).
+    grid = np.asarray(_distributed.global_trial_mesh().devices).reshape(2, 2)
+    mesh = jax.sharding.Mesh(grid, ("hosts", "local"))
+    out = _results(kind, True, mesh)
+    out["writer"] = np.asarray(_distributed.is_writer())
+    out["from_writer"] = np.asarray(_distributed.from_writer(10 + process_id))
+    _distributed.barrier("done")
+    np.savez(os.path.join(out_dir, f"p{process_id}.npz"), **out)
+    print("done", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(mode: str, kind: str, out_dir) -> list[subprocess.Popen]:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [sys.executable, __file__, mode, kind, str(i), str(port), str(out_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+def _wait(procs, timeout):
+    outs = []
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=max(1, deadline - time.monotonic()))[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], outs
+
+
+def _check_two_processes(kind: str, out_dir) -> None:
+    procs = _start("worker", kind, out_dir)
+    rcs, outs = _wait(procs, TIMEOUT_S)
+    assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+    ref = _results(kind, False, False)
+    assert ref["sweep"].shape == (len(FRACTIONS), TRIALS)
+    for i in range(2):
+        with np.load(out_dir / f"p{i}.npz") as z:
+            got = dict(z)
+        for name, want in ref.items():
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+        assert bool(got["writer"]) == (i == 0)
+        assert int(got["from_writer"]) == 10
+    # The trials are not all alike (the comparison has something to compare).
+    assert len(np.unique(ref["evaluate"])) > 1
+    assert len(np.unique(ref["sweep"][0])) > 1
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """The toy MLP: two processes x two CPU devices, same bits as one."""
+    _check_two_processes("mlp", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lax", "equinox"])
+def test_two_processes_match_one_process_cnn(kind, tmp_path):
+    """The small CNN of tests/_user_models.py (compiles for about a minute)."""
+    _check_two_processes(kind, tmp_path)
+
+
+def _dying_worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
+    """Process 1 dies after the runtime starts; process 0 then runs a sweep
+    that needs it."""
+    _distributed.initialize(
+        f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout_seconds=5
+    )
+    if process_id == 1:
+        os._exit(3)
+    _results(kind, True, True)
+    print("finished without process 1", flush=True)
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_other(tmp_path):
+    procs = _start("dying", "mlp", tmp_path)
+    rcs, outs = _wait(procs, 120)
+    assert rcs[1] == 3
+    assert rcs[0] != 0, outs[0][-3000:]
+    assert "finished without process 1" not in outs[0]
+
+
+def test_single_process_paths():
+    # One process: shard=True keeps the local path; a mesh is used as given.
+    assert _distributed.trial_mesh(False) is None
+    assert _distributed.trial_mesh(True) is None
+    mesh = _distributed.global_trial_mesh()
+    assert _distributed.trial_mesh(mesh) is mesh
+    assert mesh.axis_names == (_distributed.TRIAL_AXIS,)
+    assert _distributed.is_writer()
+    assert _distributed.from_writer({"a": 1}) == {"a": 1}
+    apply_fn, params, x, y, dev, _, _ = _problem("mlp")
+    key = jax.random.key(2)
+    a = evaluate(key, apply_fn, params, x, y, dev, None, 3, shard=mesh)
+    b = evaluate(key, apply_fn, params, x, y, dev, None, 3)
+    np.testing.assert_array_equal(a.accuracies, b.accuracies)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="shard"):
+        _distributed.trial_mesh("yes")
+    with pytest.raises(ValueError, match="coordinator_address"):
+        _distributed.initialize("localhost", 2, 0, env={})
+    with pytest.raises(ValueError, match="num_processes"):
+        _distributed.initialize("127.0.0.1:1234", 0, 0, env={})
+    with pytest.raises(ValueError, match="process_id"):
+        _distributed.initialize("127.0.0.1:1234", 2, 2, env={})
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID|process_id"):
+        _distributed.initialize(env={"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "x"})
+    with pytest.raises(ValueError, match="devices"):
+        _distributed.global_trial_mesh([])
+    assert not _distributed.requested(False, env={})
+    assert _distributed.requested(False, env={"USWIM_DISTRIBUTED": "1"})
+    assert _distributed.requested(True, env={})
+
+
+if __name__ == "__main__":
+    mode, kind, pid, port, out = sys.argv[1:6]
+    run = {"worker": _worker, "dying": _dying_worker}[mode]
+    run(kind, int(pid), int(port), out)
