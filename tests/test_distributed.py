@@ -31,22 +31,49 @@ FRACTIONS = (0.0, 0.05, 0.3)
 TIMEOUT_S = 150
 
 
-def _problem(kind: str):
-    """``"mlp"``: the toy MLP (plain lax, compiles in seconds); a kind of
-    ``tests/_user_models.py``: its small CNN."""
-    if kind == "mlp":
-        from _toy import mlp_apply, toy_problem
+def _mlp(n: int = 32, d: int = 8, hidden: int = 16, classes: int = 4):
+    """The toy MLP of ``tests/_toy.py`` with NumPy weights and data (labels
+    from its clean logits), so building it runs no JAX op."""
+    from _toy import mlp_apply
 
-        apply_fn = mlp_apply
-        params, x, y = toy_problem(n=32)
+    rng = np.random.default_rng(0)
+    params = {
+        "l1": {
+            "kernel": (rng.standard_normal((d, hidden)) / np.sqrt(d)).astype(
+                np.float32
+            ),
+            "bias": np.zeros(hidden, np.float32),
+        },
+        "l2": {
+            "kernel": (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(
+                np.float32
+            ),
+            "bias": np.zeros(classes, np.float32),
+        },
+    }
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    h = np.tanh(x @ params["l1"]["kernel"])
+    y = np.argmax(h @ params["l2"]["kernel"], -1).astype(np.int32)
+    return mlp_apply, params, x, y
+
+
+def _problem(kind: str):
+    """``"mlp"``: the toy MLP (plain lax, compiles in seconds), with a random
+    verification order; a kind of ``tests/_user_models.py``: its small CNN,
+    with the magnitude order."""
+    dev = u.UniformVariation(0.5, 0.05)
+    if kind == "mlp":
+        apply_fn, params, x, y = _mlp()
+        n = u.crossbar_size(params, dev.crossbar)
+        order = np.random.default_rng(1).permutation(n).astype(np.int32)
     else:
         import _user_models as um
 
         apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
         x, y = um.make_data(apply_fn, params, jax.random.key(1), n=16)
-    dev = u.UniformVariation(0.5, 0.05)
-    order = u.global_order(u.magnitude_score(params))
-    counts = counts_for_fractions(FRACTIONS, u.crossbar_size(params, dev.crossbar))
+        order = u.global_order(u.magnitude_score(params))
+        n = u.crossbar_size(params, dev.crossbar)
+    counts = counts_for_fractions(FRACTIONS, n)
     return apply_fn, params, x, y, dev, order, counts
 
 
@@ -65,7 +92,10 @@ def _results(kind: str, shard, eager_shard) -> dict[str, np.ndarray]:
         )  # fmt: skip
 
     curve = jitted_sweep(key, params)
-    ev = evaluate(key, apply_fn, params, x, y, dev, None, TRIALS, shard=eager_shard)
+    ev = evaluate(
+        key, apply_fn, params, x, y, dev, None, TRIALS, chunk_size=None,
+        shard=eager_shard,
+    )  # fmt: skip
     return {
         "sweep": np.asarray(curve.accuracies),
         "sweep_reference": np.asarray(curve.reference),
@@ -133,9 +163,9 @@ def _wait(procs, timeout):
 
 def _check_two_processes(kind: str, out_dir) -> None:
     procs = _start("worker", kind, out_dir)
+    ref = _results(kind, False, False)  # one process, one device, meanwhile
     rcs, outs = _wait(procs, TIMEOUT_S)
     assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
-    ref = _results(kind, False, False)
     assert ref["sweep"].shape == (len(FRACTIONS), TRIALS)
     for i in range(2):
         with np.load(out_dir / f"p{i}.npz") as z:
@@ -180,6 +210,8 @@ def test_a_dead_process_stops_the_other(tmp_path):
     assert rcs[1] == 3
     assert rcs[0] != 0, outs[0][-3000:]
     assert "finished without process 1" not in outs[0]
+    # JAX's coordination service names the silent process and aborts this one.
+    assert "stopped sending heartbeats" in outs[0], outs[0][-3000:]
 
 
 def test_single_process_paths():
@@ -193,8 +225,8 @@ def test_single_process_paths():
     assert _distributed.from_writer({"a": 1}) == {"a": 1}
     apply_fn, params, x, y, dev, _, _ = _problem("mlp")
     key = jax.random.key(2)
-    a = evaluate(key, apply_fn, params, x, y, dev, None, 3, shard=mesh)
-    b = evaluate(key, apply_fn, params, x, y, dev, None, 3)
+    a = evaluate(key, apply_fn, params, x, y, dev, None, 3, chunk_size=None, shard=mesh)
+    b = evaluate(key, apply_fn, params, x, y, dev, None, 3, chunk_size=None)
     np.testing.assert_array_equal(a.accuracies, b.accuracies)
 
 
