@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import uswim_jax as u  # noqa: E402
 from uswim_jax import _distributed  # noqa: E402
+from uswim_jax._io import atomic_write_text  # noqa: E402
 from uswim_jax.montecarlo import evaluate  # noqa: E402
 from uswim_jax.sweep import counts_for_fractions, sweep  # noqa: E402
 
@@ -77,31 +78,37 @@ def _problem(kind: str):
     return apply_fn, params, x, y, dev, order, counts
 
 
-def _results(kind: str, shard, eager_shard) -> dict[str, np.ndarray]:
+def _results(kind: str, shard, mesh_shard, eager: bool) -> dict[str, np.ndarray]:
     """Per-trial accuracies of a jitted sweep (its curve, reference and
-    baseline, as the drivers run it) with ``shard`` and of an eager
-    evaluate with ``eager_shard``."""
+    baseline, as the drivers run it) with ``shard`` and of an evaluate with
+    ``mesh_shard``: in the same jitted program, or ``eager``-ly (slower: op by
+    op around the trials)."""
     apply_fn, params, x, y, dev, order, counts = _problem(kind)
     key = jax.random.key(5)
 
+    def ev(k, p):
+        return evaluate(
+            k, apply_fn, p, x, y, dev, None, TRIALS, chunk_size=None,
+            shard=mesh_shard,
+        )  # fmt: skip
+
     @jax.jit
-    def jitted_sweep(k, p):
-        return sweep(
+    def jitted(k, p):
+        curve = sweep(
             k, apply_fn, p, x, y, dev, order, counts, TRIALS, chunk_size=2,
             shard=shard,
         )  # fmt: skip
+        return curve, (None if eager else ev(k, p))
 
-    curve = jitted_sweep(key, params)
-    ev = evaluate(
-        key, apply_fn, params, x, y, dev, None, TRIALS, chunk_size=None,
-        shard=eager_shard,
-    )  # fmt: skip
+    curve, stats = jitted(key, params)
+    if eager:
+        stats = ev(key, params)
     return {
         "sweep": np.asarray(curve.accuracies),
         "sweep_reference": np.asarray(curve.reference),
         "sweep_baseline": np.asarray(curve.baseline),
-        "evaluate": np.asarray(ev.accuracies),
-        "evaluate_mean": np.asarray(ev.mean),
+        "evaluate": np.asarray(stats.accuracies),
+        "evaluate_mean": np.asarray(stats.mean),
     }
 
 
@@ -114,9 +121,17 @@ def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     # with two axes (trials split over both, gathered in trial order).
     grid = np.asarray(_distributed.global_trial_mesh().devices).reshape(2, 2)
     mesh = jax.sharding.Mesh(grid, ("hosts", "local"))
-    out = _results(kind, True, mesh)
+    out = _results(kind, True, mesh, eager=kind != "mlp")
     out["writer"] = np.asarray(_distributed.is_writer())
     out["from_writer"] = np.asarray(_distributed.from_writer(10 + process_id))
+    # Only process 0 writes; a folder the others cannot see is refused on all.
+    atomic_write_text(os.path.join(out_dir, "written.txt"), str(process_id))
+    _distributed.check_shared_folder(out_dir)
+    try:
+        _distributed.check_shared_folder(os.path.join(out_dir, f"own{process_id}"))
+        out["private_refused"] = np.asarray(False)
+    except ValueError as e:
+        out["private_refused"] = np.asarray("[1]" in str(e) and "not shared" in str(e))
     _distributed.barrier("done")
     np.savez(os.path.join(out_dir, f"p{process_id}.npz"), **out)
     print("done", flush=True)
@@ -163,7 +178,7 @@ def _wait(procs, timeout):
 
 def _check_two_processes(kind: str, out_dir) -> None:
     procs = _start("worker", kind, out_dir)
-    ref = _results(kind, False, False)  # one process, one device, meanwhile
+    ref = _results(kind, False, False, eager=False)  # one process, meanwhile
     rcs, outs = _wait(procs, TIMEOUT_S)
     assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
     assert ref["sweep"].shape == (len(FRACTIONS), TRIALS)
@@ -174,6 +189,9 @@ def _check_two_processes(kind: str, out_dir) -> None:
             np.testing.assert_array_equal(got[name], want, err_msg=name)
         assert bool(got["writer"]) == (i == 0)
         assert int(got["from_writer"]) == 10
+        assert bool(got["private_refused"])
+    assert (out_dir / "written.txt").read_text() == "0"
+    assert not (out_dir / ".uswim-shared-check").exists()
     # The trials are not all alike (the comparison has something to compare).
     assert len(np.unique(ref["evaluate"])) > 1
     assert len(np.unique(ref["sweep"][0])) > 1
@@ -199,7 +217,7 @@ def _dying_worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     )
     if process_id == 1:
         os._exit(3)
-    _results(kind, True, True)
+    _results(kind, True, True, eager=False)
     print("finished without process 1", flush=True)
 
 

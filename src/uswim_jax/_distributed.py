@@ -13,14 +13,18 @@ devices.
   own detection on SLURM, Open MPI and Cloud TPU).
 - :func:`trial_mesh` turns an ``evaluate``/``sweep`` ``shard=`` argument into the
   mesh the trials are split over; :func:`run_on_mesh` runs them there.
-- :func:`is_writer`, :func:`from_writer` and :func:`barrier` let a driver have
-  only process 0 write its run folder while the others take the same decisions.
+- :func:`is_writer`, :func:`from_writer`, :func:`barrier` and
+  :func:`check_shared_folder` let a driver have only process 0 write its run
+  folder while the others read it and take the same decisions
+  (``uswim_jax._io``'s atomic writes are skipped on the other processes).
 """
 
 import argparse
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -211,8 +215,9 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
 
 def is_writer() -> bool:
     """Whether this process writes shared outputs (run folders, reports):
-    process 0, or the only process."""
-    return jax.process_index() == 0
+    process 0 of a started runtime, or any process without one (checking does
+    not start JAX's backend)."""
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def from_writer(value: Any) -> Any:
@@ -240,6 +245,44 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def check_shared_folder(folder: str | os.PathLike) -> None:
+    """Checks that every process sees the files process 0 writes in ``folder``
+    (a run folder must be on a filesystem all hosts mount: only process 0
+    writes it, and every process reads it to decide what a resumed run still
+    has to compute). No-op with one process; every process must call it.
+
+    Raises:
+        ValueError: on every process, naming those that do not see the folder.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    folder = Path(folder)
+    probe = folder / ".uswim-shared-check"
+    token = np.frombuffer(secrets.token_bytes(8), np.uint8)
+    token = from_writer(token)
+    if is_writer():
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(token.tobytes())
+    barrier("uswim-shared-check-written")
+    try:
+        seen = probe.read_bytes() == token.tobytes()
+    except OSError:
+        seen = False
+    ok = np.asarray(multihost_utils.process_allgather(np.asarray(seen)))
+    barrier("uswim-shared-check-read")
+    if is_writer():
+        probe.unlink(missing_ok=True)
+    if not ok.all():
+        bad = [int(i) for i in np.flatnonzero(~ok)]
+        raise ValueError(
+            f"run folder {str(folder)!r} is not shared: process(es) {bad} do not "
+            "see the files process 0 writes there; put it on a filesystem every "
+            "host mounts"
+        )
 
 
 def global_trial_mesh(devices: Any = None) -> jax.sharding.Mesh:
