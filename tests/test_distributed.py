@@ -124,6 +124,8 @@ def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     out = _results(kind, True, mesh, eager=kind != "mlp")
     out["writer"] = np.asarray(_distributed.is_writer())
     out["from_writer"] = np.asarray(_distributed.from_writer(10 + process_id))
+    mine = np.asarray([-0.0, 1.5] if process_id == 0 else [5.0, 5.0], np.float32)
+    out["from_writer_array"] = _distributed.from_writer({"a": mine})["a"]
     # Only process 0 writes; a folder the others cannot see is refused on all.
     atomic_write_text(os.path.join(out_dir, "written.txt"), str(process_id))
     _distributed.check_shared_folder(out_dir)
@@ -189,6 +191,8 @@ def _check_two_processes(kind: str, out_dir) -> None:
             np.testing.assert_array_equal(got[name], want, err_msg=name)
         assert bool(got["writer"]) == (i == 0)
         assert int(got["from_writer"]) == 10
+        fw = got["from_writer_array"]  # process 0's bits, -0.0 included
+        assert fw.tolist() == [0.0, 1.5] and np.signbit(fw[0])
         assert bool(got["private_refused"])
     assert (out_dir / "written.txt").read_text() == "0"
     assert not (out_dir / ".uswim-shared-check").exists()
@@ -232,6 +236,43 @@ def test_a_dead_process_stops_the_other(tmp_path):
     assert "stopped sending heartbeats" in outs[0], outs[0][-3000:]
 
 
+def _pipeline_worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
+    """The tiny reproduction of ``tests/_tiny_sweep.py`` (training included)
+    into the shared run folder ``out_dir``, as ``uswim sweep --distributed``
+    runs it."""
+    _distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
+    import _tiny_sweep
+
+    _tiny_sweep.main(out_dir)
+
+
+@pytest.mark.slow
+def test_two_process_pipeline_writes_the_one_process_run_folder(tmp_path):
+    shared, single = tmp_path / "shared", tmp_path / "single"
+    procs = _start("pipeline", "-", shared)
+    one = subprocess.run(
+        [sys.executable, os.path.join(HERE, "_tiny_sweep.py"), str(single)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S * 3,
+    )
+    rcs, outs = _wait(procs, TIMEOUT_S * 3)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+    for name in ("curves.csv", "references.csv"):
+        assert (shared / name).read_bytes() == (single / name).read_bytes(), name
+    files = sorted(p.relative_to(single) for p in single.rglob("*.npz"))
+    assert files and files == sorted(
+        p.relative_to(shared) for p in shared.rglob("*.npz")
+    )
+    for f in files:
+        with np.load(single / f) as a, np.load(shared / f) as b:
+            assert sorted(a) == sorted(b)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}:{k}")
+
+
 def test_single_process_paths():
     # One process: shard=True keeps the local path; a mesh is used as given.
     assert _distributed.trial_mesh(False) is None
@@ -268,5 +309,7 @@ def test_bad_input_is_named():
 
 if __name__ == "__main__":
     mode, kind, pid, port, out = sys.argv[1:6]
-    run = {"worker": _worker, "dying": _dying_worker}[mode]
+    run = {"worker": _worker, "dying": _dying_worker, "pipeline": _pipeline_worker}[
+        mode
+    ]
     run(kind, int(pid), int(port), out)

@@ -222,20 +222,20 @@ def is_writer() -> bool:
 
 def from_writer(value: Any) -> Any:
     """``value`` as process 0 has it, on every process (a pytree of arrays or
-    Python numbers; identity with one process). Use it for decisions that
-    must agree, e.g. which units a resumed run folder already holds, when the
-    other processes may not see process 0's files."""
+    Python numbers, the same shapes on every process; identity with one
+    process). The bits are copied, not summed: ``-0.0`` and NaN payloads
+    survive. Use it for what must agree, e.g. params each process computed."""
     if jax.process_count() == 1:
         return value
     from jax.experimental import multihost_utils
 
-    out = multihost_utils.broadcast_one_to_all(
-        jax.tree.map(np.asarray, value), is_source=is_writer()
-    )
+    every = multihost_utils.process_allgather(jax.tree.map(np.asarray, value))
     return jax.tree.map(
-        lambda v, o: type(v)(o.item()) if isinstance(v, bool | int | float) else o,
+        lambda v, o: (
+            type(v)(o[0].item()) if isinstance(v, bool | int | float) else o[0]
+        ),
         value,
-        out,
+        every,
     )
 
 

@@ -481,11 +481,16 @@ def _add_sweep(sub) -> None:
         help="the run folder (default: runs/sweep-<model>-<dataset>[-quick])",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from uswim_jax._distributed import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=_cmd_sweep)
 
 
 def _cmd_sweep(args) -> int:
-    from uswim_jax import data
+    from uswim_jax import _distributed, data
+
+    _distributed.initialize_from_args(args)  # before any JAX computation
     from uswim_jax.experiment import ExperimentConfig
     from uswim_jax.experiment import run as run_experiment
     from uswim_jax.report import write_report
@@ -547,8 +552,10 @@ def _cmd_sweep(args) -> int:
         test_data=test_data,
         progress=not args.no_progress,
     )
-    print(write_report(run_dir, out, out["curves"]))
-    print(f"run folder: {run_dir}")
+    text = write_report(run_dir, out, out["curves"])
+    if _distributed.is_writer():
+        print(text)
+        print(f"run folder: {run_dir}")
     return 0
 
 

@@ -41,7 +41,13 @@ def _is_pulse(device: Any) -> bool:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "num_trials", "chunk_size", "eval_batch_size"),
+    static_argnames=(
+        "apply_fn",
+        "num_trials",
+        "chunk_size",
+        "eval_batch_size",
+        "shard",
+    ),
 )
 def _sweep_jit(
     key,
@@ -58,10 +64,13 @@ def _sweep_jit(
     num_trials,
     chunk_size,
     eval_batch_size,
+    shard=False,
 ):
-    run_sweep = sweep
+    run_sweep, extra = sweep, {"shard": shard}
     if _is_pulse(device):
         from uswim_jax.pulse_sweep import pulse_sweep as run_sweep
+
+        extra = {}
     return run_sweep(
         key,
         apply_fn,
@@ -76,12 +85,19 @@ def _sweep_jit(
         eval_batch_size=eval_batch_size,
         reference=reference,
         baseline=baseline,
+        **extra,
     )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "num_trials", "chunk_size", "eval_batch_size"),
+    static_argnames=(
+        "apply_fn",
+        "num_trials",
+        "chunk_size",
+        "eval_batch_size",
+        "shard",
+    ),
 )
 def _evaluate_jit(
     key,
@@ -95,6 +111,7 @@ def _evaluate_jit(
     num_trials,
     chunk_size,
     eval_batch_size,
+    shard=False,
 ):
     if _is_pulse(device):
         from uswim_jax.montecarlo import summarize
@@ -124,4 +141,5 @@ def _evaluate_jit(
         num_trials,
         chunk_size=chunk_size,
         eval_batch_size=eval_batch_size,
+        shard=shard,
     )
