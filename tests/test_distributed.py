@@ -302,9 +302,25 @@ def test_bad_input_is_named():
         _distributed.initialize(env={"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "x"})
     with pytest.raises(ValueError, match="devices"):
         _distributed.global_trial_mesh([])
+    jax.devices()  # the backend is up: too late to start the runtime
+    with pytest.raises(RuntimeError, match="before any JAX computation"):
+        _distributed.initialize("127.0.0.1:1234", 2, 0, env={})
     assert not _distributed.requested(False, env={})
     assert _distributed.requested(False, env={"USWIM_DISTRIBUTED": "1"})
     assert _distributed.requested(True, env={})
+
+
+def test_cli_sweep_flags():
+    from uswim_jax import cli
+
+    args = cli.build_parser().parse_args(
+        ["sweep", "--distributed", "--coordinator-address", "10.0.0.1:1234",
+         "--num-processes", "4", "--process-id", "3"]
+    )  # fmt: skip
+    assert args.distributed and args.coordinator_address == "10.0.0.1:1234"
+    assert (args.num_processes, args.process_id) == (4, 3)
+    plain = cli.build_parser().parse_args(["sweep"])
+    assert not plain.distributed
 
 
 if __name__ == "__main__":
