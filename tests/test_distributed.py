@@ -282,11 +282,17 @@ def test_single_process_paths():
     assert mesh.axis_names == (_distributed.TRIAL_AXIS,)
     assert _distributed.is_writer()
     assert _distributed.from_writer({"a": 1}) == {"a": 1}
-    apply_fn, params, x, y, dev, _, _ = _problem("mlp")
-    key = jax.random.key(2)
-    a = evaluate(key, apply_fn, params, x, y, dev, None, 3, chunk_size=None, shard=mesh)
-    b = evaluate(key, apply_fn, params, x, y, dev, None, 3, chunk_size=None)
-    np.testing.assert_array_equal(a.accuracies, b.accuracies)
+    from uswim_jax.montecarlo import run_chunks, trial_keys
+
+    keys = trial_keys(jax.random.key(2), 5)
+
+    def fn(k):  # (T,) -> (T, 2): a per-trial value and a pytree leaf
+        return {"z": jax.vmap(lambda kt: jax.random.normal(kt, (2,)))(k)}
+
+    a = run_chunks(keys, fn, chunk_size=2, shard=mesh)
+    b = run_chunks(keys, fn, chunk_size=None)
+    assert a["z"].shape == (5, 2)
+    np.testing.assert_array_equal(a["z"], b["z"])
 
 
 def test_bad_input_is_named():
