@@ -30,6 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRIALS = 7
 FRACTIONS = (0.0, 0.05, 0.3)
 TIMEOUT_S = 150
+#: The tiny pipeline (training, curvature, sweeps) in three processes at once
+#: takes 4 min on the 2-core machine when it is busy, longer when busier.
+PIPELINE_TIMEOUT_S = 1200
 
 
 def _mlp(n: int = 32, d: int = 8, hidden: int = 16, classes: int = 4):
@@ -145,11 +148,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(mode: str, kind: str, out_dir) -> list[subprocess.Popen]:
+def _start(mode: str, kind: str, out_dir, env=None) -> list[subprocess.Popen]:
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "JAX_PLATFORMS": "cpu",
+        **(env or {}),
     }
     port = _free_port()
     return [
@@ -214,63 +218,109 @@ def test_two_processes_match_one_process_cnn(kind, tmp_path):
 
 
 def _dying_worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
-    """Process 1 dies after the runtime starts; process 0 then runs a sweep
-    that needs it."""
+    """Process ``int(kind)`` dies after the runtime starts; the other then runs
+    a sweep that needs it."""
     _distributed.initialize(
         f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout_seconds=5
     )
-    if process_id == 1:
+    if process_id == int(kind):
         os._exit(3)
-    _results(kind, True, True, eager=False)
-    print("finished without process 1", flush=True)
+    _results("mlp", True, True, eager=False)
+    print("finished alone", flush=True)
 
 
 @pytest.mark.slow
-def test_a_dead_process_stops_the_other(tmp_path):
-    procs = _start("dying", "mlp", tmp_path)
+@pytest.mark.parametrize("dead", [0, 1])
+def test_a_dead_process_stops_the_other(dead, tmp_path):
+    """Process 1 dying, or process 0 with the coordinator: JAX stops the other
+    (heartbeat timeout 5 s here, 100 s by default)."""
+    procs = _start("dying", str(dead), tmp_path)
     rcs, outs = _wait(procs, 120)
-    assert rcs[1] == 3
-    assert rcs[0] != 0, outs[0][-3000:]
-    assert "finished without process 1" not in outs[0]
-    # JAX's coordination service names the silent process and aborts this one.
-    assert "stopped sending heartbeats" in outs[0], outs[0][-3000:]
+    other = 1 - dead
+    assert rcs[dead] == 3
+    assert rcs[other] != 0, outs[other][-3000:]
+    assert "finished alone" not in outs[other]
+    # JAX's coordination service names the failure and aborts this process.
+    assert "Terminating process because the JAX distributed service" in outs[other], (
+        outs[other][-3000:]
+    )
 
 
 def _pipeline_worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     """The tiny reproduction of ``tests/_tiny_sweep.py`` (training included)
     into the shared run folder ``out_dir``, as ``uswim sweep --distributed``
     runs it."""
-    _distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
+    heartbeat = int(os.environ.get("USWIM_TEST_HEARTBEAT", "100"))
+    _distributed.initialize(
+        f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout_seconds=heartbeat
+    )
     import _tiny_sweep
 
     _tiny_sweep.main(out_dir)
+
+
+def _same_run_folder(a, b) -> None:
+    for name in ("curves.csv", "references.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    files = sorted(p.relative_to(a) for p in a.rglob("*.npz"))
+    assert files and files == sorted(p.relative_to(b) for p in b.rglob("*.npz"))
+    for f in files:
+        with np.load(a / f) as x, np.load(b / f) as y:
+            assert sorted(x) == sorted(y)
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{f}:{k}")
+
+
+def _single_run(run_dir) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_tiny_sweep.py"), str(run_dir)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_kill_a_process_then_resume_gives_the_one_process_run_folder(tmp_path):
+    """Process 1 is killed after the first unit is saved: process 0 stops (JAX's
+    heartbeat), the folder keeps the finished units, and the same command on
+    both processes resumes to the run folder of an uninterrupted single run."""
+    shared, single = tmp_path / "shared", tmp_path / "single"
+    fast = {"USWIM_TEST_HEARTBEAT": "5"}
+    procs = _start("pipeline", "-", shared, {**fast, "USWIM_TEST_PAUSE": "5"})
+    one = _single_run(single)
+    deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+
+    def units():  # saved step chunks and curves (the end points come first)
+        return list(shared.glob("chunks/*__steps*.npz")) + list(
+            shared.glob("curves/*.npz")
+        )
+
+    while not units():
+        assert time.monotonic() < deadline and procs[0].poll() is None
+        time.sleep(0.5)
+    procs[1].kill()
+    rcs, outs = _wait(procs, 120)
+    assert rcs[0] != 0 and rcs[1] != 0, outs[0][-3000:]
+    assert not (shared / "curves.csv").exists()
+    saved = units()
+    rcs, outs = _wait(_start("pipeline", "-", shared, fast), PIPELINE_TIMEOUT_S)
+    assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+    assert "resuming" in outs[0] and saved
+    assert one.wait(timeout=PIPELINE_TIMEOUT_S) == 0, one.communicate()[0][-3000:]
+    _same_run_folder(shared, single)
 
 
 @pytest.mark.slow
 def test_two_process_pipeline_writes_the_one_process_run_folder(tmp_path):
     shared, single = tmp_path / "shared", tmp_path / "single"
     procs = _start("pipeline", "-", shared)
-    one = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_tiny_sweep.py"), str(single)],
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S * 3,
-    )
-    rcs, outs = _wait(procs, TIMEOUT_S * 3)
-    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
+    one = _single_run(single)
+    rcs, outs = _wait(procs, PIPELINE_TIMEOUT_S)
     assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
-    for name in ("curves.csv", "references.csv"):
-        assert (shared / name).read_bytes() == (single / name).read_bytes(), name
-    files = sorted(p.relative_to(single) for p in single.rglob("*.npz"))
-    assert files and files == sorted(
-        p.relative_to(shared) for p in shared.rglob("*.npz")
-    )
-    for f in files:
-        with np.load(single / f) as a, np.load(shared / f) as b:
-            assert sorted(a) == sorted(b)
-            for k in a:
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{f}:{k}")
+    assert one.wait(timeout=PIPELINE_TIMEOUT_S) == 0, one.communicate()[0][-3000:]
+    _same_run_folder(shared, single)
 
 
 def test_single_process_paths():
@@ -325,6 +375,7 @@ def test_cli_sweep_flags():
     )  # fmt: skip
     assert args.distributed and args.coordinator_address == "10.0.0.1:1234"
     assert (args.num_processes, args.process_id) == (4, 3)
+    assert args.heartbeat_timeout == _distributed.DEFAULT_HEARTBEAT_TIMEOUT_S
     plain = cli.build_parser().parse_args(["sweep"])
     assert not plain.distributed
 

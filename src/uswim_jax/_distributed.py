@@ -170,8 +170,9 @@ def requested(flag: bool = False, env: Mapping[str, str] | None = None) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds ``--distributed``, ``--coordinator-address``, ``--num-processes`` and
-    ``--process-id`` to a CLI parser (read back by :func:`initialize_from_args`)."""
+    """Adds ``--distributed``, ``--coordinator-address``, ``--num-processes``,
+    ``--process-id`` and ``--heartbeat-timeout`` to a CLI parser (read back by
+    :func:`initialize_from_args`)."""
     g = parser.add_argument_group("distributed (JAX multi-controller runtime)")
     g.add_argument(
         "--distributed",
@@ -198,6 +199,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"this process's id (default: {ENV_PROCESS_ID}, or detected)",
     )
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=DEFAULT_HEARTBEAT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a process silent this long is declared dead and JAX stops the others",
+    )
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:
@@ -209,6 +217,9 @@ def initialize_from_args(args: argparse.Namespace) -> bool:
         getattr(args, "coordinator_address", None),
         getattr(args, "num_processes", None),
         getattr(args, "process_id", None),
+        heartbeat_timeout_seconds=getattr(
+            args, "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_S
+        ),
     )
     return True
 
@@ -223,8 +234,9 @@ def is_writer() -> bool:
 def from_writer(value: Any) -> Any:
     """``value`` as process 0 has it, on every process (a pytree of arrays or
     Python numbers, the same shapes on every process; identity with one
-    process). The bits are copied, not summed: ``-0.0`` and NaN payloads
-    survive. Use it for what must agree, e.g. params each process computed."""
+    process). The bits are copied (an all-gather), not summed: ``-0.0``
+    stays ``-0.0``. Use it for what must agree, e.g. params each process
+    computed."""
     if jax.process_count() == 1:
         return value
     from jax.experimental import multihost_utils
