@@ -41,13 +41,7 @@ def _is_pulse(device: Any) -> bool:
 
 @functools.partial(
     jax.jit,
-    static_argnames=(
-        "apply_fn",
-        "num_trials",
-        "chunk_size",
-        "eval_batch_size",
-        "shard",
-    ),
+    static_argnames=(*STATIC, "shard"),
 )
 def _sweep_jit(
     key,
@@ -91,13 +85,7 @@ def _sweep_jit(
 
 @functools.partial(
     jax.jit,
-    static_argnames=(
-        "apply_fn",
-        "num_trials",
-        "chunk_size",
-        "eval_batch_size",
-        "shard",
-    ),
+    static_argnames=(*STATIC, "shard"),
 )
 def _evaluate_jit(
     key,
