@@ -182,6 +182,14 @@ def _wait(procs, timeout):
     return [p.returncode for p in procs], outs
 
 
+def _reap(p: subprocess.Popen) -> None:
+    """Kills ``p`` if still running and closes its pipe."""
+    if p.poll() is None:
+        p.kill()
+    if not p.stdout.closed:
+        p.communicate()
+
+
 def _check_two_processes(kind: str, out_dir) -> None:
     procs = _start("worker", kind, out_dir)
     ref = _results(kind, False, False, eager=False)  # one process, meanwhile
@@ -290,25 +298,28 @@ def test_kill_a_process_then_resume_gives_the_one_process_run_folder(tmp_path):
     fast = {"USWIM_TEST_HEARTBEAT": "5"}
     procs = _start("pipeline", "-", shared, {**fast, "USWIM_TEST_PAUSE": "5"})
     one = _single_run(single)
-    deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+    try:
 
-    def units():  # saved step chunks and curves (the end points come first)
-        return list(shared.glob("chunks/*__steps*.npz")) + list(
-            shared.glob("curves/*.npz")
-        )
+        def units():  # saved step chunks and curves (the end points come first)
+            return list(shared.glob("chunks/*__steps*.npz")) + list(
+                shared.glob("curves/*.npz")
+            )
 
-    while not units():
-        assert time.monotonic() < deadline and procs[0].poll() is None
-        time.sleep(0.5)
-    procs[1].kill()
-    rcs, outs = _wait(procs, 120)
-    assert rcs[0] != 0 and rcs[1] != 0, outs[0][-3000:]
-    assert not (shared / "curves.csv").exists()
-    saved = units()
-    rcs, outs = _wait(_start("pipeline", "-", shared, fast), PIPELINE_TIMEOUT_S)
-    assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
-    assert "resuming" in outs[0] and saved
-    assert one.wait(timeout=PIPELINE_TIMEOUT_S) == 0, one.communicate()[0][-3000:]
+        deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+        while not units():
+            assert time.monotonic() < deadline and procs[0].poll() is None
+            time.sleep(0.5)
+        procs[1].kill()
+        rcs, outs = _wait(procs, 120)
+        assert rcs[0] != 0 and rcs[1] != 0, outs[0][-3000:]
+        assert not (shared / "curves.csv").exists()
+        saved = units()
+        rcs, outs = _wait(_start("pipeline", "-", shared, fast), PIPELINE_TIMEOUT_S)
+        assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+        assert "resuming" in outs[0] and saved
+        assert _wait([one], PIPELINE_TIMEOUT_S)[0] == [0]
+    finally:
+        _reap(one)
     _same_run_folder(shared, single)
 
 
@@ -317,9 +328,12 @@ def test_two_process_pipeline_writes_the_one_process_run_folder(tmp_path):
     shared, single = tmp_path / "shared", tmp_path / "single"
     procs = _start("pipeline", "-", shared)
     one = _single_run(single)
-    rcs, outs = _wait(procs, PIPELINE_TIMEOUT_S)
-    assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
-    assert one.wait(timeout=PIPELINE_TIMEOUT_S) == 0, one.communicate()[0][-3000:]
+    try:
+        rcs, outs = _wait(procs, PIPELINE_TIMEOUT_S)
+        assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+        assert _wait([one], PIPELINE_TIMEOUT_S)[0] == [0]
+    finally:
+        _reap(one)
     _same_run_folder(shared, single)
 
 
