@@ -8,10 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from uswim_jax._distributed import is_writer
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``."""
+    ``os.replace``. Only process 0 of a distributed run writes."""
+    if not is_writer():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -46,7 +50,10 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 def remove_stale_temp_files(folder: str | os.PathLike) -> int:
     """Deletes the temporary files that :func:`atomic_write_bytes` left under
     ``folder`` when its process was killed (their writer is no longer running).
-    Returns how many were removed."""
+    Returns how many were removed (none on the processes that do not write:
+    another host's writer is not theirs to judge)."""
+    if not is_writer():
+        return 0
     removed = 0
     for tmp in Path(folder).rglob(".*.tmp-*"):
         try:

@@ -492,11 +492,16 @@ def _add_sweep(sub) -> None:
         "(uswim_jax.chip_programming.PerChipConfig)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from uswim_jax._distributed import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=_cmd_sweep)
 
 
 def _cmd_sweep(args) -> int:
-    from uswim_jax import data
+    from uswim_jax import _distributed, data
+
+    _distributed.initialize_from_args(args)  # before any JAX computation
     from uswim_jax.experiment import ExperimentConfig
     from uswim_jax.experiment import run as run_experiment
     from uswim_jax.report import write_report
@@ -567,8 +572,10 @@ def _cmd_sweep(args) -> int:
         from uswim_jax.experiment.per_chip import per_chip_section
 
         sections = (per_chip_section(out, train_data, test_data, run_dir),)
-    print(write_report(run_dir, out, out["curves"], sections=sections))
-    print(f"run folder: {run_dir}")
+    text = write_report(run_dir, out, out["curves"], sections=sections)
+    if _distributed.is_writer():
+        print(text)
+        print(f"run folder: {run_dir}")
     return 0
 
 

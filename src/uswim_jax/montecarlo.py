@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _distributed
 from uswim_jax._checks import check_model_data
 from uswim_jax._chunking import AUTO_CACHE_FRACTION as AUTO_CACHE_FRACTION
 from uswim_jax._chunking import AUTO_MEMORY_FRACTION as AUTO_MEMORY_FRACTION
@@ -292,6 +293,10 @@ def run_chunks(
     ``chunk_size`` or the device count as long as ``fn``'s result for a trial
     does not depend on the other trials of its chunk."""
     _check_chunk_size(chunk_size)
+    if (mesh := _distributed.trial_mesh(shard)) is not None:
+        return _distributed.run_on_mesh(
+            keys, lambda k: _map_chunks(fn, k, chunk_size), mesh
+        )
     t = keys.shape[0]
     if not shard or jax.local_device_count() == 1:
         return _map_chunks(fn, keys, chunk_size)

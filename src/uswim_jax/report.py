@@ -487,6 +487,10 @@ def write_report(
     text = summary_markdown(info, curves, choices=choices)
     text = "\n".join([text, *sections]) if sections else text
     atomic_write_text(run_dir / "summary.md", text)
+    from uswim_jax._distributed import is_writer
+
+    if not is_writer():  # the plots are process 0's to write
+        return text
     methods = _requested_methods(info, curves)
     for axis, (_, _, name) in PLOT_AXES.items():
         tmp = run_dir / f".{name}.tmp.png"

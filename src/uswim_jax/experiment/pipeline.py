@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _distributed
 from uswim_jax.data import Dataset
 from uswim_jax.experiment import units
 from uswim_jax.experiment.config import ExperimentConfig, _methods_for
@@ -67,6 +68,7 @@ def run(
     if config.finetune_steps:
         params = _finetuned(model, params, train_data, config, store, log)
     model, params = model.export(params)  # noise goes on Q(W) for quantized models
+    params = _distributed.from_writer(params)  # several processes: process 0's
     x, y = _test_arrays(config, test_data)
     clean = accuracy(model.apply_fn, params, np.asarray(x), np.asarray(y))
     sens = _sensitivities(store, model, params, train_data, config, log)
@@ -118,6 +120,7 @@ def _open(config, run_dir, train_data, test_data, log) -> RunStore:
         config_hash=config_hash(identity),
     )
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
+    _distributed.check_shared_folder(store.root)  # only process 0 writes it
     return store.open(
         identity, new_manifest, execution=config.execution_json(), log=log
     )
@@ -140,7 +143,7 @@ def _sensitivities(store, model, params, train_data, config, log):
         log("computing sensitivities")
         sens = compute_sensitivities(model.apply_fn, params, train_data, config, log)
         store.save_trees("sensitivities", {k: sens[k] for k in names})
-    return sens
+    return _distributed.from_writer(sens)
 
 
 def _static_args(model, config: ExperimentConfig) -> dict[str, Any]:
@@ -156,6 +159,9 @@ def _static_args(model, config: ExperimentConfig) -> dict[str, Any]:
         "num_trials": config.num_trials,
         "chunk_size": config.chunk_size,
         "eval_batch_size": config.eval_batch_size,
+        # Several devices (of this process or of every process): each computes
+        # its share of the trials; the accuracies do not depend on it.
+        "shard": jax.device_count() > 1,
     }
 
 

@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from uswim_jax import checkpoint
+from uswim_jax._distributed import is_writer
 from uswim_jax._io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -439,7 +440,11 @@ class RunStore:
         self._save_curve(self.chunk_path(setting, method, steps), part)
 
     def remove_chunks(self, setting: str, method: str) -> None:
-        """Removes every step chunk of (setting, method), whatever its range."""
+        """Removes every step chunk of (setting, method), whatever its range
+        (process 0 only, as every write: another process must not remove them
+        before process 0 has saved the curve)."""
+        if not is_writer():
+            return
         folder = self.root / "chunks"
         if folder.is_dir():
             for p in folder.glob(f"{_safe(setting)}__{method}__steps*.npz"):

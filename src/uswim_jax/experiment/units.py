@@ -35,7 +35,7 @@ STATIC = ("apply_fn", "num_trials", "chunk_size", "eval_batch_size")
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "num_trials", "chunk_size", "eval_batch_size"),
+    static_argnames=(*STATIC, "shard"),
 )
 def _sweep_jit(
     key,
@@ -52,6 +52,7 @@ def _sweep_jit(
     num_trials,
     chunk_size,
     eval_batch_size,
+    shard=False,
 ):
     return sweep(
         key,
@@ -67,12 +68,13 @@ def _sweep_jit(
         eval_batch_size=eval_batch_size,
         reference=reference,
         baseline=baseline,
+        shard=shard,
     )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "num_trials", "chunk_size", "eval_batch_size"),
+    static_argnames=(*STATIC, "shard"),
 )
 def _evaluate_jit(
     key,
@@ -86,6 +88,7 @@ def _evaluate_jit(
     num_trials,
     chunk_size,
     eval_batch_size,
+    shard=False,
 ):
     return evaluate(
         key,
@@ -98,4 +101,5 @@ def _evaluate_jit(
         num_trials,
         chunk_size=chunk_size,
         eval_batch_size=eval_batch_size,
+        shard=shard,
     )
