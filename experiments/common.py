@@ -438,6 +438,7 @@ def reproduce_models(
     test_data: data.Dataset | None = None,
     preprocess: Callable[[data.Dataset], data.Dataset] | None = None,
     synthetic_spec: tuple[str, tuple[int, int, int], int] | None = None,
+    limit_test: bool = True,
     progress: bool = True,
 ) -> dict:
     """:func:`reproduce` for each config (one per model) in
@@ -445,8 +446,9 @@ def reproduce_models(
     (:func:`write_models_report`); a copy of everything goes to
     ``results_dir`` (each model's report under ``results_dir/<model_name>``).
     The data are loaded once; ``synthetic_spec = (name, shape, classes)``
-    generates them instead. Each config's ``test_subset`` also limits the test
-    images seen in training. Returns ``{"outs": {model_name: info}, "summary":
+    generates them instead. With ``limit_test``, each config's ``test_subset``
+    also limits the test images seen in training (the Monte Carlo uses the
+    first ``test_subset`` either way). Returns ``{"outs": {model_name: info}, "summary":
     text}``."""
     if isinstance(configs, ExperimentConfig):
         configs = (configs,)
@@ -478,7 +480,7 @@ def reproduce_models(
             train_data=tr,
             test_data=te,
             preprocess=preprocess,
-            test_limit=c.test_subset,
+            test_limit=c.test_subset if limit_test else None,
             progress=progress,
         )
     text = write_models_report(workdir, outs, by_name)

@@ -22,7 +22,8 @@ def run(
 ) -> dict:
     """Runs (or resumes) every config (one per model, ``configs/default.py``)
     in ``workdir/<model>`` and writes the report of them all in ``workdir``
-    (and a copy to ``results_dir``). Returns ``{"outs": {model: info},
+    (and a copy to ``results_dir``). Training sees the whole test set; the
+    Monte Carlo its first ``test_subset`` images. Returns ``{"outs": {model: info},
     "summary": text}``."""
     return reproduce_models(
         configs,
@@ -30,5 +31,6 @@ def run(
         results_dir=results_dir,
         train_data=train_data,
         test_data=test_data,
+        limit_test=False,
         progress=progress,
     )
