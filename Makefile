@@ -15,8 +15,8 @@ FLOOR_PINS = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproj
 	clean-venv
 
 help:
-	@echo "make reproduce-mnist   train LeNet on MNIST and report (the main job)"
-	@echo "make reproduce-fashion-mnist   the same on the full Fashion-MNIST (~30 min CPU)"
+	@echo "make reproduce-mnist   the 4-bit QLeNet (authors' rules) and the float LeNet on MNIST, one report (the main job)"
+	@echo "make reproduce-fashion-mnist   the same two models on the full Fashion-MNIST"
 	@echo "make reproduce-cifar10 ConvNet and ResNet-18 on CIFAR-10 (GPU; ARGS=--quick on CPU)"
 	@echo "make reproduce-tinyimagenet    ResNet-18 on Tiny ImageNet (GPU; ARGS=--quick on CPU)"
 	@echo "make ablations         the ablation tables on MNIST (LeNet, 4-bit LeNet, narrow ResNet-18; ~30 min on 2 cores)"

@@ -1,12 +1,17 @@
-"""Helpers shared by the reproduction experiments (Fashion-MNIST, CIFAR-10, Tiny
-ImageNet, the ablations): the flag parser of every ``main.py`` and the
-train -> sensitivities -> sweeps -> report driver of every ``run.py``.
+"""Helpers shared by the reproduction experiments (MNIST, Fashion-MNIST,
+CIFAR-10, Tiny ImageNet, the ablations): the flag parser of every ``main.py``
+and the train -> sensitivities -> sweeps -> report driver of every ``run.py``.
 
-Every reproduction (MNIST included) writes its report through ``reproduce``.
+Every reproduction writes each model's report through ``reproduce``; the
+reproductions of several models (``reproduce_models``) run each in its own
+sub-folder and add one report of them all beside (``write_models_report``).
 """
 
 import argparse
+import csv
 import dataclasses
+import io
+import json
 import os
 import shutil
 import sys
@@ -18,9 +23,10 @@ import numpy as np
 
 from uswim_jax import data
 from uswim_jax._interrupt import reliable_interrupts
+from uswim_jax._io import atomic_write_json, atomic_write_text
 from uswim_jax.experiment import ExperimentConfig, sensitivity_sizes
 from uswim_jax.experiment import run as run_experiment
-from uswim_jax.report import write_report
+from uswim_jax.report import PLOT_AXES, plot_curves, write_report
 
 REPORT_FILES = (
     "summary.md",
@@ -46,7 +52,18 @@ def choices_line(config: ExperimentConfig) -> str:
     )
 
 
-__all__ = ["REPORT_FILES", "choices_line", "full_choices", "reproduce", "main"]
+__all__ = [
+    "MODELS_REPORT_FILES",
+    "REPORT_FILES",
+    "choices_line",
+    "full_choices",
+    "main",
+    "model_label",
+    "model_name",
+    "reproduce",
+    "reproduce_models",
+    "write_models_report",
+]
 
 
 def full_choices(config: ExperimentConfig, num_train: int, num_test_total: int) -> str:
@@ -195,7 +212,15 @@ def main(
         config, suffix = configs.get_config(), ""
     if args.steps_per_chunk is not None:
         try:
-            config = dataclasses.replace(config, steps_per_chunk=args.steps_per_chunk)
+            if isinstance(config, ExperimentConfig):
+                config = dataclasses.replace(
+                    config, steps_per_chunk=args.steps_per_chunk
+                )
+            else:  # one config per model
+                config = tuple(
+                    dataclasses.replace(c, steps_per_chunk=args.steps_per_chunk)
+                    for c in config
+                )
         except ValueError as e:
             p.error(str(e))
     if args.per_chip is not None:
@@ -274,6 +299,159 @@ def synthetic(
     return data.Dataset(x, y, f"synthetic-{name}", "generated", split, num_classes)
 
 
+def model_name(config: ExperimentConfig) -> str:
+    """The sub-folder (and ``model`` column) of a config in a several-model
+    report: the model's name, with a ``q`` in front for a quantized one (the
+    authors' QLeNet is ``qlenet``)."""
+    t = config.train
+    return t.model if t.weight_bits is None else f"q{t.model}"
+
+
+_DISPLAY = {"lenet": "LeNet", "convnet": "ConvNet", "resnet18": "ResNet-18"}
+
+
+def model_label(config: ExperimentConfig) -> str:
+    """How the reports name a config's model: ``4-bit QLeNet``, ``float
+    LeNet``."""
+    t = config.train
+    name = _DISPLAY.get(t.model, t.model)
+    if t.width is not None:
+        name += f" (width {t.width})"
+    return f"float {name}" if t.weight_bits is None else f"{t.weight_bits}-bit Q{name}"
+
+
+def rules_line(config: ExperimentConfig) -> str:
+    """The second-derivative rules a config runs with (docs/method.md §8)."""
+    parts = [f"average-pool rule '{config.avg_pool}'"]
+    if config.train.weight_bits is not None:
+        parts.append(f"Q-layer scale rule '{config.q_scale}'")
+    parts.append("first-order term " + ("on" if config.first_order else "off"))
+    parts.append(f"U-SWIM multiplier k^{config.k_power}")
+    return ", ".join(parts)
+
+
+#: The files of a several-model report (beside one sub-folder per model, each
+#: holding that model's :data:`REPORT_FILES`).
+MODELS_REPORT_FILES = (
+    "summary.md",
+    "curves.csv",
+    "speedups.csv",
+    "references.csv",
+    "run_info.json",
+    *(name for _, _, name in PLOT_AXES.values()),
+)
+
+
+def _with_model_column(texts: dict[str, str]) -> str:
+    """The CSV texts of several models as one, with a first ``model`` column
+    (the models in the given order, each model's rows as they are)."""
+    out = []
+    for i, (name, text) in enumerate(texts.items()):
+        head, *rows = text.strip("\n").split("\n")
+        if i == 0:
+            out.append(f"model,{head}")
+        elif out[0] != f"model,{head}":
+            raise ValueError(f"the CSV columns of {name} differ from the others'")
+        out += [f"{name},{r}" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _speedup_cell(rows: list[dict[str, str]], setting: str, method: str) -> str:
+    for r in rows:
+        if (
+            r["setting"] == setting
+            and r["method"] == method
+            and r["margin_pp"] == "0.5"
+        ):
+            v = float(r["speedup"])
+            return "not reached" if v == float("inf") or v != v else f"{v:.1f}x"
+    return "= swim" if method == "uswim" and setting.startswith("uniform") else "-"
+
+
+def write_models_report(
+    workdir: str | os.PathLike,
+    outs: dict[str, dict],
+    configs: dict[str, ExperimentConfig],
+) -> str:
+    """One report of several models' runs, each in ``workdir/<name>`` with its
+    own report: ``curves.csv``, ``speedups.csv`` and ``references.csv`` with a
+    first ``model`` column (each model's rows as in its own file),
+    ``summary.md`` (a side-by-side table, then each model's summary),
+    ``run_info.json`` (each model's run info, in order, under ``models``) and
+    the two plots of every model's panels. Returns the summary text."""
+    workdir = Path(workdir)
+    names = list(outs)
+    for f in ("curves.csv", "speedups.csv", "references.csv"):
+        texts = {n: (workdir / n / f).read_text() for n in names}
+        atomic_write_text(workdir / f, _with_model_column(texts))
+    first = outs[names[0]]
+    lines = [
+        f"# Selective write-verify on {first['dataset']}: "
+        + ", ".join(model_label(configs[n]) for n in names),
+        "",
+        "Each model is its own run, in its own folder (`<name>/`, with its own "
+        "report); the CSV files here hold every model's rows with a first "
+        "`model` column, the plots a panel per model and setting.",
+        "",
+    ]
+    for n in names:
+        o, c = outs[n], configs[n]
+        lines.append(
+            f"- `{n}/`: {model_label(c)} ({o['num_weights']:,} crossbar weights), "
+            f"clean test accuracy {100 * o['clean_accuracy']:.2f}%; "
+            f"second-derivative rules: {rules_line(c)}"
+        )
+    speed = {
+        n: list(csv.DictReader(io.StringIO((workdir / n / "speedups.csv").read_text())))
+        for n in names
+    }
+    methods = [
+        m for m in ("swim", "uswim") if any(m in c.methods for c in configs.values())
+    ]
+    settings = list(dict.fromkeys(s for n in names for s in outs[n]["settings"]))
+    lines += [
+        "",
+        "## Side by side: speedup over exhaustive write-verify at 0.5 pp",
+        "",
+        "| setting | " + " | ".join(f"{n} {m}" for n in names for m in methods) + " |",
+        "|---|" + "---:|" * (len(names) * len(methods)),
+    ]
+    for s in settings:
+        cells = [_speedup_cell(speed[n], s, m) for n in names for m in methods]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        text = outs[n]["summary"]
+        body = text.split("\n", 1)[1] if text.startswith("# ") else text
+        body = "\n".join(
+            "#" + line if line.startswith("#") else line for line in body.split("\n")
+        )
+        lines += [f"## `{n}`: {model_label(configs[n])}", body.rstrip("\n"), ""]
+    text = "\n".join(lines)
+    atomic_write_text(workdir / "summary.md", text)
+    info = {
+        "models": [
+            {
+                "name": n,
+                "label": model_label(configs[n]),
+                **json.loads((workdir / n / "run_info.json").read_text()),
+            }
+            for n in names
+        ],
+        "seconds_total": sum(outs[n]["seconds_total"] for n in names),
+    }
+    atomic_write_json(workdir / "run_info.json", info)
+    curves = {
+        (f"{s} · {n}", m): c for n in names for (s, m), c in outs[n]["curves"].items()
+    }
+    methods_asked = tuple(dict.fromkeys(m for c in configs.values() for m in c.methods))
+    for axis, (_, _, name) in PLOT_AXES.items():
+        tmp = workdir / f".{name}.tmp.png"
+        plot_curves(curves, tmp, x_axis=axis, methods=methods_asked)
+        os.replace(tmp, workdir / name)
+    return text
+
+
 def reproduce_models(
     configs,
     workdir: str | os.PathLike,
@@ -283,39 +461,53 @@ def reproduce_models(
     test_data: data.Dataset | None = None,
     preprocess: Callable[[data.Dataset], data.Dataset] | None = None,
     synthetic_spec: tuple[str, tuple[int, int, int], int] | None = None,
+    limit_test: bool = True,
     progress: bool = True,
 ) -> dict:
     """:func:`reproduce` for each config (one per model) in
-    ``workdir/<model>`` (reports copied to ``results_dir/<model>``). The data
-    are loaded once; ``synthetic_spec = (name, shape, classes)`` generates them
-    instead. Each config's ``test_subset`` also limits the test images seen in
-    training. Returns ``{"outs": {model: info}, "summary": text}``."""
+    ``workdir/<model_name>``, then the report of them all in ``workdir``
+    (:func:`write_models_report`); a copy of everything goes to
+    ``results_dir`` (each model's report under ``results_dir/<model_name>``).
+    The data are loaded once; ``synthetic_spec = (name, shape, classes)``
+    generates them instead. With ``limit_test``, each config's ``test_subset``
+    also limits the test images seen in training (the Monte Carlo uses the
+    first ``test_subset`` either way). Returns ``{"outs": {model_name: info}, "summary":
+    text}``."""
     if isinstance(configs, ExperimentConfig):
         configs = (configs,)
-    outs, texts = {}, []
+    by_name = {}
     for c in configs:
+        if model_name(c) in by_name:
+            raise ValueError(
+                f"configs: two configs of model {model_name(c)!r}; each model "
+                "runs once in its own folder"
+            )
+        by_name[model_name(c)] = c
+    outs = {}
+    for name, c in by_name.items():
         tr, te = train_data, test_data
         if synthetic_spec is not None:
-            name, shape, classes = synthetic_spec
+            sname, shape, classes = synthetic_spec
             if tr is None:
-                tr = synthetic(name, shape, classes, 512, 0, "train")
+                tr = synthetic(sname, shape, classes, 512, 0, "train")
             if te is None:
-                te = synthetic(name, shape, classes, 256, 1, "test")
+                te = synthetic(sname, shape, classes, 256, 1, "test")
         if tr is None:
             train_data = tr = data.load(c.train.dataset, "train")
         if te is None:
             test_data = te = data.load(c.train.dataset, "test")
-        model = c.train.model
-        out = reproduce(
+        outs[name] = reproduce(
             c,
-            Path(workdir) / model,
-            results_dir=None if results_dir is None else Path(results_dir) / model,
+            Path(workdir) / name,
+            results_dir=None if results_dir is None else Path(results_dir) / name,
             train_data=tr,
             test_data=te,
             preprocess=preprocess,
-            test_limit=c.test_subset,
+            test_limit=c.test_subset if limit_test else None,
             progress=progress,
         )
-        outs[model] = out
-        texts.append(out["summary"])
-    return {"outs": outs, "summary": "\n\n".join(texts)}
+    text = write_models_report(workdir, outs, by_name)
+    if results_dir is not None:
+        for f in MODELS_REPORT_FILES:
+            shutil.copyfile(Path(workdir) / f, Path(results_dir) / f)
+    return {"outs": outs, "summary": text}

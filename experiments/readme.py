@@ -31,11 +31,8 @@ def _x(v: str) -> str:
     return f"{f:.1f}x" if f < 100 else f"{f:.0f}x"
 
 
-def mnist_results(
-    folder: Path = ROOT / "results" / "reproduce-mnist",
-    command: str = "make reproduce-mnist",
-) -> str:
-    """Speedups at 0.5 pp per setting and method, from a reproduce-mnist run."""
+def _model_table(folder: Path, label: str) -> list[str]:
+    """The speedup table of one model's run folder (or report copy)."""
     info = json.loads((folder / "run_info.json").read_text())
     cfg = json.loads((folder / "config.json").read_text())["config"]["experiment"]
     refs = {r["setting"]: r for r in _read_csv(folder / "references.csv")}
@@ -47,7 +44,7 @@ def mnist_results(
     settings = [s for s in info["settings"] if s in refs]
     cell = {(r["setting"], r["method"], float(r["margin_pp"])): r for r in rows}
     lines = [
-        f"LeNet on **{info['dataset']}** ({info['num_test']} test images, clean "
+        f"{label} on **{info['dataset']}** ({info['num_test']} test images, clean "
         f"accuracy {100 * info['clean_accuracy']:.2f}%), {cfg['num_trials']} Monte "
         f"Carlo trials per point, budget points at "
         f"{', '.join(f'{100 * f:g}%' for f in cfg['fractions'])} verified. "
@@ -88,11 +85,37 @@ def mnist_results(
                 parts.append(f"{a / b:.2f}x at {g:g} pp" if ok else f"n/a at {g:g} pp")
             lines.append(f"- U-SWIM over SWIM, {s} (verify cycles): {', '.join(parts)}")
     lines.append("")
-    lines.append(
-        f"Source: `results/{folder.name}/` (`summary.md` has every margin, the "
-        "confidence ranges and accuracy at each budget), from "
-        f"`{command}`."
-    )
+    return lines
+
+
+def mnist_results(
+    folder: Path = ROOT / "results" / "reproduce-mnist",
+    command: str = "make reproduce-mnist",
+) -> str:
+    """Speedups at 0.5 pp per setting and method, from a reproduce-mnist run:
+    one table per model of a several-model report (``run_info.json`` lists
+    them under ``models``, each in its sub-folder), or the one table of a
+    single-model run folder."""
+    info = json.loads((folder / "run_info.json").read_text())
+    if "models" in info:
+        lines = []
+        for model in info["models"]:
+            lines += [f"**{model['label']}** (`{model['name']}/`)", ""]
+            lines += _model_table(folder / model["name"], model["label"])
+        source = (
+            f"Source: `results/{folder.name}/` (`summary.md` has both models side "
+            "by side, every margin, the confidence ranges and accuracy at each "
+            "budget; each model's own report is in its sub-folder), from "
+            f"`{command}`."
+        )
+    else:
+        lines = _model_table(folder, "LeNet")
+        source = (
+            f"Source: `results/{folder.name}/` (`summary.md` has every margin, the "
+            "confidence ranges and accuracy at each budget), from "
+            f"`{command}`."
+        )
+    lines.append(source)
     return "\n".join(lines)
 
 

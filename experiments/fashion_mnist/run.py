@@ -1,32 +1,8 @@
-"""The Fashion-MNIST reproduction: the MNIST pipeline and report (LeNet, every
-method under every device setting) on the full Fashion-MNIST (60,000 training
-and 10,000 test images; offline from Debian's ``dataset-fashion-mnist``)."""
+"""The Fashion-MNIST reproduction: the MNIST one (the authors' 4-bit QLeNet and
+the float LeNet, each in its own sub-folder, then one report of both) on the
+full Fashion-MNIST (60,000 training and 10,000 test images; offline from
+Debian's ``dataset-fashion-mnist``)."""
 
-import os
+from experiments.mnist.run import MODELS_REPORT_FILES, REPORT_FILES, run
 
-from experiments.common import REPORT_FILES, reproduce
-from uswim_jax import data
-from uswim_jax.experiment import ExperimentConfig
-
-__all__ = ["REPORT_FILES", "run"]
-
-
-def run(
-    config: ExperimentConfig,
-    workdir: str | os.PathLike,
-    *,
-    results_dir: str | os.PathLike | None = None,
-    train_data: data.Dataset | None = None,
-    test_data: data.Dataset | None = None,
-    progress: bool = True,
-) -> dict:
-    """Runs (or resumes) the experiment in ``workdir`` and writes the report
-    there (and a copy of it to ``results_dir``). Returns the run's info."""
-    return reproduce(
-        config,
-        workdir,
-        results_dir=results_dir,
-        train_data=train_data,
-        test_data=test_data,
-        progress=progress,
-    )
+__all__ = ["MODELS_REPORT_FILES", "REPORT_FILES", "run"]

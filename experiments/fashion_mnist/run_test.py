@@ -1,22 +1,39 @@
-"""End to end on generated data: every stage runs and writes its report."""
+"""End to end on generated data: both models run every stage in their own
+sub-folders, one report of both is written, and a rerun resumes."""
 
+from experiments.common import model_name
 from experiments.fashion_mnist import main, run
 from experiments.fashion_mnist.configs import default
+from experiments.mnist.configs import default as mnist_default
 from experiments.mnist.run_test import _fake
 from uswim_jax.experiment import ExperimentConfig
 from uswim_jax.train import TrainConfig
 
 
-def test_configs_are_valid():
+def test_configs_are_the_mnist_models_on_fashion_mnist():
     for get in (default.get_config, default.get_quick_config, default.get_full_config):
-        c = get()
-        assert c.train.dataset == "fashion_mnist" and c.train.model == "lenet"
-    assert default.get_config().test_subset == 2000
+        q, f = get()
+        for c in (q, f):
+            assert c.train.dataset == "fashion_mnist" and c.train.model == "lenet"
+        assert [model_name(c) for c in (q, f)] == ["qlenet", "lenet"]
+        assert (q.train.weight_bits, q.q_scale, q.avg_pool) == (4, "authors", "authors")
+        assert f.train.weight_bits is None
+        m = get.__name__
+        mq, mf = getattr(mnist_default, m)()
+        assert (q.q_scale, q.avg_pool, f.avg_pool) == (
+            mq.q_scale,
+            mq.avg_pool,
+            mf.avg_pool,
+        )
+    assert {c.test_subset for c in default.get_config()} == {2000}
+    assert {c.train.epochs for c in default.get_full_config()} == {20}
 
 
-def test_run_end_to_end(tmp_path):
-    config = ExperimentConfig(
-        train=TrainConfig(dataset="fashion_mnist", epochs=1, batch_size=32),
+def _config(weight_bits, **kw):
+    return ExperimentConfig(
+        train=TrainConfig(
+            dataset="fashion_mnist", epochs=1, batch_size=32, weight_bits=weight_bits
+        ),
         sigmas=(0.2,),
         s_values=(),
         fractions=(0.01, 0.1),
@@ -25,19 +42,31 @@ def test_run_end_to_end(tmp_path):
         test_subset=48,
         curvature_subset=64,
         label="test",
+        **kw,
     )
+
+
+def test_run_end_to_end_and_resume(tmp_path):
+    configs = (_config(4, q_scale="authors"), _config(None))
     kw = {"train_data": _fake(128, 0), "test_data": _fake(64, 1), "progress": False}
-    run.run(config, tmp_path / "w", results_dir=tmp_path / "r", **kw)
+    run.run(configs, tmp_path / "w", results_dir=tmp_path / "r", **kw)
     text = (tmp_path / "r" / "summary.md").read_text()
-    assert "## uniform sigma=0.2" in text and "| swim |" in text
+    assert "## `qlenet`: 4-bit QLeNet" in text and "## `lenet`: float LeNet" in text
+    assert text.count("### uniform sigma=0.2") == 2 and "| swim |" in text
     assert "Monte Carlo over the first 48 of the 64 test images" in text
+    for name in run.MODELS_REPORT_FILES:
+        assert (tmp_path / "r" / name).is_file(), name
+    curves = (tmp_path / "w" / "curves.csv").read_text()
+    assert curves.startswith("model,setting,")
+    run.run(configs, tmp_path / "w", **kw)
+    assert (tmp_path / "w" / "curves.csv").read_text() == curves
 
 
 def test_main_reports_missing_data_in_one_line(tmp_path, monkeypatch, capsys):
     def fail(*a, **k):
         raise RuntimeError("no data\nanywhere")
 
-    monkeypatch.setattr(run, "reproduce", fail)
+    monkeypatch.setattr(run, "run", fail)
     assert main.main(["--quick", "--workdir", str(tmp_path / "w")]) == 1
     assert capsys.readouterr().err.strip() == (
         "reproduce-fashion-mnist: error: no data anywhere"

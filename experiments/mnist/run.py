@@ -1,18 +1,18 @@
-"""The MNIST reproduction: train (or reuse) LeNet, compute sensitivities, sweep
-every method under every device setting, and write the report (the shared
-driver is ``experiments.common.reproduce``)."""
+"""The MNIST reproduction: the authors' 4-bit QLeNet and the float LeNet, each
+trained (or reused), its sensitivities computed and every method swept under
+every device setting in its own sub-folder, then one report of both (the
+shared driver is ``experiments.common.reproduce_models``)."""
 
 import os
 
-from experiments.common import REPORT_FILES, reproduce
+from experiments.common import MODELS_REPORT_FILES, REPORT_FILES, reproduce_models
 from uswim_jax import data
-from uswim_jax.experiment import ExperimentConfig
 
-__all__ = ["REPORT_FILES", "run"]
+__all__ = ["MODELS_REPORT_FILES", "REPORT_FILES", "run"]
 
 
 def run(
-    config: ExperimentConfig,
+    configs,
     workdir: str | os.PathLike,
     *,
     results_dir: str | os.PathLike | None = None,
@@ -20,14 +20,17 @@ def run(
     test_data: data.Dataset | None = None,
     progress: bool = True,
 ) -> dict:
-    """Runs (or resumes) the experiment in ``workdir`` and writes the report
-    there (and a copy of it to ``results_dir``). Returns the run's info with the
-    summary text under ``"summary"``."""
-    return reproduce(
-        config,
+    """Runs (or resumes) every config (one per model, ``configs/default.py``)
+    in ``workdir/<model>`` and writes the report of them all in ``workdir``
+    (and a copy to ``results_dir``). Training sees the whole test set; the
+    Monte Carlo its first ``test_subset`` images. Returns ``{"outs": {model: info},
+    "summary": text}``."""
+    return reproduce_models(
+        configs,
         workdir,
         results_dir=results_dir,
         train_data=train_data,
         test_data=test_data,
+        limit_test=False,
         progress=progress,
     )
