@@ -166,7 +166,9 @@ def test_conv_rewrite_has_no_convolution_left():
     tb = trial_batched(f, k[0], x)
     text = str(jax.make_jaxpr(tb)(k, x))
     assert "conv_general_dilated" not in text
-    assert "f32[27,72]" in text  # (kh*kw*C, H*W*N) patches, shared
+    # (kh*kw*C, H*(W+1)*N) patches, shared: stride 1 takes the flat shifted
+    # slices of the input padded on the left of W only
+    assert "f32[27,84]" in text
 
 
 # -- dense, wrappers, fallback ------------------------------------------------

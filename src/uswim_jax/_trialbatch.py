@@ -434,35 +434,82 @@ class TrialBatched:
         rd = tuple(p["rhs_dilation"] or (1,) * d)
         ld = tuple(p["lhs_dilation"] or (1,) * d)
         outs = [out_aval.shape[out_spec[2 + i]] for i in range(d)]
+        perm = (out_spec[1], *out_spec[2:], out_spec[0])
+        if 0 in out_aval.shape:  # an empty output: nothing to compute
+            shape = (kmat.shape[0], *[out_aval.shape[i] for i in perm])
+            return _V(jnp.zeros(shape, out_aval.dtype), True, perm)
         # (C, S..., N), trial axis first when batched
         x = _in_order(lhs, (lhs_spec[1], *lhs_spec[2:], lhs_spec[0]))
         lead = 1 if lhs.batched else 0
+        lead_shape = x.shape[:lead]
+        win = math.prod(ks)
+        pads = [tuple(pp) for pp in p["padding"]]
+        flat = win > 1 and all(s == 1 for s in strides)
+        if flat:
+            # Stride 1: the patch rows of one window position are one contiguous
+            # slice of the padded input flattened to (C, S1*...*Sd*N), shifted
+            # by the position's offset; the output is computed on the padded
+            # grid of the trailing spatial axes and its extra columns dropped.
+            # The right padding of a trailing axis is cut down to its left
+            # padding (at most): a window running off a row's right edge then
+            # reads the next row's left padding, which is zero. Extra zero rows
+            # at the end of the first spatial axis keep every slice in range.
+            for i in range(1, d):
+                lo, hi = pads[i]
+                trim = max(0, min(lo, hi, (ks[i] - 1) * rd[i]))
+                pads[i] = (lo, hi - trim)
         cfg = [(0, 0, 0)] * (lead + 1)
-        cfg += [(lo, hi, dl - 1) for (lo, hi), dl in zip(p["padding"], ld, strict=True)]
+        cfg += [(lo, hi, dl - 1) for (lo, hi), dl in zip(pads, ld, strict=True)]
         cfg += [(0, 0, 0)]
+        if flat:
+            sp = [
+                (x.shape[lead + 1 + i] - 1) * ld[i] + 1 + pads[i][0] + pads[i][1]
+                for i in range(d)
+            ]
+            n = x.shape[-1]
+            row = math.prod(sp[1:]) * n  # flat stride of the first spatial axis
+            steps = [math.prod(sp[i + 1 :]) * n for i in range(d)]
+            reach = sum((ks[i] - 1) * rd[i] * steps[i] for i in range(1, d))
+            cfg[lead + 1] = (
+                cfg[lead + 1][0],
+                cfg[lead + 1][1] + -(-reach // row),
+                cfg[lead + 1][2],
+            )
         if any(c != (0, 0, 0) for c in cfg):
             x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
         c, n = x.shape[lead], x.shape[-1]
-        pn = math.prod(outs) * n
-        win = math.prod(ks)
-        lead_shape = x.shape[:lead]
-        blocks = []
-        for offs in itertools.product(*[range(k) for k in ks]):
-            start = [0] * x.ndim
-            limit = list(x.shape)
-            step = [1] * x.ndim
-            for i in range(d):
-                a = lead + 1 + i
-                start[a] = offs[i] * rd[i]
-                limit[a] = start[a] + strides[i] * (outs[i] - 1) + 1
-                step[a] = strides[i]
-            blocks.append(lax.slice(x, start, limit, step))
-        # Each window position's strided slice is written in place into one
-        # (W*C, out..., N) buffer, whose reshape to (W*C, P*N) is free.
+        if flat:
+            grid = [outs[0], *sp[1:]]
+            pn = math.prod(grid) * n
+            xf = jnp.reshape(x, (*lead_shape, c, math.prod(x.shape[lead + 1 :])))
+            blocks = []
+            for offs in itertools.product(*[range(k) for k in ks]):
+                start = sum(
+                    o * r * st for o, r, st in zip(offs, rd, steps, strict=True)
+                )
+                blocks.append(lax.slice_in_dim(xf, start, start + pn, 1, lead + 1))
+        else:
+            grid = outs
+            pn = math.prod(outs) * n
+            blocks = []
+            for offs in itertools.product(*[range(k) for k in ks]):
+                start = [0] * x.ndim
+                limit = list(x.shape)
+                step = [1] * x.ndim
+                for i in range(d):
+                    a = lead + 1 + i
+                    start[a] = offs[i] * rd[i]
+                    limit[a] = start[a] + strides[i] * (outs[i] - 1) + 1
+                    step[a] = strides[i]
+                blocks.append(lax.slice(x, start, limit, step))
+        # Each window position's slice is written in place into one
+        # (W*C, grid..., N) buffer, whose reshape to (W*C, P*N) is free.
         if win == 1:
             patches = blocks[0]
         else:
-            patches = jnp.zeros((*lead_shape, win * c, *outs, n), x.dtype)
+            patches = jnp.zeros(
+                (*lead_shape, win * c, *blocks[0].shape[lead + 1 :]), x.dtype
+            )
             for w, blk in enumerate(blocks):
                 patches = lax.dynamic_update_slice_in_dim(patches, blk, w * c, lead)
         patches = jnp.reshape(patches, (*lead_shape, win * c, pn))
@@ -507,8 +554,11 @@ class TrialBatched:
                     precision=prec,
                     preferred_element_type=pet,
                 )  # (T, G, Og, PN)
-        y = jnp.reshape(y, (t, o, *outs, n)).astype(out_aval.dtype)
-        return _V(y, True, (out_spec[1], *out_spec[2:], out_spec[0]))
+        y = jnp.reshape(y, (t, o, *grid, n))
+        if flat:
+            y = lax.slice(y, (0,) * y.ndim, (t, o, *outs, n))
+        y = y.astype(out_aval.dtype)
+        return _V(y, True, perm)
 
 
 #: CPU default of :attr:`TrialBatched.conv_patch_rows`: LeNet's second conv
