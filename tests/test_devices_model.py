@@ -133,12 +133,6 @@ def test_users_models_program_and_run(kind):
     assert sum(changed) == 4  # the four kernels, no bias
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="uswim_jax.evaluate needs effective_std on this base; remove this "
-    "marker once the protocol-generic engine is merged",
-)
 def test_runs_through_evaluate():
     apply_fn, params, _, _ = um.build("lax", jax.random.key(0))
     x, y = um.make_data(apply_fn, params, jax.random.key(1), n=16)
