@@ -143,24 +143,27 @@ def test_stopped_chips_cost_nothing_more_and_same_key(problem):
     n = u.crossbar_size(params)
     key = jax.random.key(5)
     rule = StopRule(margin=15.0)
-    # The same schedule with the budget cut to 96 weights (repeated counts keep
-    # the shape, so no recompile).
-    short = jnp.asarray(np.minimum(batch_counts(n, 16), 96))
+    # The full budget first; then the same schedule cut at the earliest count a
+    # chip stopped at (repeated counts keep the shape, so no recompile).
+    full = jnp.asarray(batch_counts(n, 16))
+    b = _toy(key, params, cal, test, DEVICE, order, full, rule)
+    stops = np.asarray(full)[np.asarray(b.stop_step)]
+    assert np.asarray(b.reached).any()
+    cut = int(stops[np.asarray(b.reached)].min())
+    short = jnp.asarray(np.minimum(np.asarray(full), cut))
     a = _toy(key, params, cal, test, DEVICE, order, short, rule)
     again = _toy(key, params, cal, test, DEVICE, order, short, rule)
     for f in ChipRun._fields:
         np.testing.assert_array_equal(getattr(a, f), getattr(again, f))
-    # The full budget: chips that met the rule within 96 weights keep every
-    # number (no further cycles or checks); the others go on.
-    full = jnp.asarray(batch_counts(n, 16))
-    b = _toy(key, params, cal, test, DEVICE, order, full, rule)
+    # Chips that met the rule within the cut keep every number under the full
+    # budget (no further cycles or checks); the others go on.
     done = np.asarray(a.reached)
     assert done.any() and not done.all()
     for f in ("stop_step", "reached", "cycles_spent", "calibration", "test"):
         np.testing.assert_array_equal(
             np.asarray(getattr(b, f))[done], np.asarray(getattr(a, f))[done]
         )
-    # The others ran out at 96 weights in a; in b they spend more.
+    # The others ran out at the cut in a; in b they spend more.
     assert np.all(np.asarray(a.cycles_spent)[~done] == np.asarray(a.cycles)[-1])
     assert np.all(np.asarray(b.cycles_spent)[~done] > np.asarray(a.cycles_spent)[~done])
     other = _toy(jax.random.key(6), params, cal, test, DEVICE, order, short, rule)
