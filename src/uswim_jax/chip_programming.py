@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax._checks import check_model_data
+from uswim_jax._protocol import has_closed_form
 from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
 from uswim_jax.device import DEVICE_FIX, add_noise, noise_like
 from uswim_jax.montecarlo import (
@@ -219,7 +220,7 @@ def program_chips(
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
     if not isinstance(rule, StopRule):
         raise ValueError(f"rule must be a StopRule, got {rule!r}")
-    if not (callable(getattr(device, "std", None)) and hasattr(device, "crossbar")):
+    if not (has_closed_form(device) and hasattr(device, "crossbar")):
         raise ValueError(
             "device must be a Gaussian device model with a closed-form std "
             f"(UniformVariation, StateDependentVariation, ...), got {device!r}"

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax._protocol import has_closed_form
 from uswim_jax._tree import crossbar_size
 from uswim_jax.chip_programming import (
     PerChipConfig,
@@ -110,7 +111,7 @@ def run_per_chip(
     params, sens = out["params"], out["sensitivities"]
     setting = Setting(pc.sigma, pc.s, config.verified_ratio)
     device = units._mc_device(setting, config)
-    if not callable(getattr(device, "std", None)):
+    if not has_closed_form(device):
         raise ValueError(
             "per_chip needs a Gaussian device model (programming='gaussian')"
         )
