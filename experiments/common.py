@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from uswim_jax import data
+from uswim_jax import _distributed, data
 from uswim_jax._interrupt import reliable_interrupts
 from uswim_jax._io import atomic_write_json, atomic_write_text
 from uswim_jax.experiment import ExperimentConfig, sensitivity_sizes
@@ -135,7 +136,7 @@ def reproduce(
 
         sections = (per_chip_section(out, train_data, test_data, workdir),)
     text = write_report(workdir, out, out["curves"], choices=choices, sections=sections)
-    if results_dir is not None:
+    if results_dir is not None and _distributed.is_writer():
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         for name in REPORT_FILES:
@@ -192,6 +193,7 @@ def main(
         "whole curves); not part of the run's identity, so a change resumes the run",
     )
     p.add_argument("--no-progress", action="store_true")
+    _distributed.add_arguments(p)
     p.add_argument(
         "--per-chip",
         type=float,
@@ -204,6 +206,10 @@ def main(
     if extra_flags is not None:
         extra_flags(p)
     args = p.parse_args(argv)
+    try:  # before any JAX computation
+        _distributed.initialize_from_args(args)
+    except (ValueError, RuntimeError) as e:
+        p.error(str(e))
     if args.quick:
         config, suffix = configs.get_quick_config(), "-quick"
     elif getattr(args, "full", False):
@@ -232,6 +238,7 @@ def main(
             p.error(str(e))
     base = {"workdir", "results_dir", "quick", "full", "no_progress", "steps_per_chunk"}
     base.add("per_chip")
+    base.update(_distributed.ARGUMENTS)
     extra = {k: v for k, v in vars(args).items() if k not in base}
     workdir = args.workdir or f"runs/{prog}{suffix}"
     results = args.results_dir
@@ -254,13 +261,20 @@ def main(
         )
         return 130
     except (ValueError, OSError, RuntimeError) as e:
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        who = (
+            f" (process {jax.process_index()})"
+            if jax.distributed.is_initialized()
+            else ""
+        )
+        print(f"{prog}: error{who}: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    print()
-    print(out["summary"])
-    print(
-        f"run folder: {workdir}" + (f"; report copied to {results}" if results else "")
-    )
+    if _distributed.is_writer():
+        print()
+        print(out["summary"])
+        print(
+            f"run folder: {workdir}"
+            + (f"; report copied to {results}" if results else "")
+        )
     return 0
 
 
@@ -446,6 +460,8 @@ def write_models_report(
     }
     methods_asked = tuple(dict.fromkeys(m for c in configs.values() for m in c.methods))
     for axis, (_, _, name) in PLOT_AXES.items():
+        if not _distributed.is_writer():  # process 0 writes the run folder
+            break
         tmp = workdir / f".{name}.tmp.png"
         plot_curves(curves, tmp, x_axis=axis, methods=methods_asked)
         os.replace(tmp, workdir / name)
@@ -507,7 +523,7 @@ def reproduce_models(
             progress=progress,
         )
     text = write_models_report(workdir, outs, by_name)
-    if results_dir is not None:
+    if results_dir is not None and _distributed.is_writer():
         for f in MODELS_REPORT_FILES:
             shutil.copyfile(Path(workdir) / f, Path(results_dir) / f)
     return {"outs": outs, "summary": text}

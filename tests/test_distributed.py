@@ -106,13 +106,27 @@ def _results(kind: str, shard, mesh_shard, eager: bool) -> dict[str, np.ndarray]
     curve, stats = jitted(key, params)
     if eager:
         stats = ev(key, params)
-    return {
+    out = {
         "sweep": np.asarray(curve.accuracies),
         "sweep_reference": np.asarray(curve.reference),
         "sweep_baseline": np.asarray(curve.baseline),
         "evaluate": np.asarray(stats.accuracies),
         "evaluate_mean": np.asarray(stats.mean),
     }
+    if kind == "mlp":  # the generic path (a model without a closed form)
+        pulse = u.PulseModel(sigma=1.5, max_pulses=8)
+
+        @jax.jit
+        def pulsed(k, p):
+            return sweep(
+                k, apply_fn, p, x, y, pulse, order, counts, TRIALS, chunk_size=2,
+                shard=shard,
+            )  # fmt: skip
+
+        c = pulsed(key, params)
+        out["pulse_sweep"] = np.asarray(c.accuracies)
+        out["pulse_cycles"] = np.asarray(c.cycles)
+    return out
 
 
 def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
@@ -211,6 +225,8 @@ def _check_two_processes(kind: str, out_dir) -> None:
     # The trials are not all alike (the comparison has something to compare).
     assert len(np.unique(ref["evaluate"])) > 1
     assert len(np.unique(ref["sweep"][0])) > 1
+    if kind == "mlp":
+        assert len(np.unique(ref["pulse_sweep"][0])) > 1
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -394,9 +410,125 @@ def test_cli_sweep_flags():
     assert not plain.distributed
 
 
+class _TinyConfigs:
+    """``experiments.common.main``'s ``configs`` for the tiny sweep."""
+
+    @staticmethod
+    def get_config():
+        import _tiny_sweep
+
+        return _tiny_sweep.CONFIG
+
+    get_quick_config = get_config
+
+
+def _tiny_reproduce(config, workdir, *, results_dir=None, progress=True):
+    """A reproduction driver's ``run``: the tiny sweep through ``reproduce``."""
+    import _tiny_sweep
+
+    from experiments import common
+
+    return common.reproduce(
+        config,
+        workdir,
+        results_dir=results_dir,
+        train_data=_tiny_sweep.fake_digits(64, 0),
+        test_data=_tiny_sweep.fake_digits(32, 1),
+        progress=progress,
+    )
+
+
+def _driver_main(argv) -> int:
+    sys.path.insert(0, os.path.dirname(HERE))  # the repository root: experiments/
+    from experiments import common
+
+    return common.main(
+        argv, prog="tiny", doc="", run=_tiny_reproduce, configs=_TinyConfigs
+    )
+
+
+def _driver_worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
+    """The tiny sweep as a reproduction driver runs it with ``--distributed``."""
+    rc = _driver_main(
+        ["--workdir", out_dir, "--no-progress", "--distributed",
+         "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+         "--process-id", str(process_id)]
+    )  # fmt: skip
+    sys.exit(rc)
+
+
+def test_reproduction_drivers_start_the_runtime_when_asked(
+    monkeypatch, tmp_path, capsys
+):
+    """``experiments/*/main.py`` (``experiments.common.main``) take the
+    runtime's flags or ``USWIM_DISTRIBUTED``, start it before the run, keep its
+    flags out of the run's arguments, and print the report on process 0 only."""
+    started, seen = [], []
+    monkeypatch.setattr(
+        _distributed, "initialize", lambda *a, **kw: started.append((a, kw))
+    )
+
+    def run(config, workdir, *, results_dir=None, progress=True, **extra):
+        seen.append((started[:], extra))
+        return {"summary": "THE SUMMARY"}
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from experiments import common
+
+    def main(argv):
+        return common.main(
+            [*argv, "--workdir", str(tmp_path)],
+            prog="tiny", doc="", run=run, configs=_TinyConfigs,
+        )  # fmt: skip
+
+    assert main(["--quick"]) == 0
+    assert started == [] and seen[-1] == ([], {})
+    assert "THE SUMMARY" in capsys.readouterr().out
+    flags = ["--distributed", "--coordinator-address", "10.0.0.1:1234",
+             "--num-processes", "4", "--process-id", "3",
+             "--heartbeat-timeout", "7"]  # fmt: skip
+    monkeypatch.setattr(_distributed, "is_writer", lambda: False)
+    assert main(flags) == 0
+    ((args, kw),) = seen[-1][0]
+    assert args == ("10.0.0.1:1234", 4, 3) and kw["heartbeat_timeout_seconds"] == 7
+    assert seen[-1][1] == {}  # none of the runtime's flags reach ``run``
+    assert "THE SUMMARY" not in capsys.readouterr().out  # not process 0
+    monkeypatch.setenv(_distributed.ENV_REQUEST, "1")
+    started.clear()
+    assert main([]) == 0 and len(started) == 1  # the environment asks for it
+
+
+@pytest.mark.slow
+def test_two_process_driver_writes_the_one_process_run_folder(tmp_path):
+    """A reproduction driver with ``--distributed`` on two processes writes the
+    run folder (and report) of the same driver on one process."""
+    shared, single = tmp_path / "shared", tmp_path / "single"
+    procs = _start("driver", "-", shared)
+    one = subprocess.Popen(
+        [sys.executable, __file__, "driver-single", "-", "0", "0", str(single)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        rcs, outs = _wait(procs, PIPELINE_TIMEOUT_S)
+        assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+        assert "run folder:" in outs[0] and "run folder:" not in outs[1]
+        assert _wait([one], PIPELINE_TIMEOUT_S)[0] == [0]
+    finally:
+        _reap(one)
+    _same_run_folder(shared, single)
+
+
 if __name__ == "__main__":
     mode, kind, pid, port, out = sys.argv[1:6]
-    run = {"worker": _worker, "dying": _dying_worker, "pipeline": _pipeline_worker}[
-        mode
-    ]
+    if mode == "driver-single":
+        sys.exit(_driver_main(["--workdir", out, "--no-progress"]))
+    run = {
+        "worker": _worker,
+        "dying": _dying_worker,
+        "pipeline": _pipeline_worker,
+        "driver": _driver_worker,
+    }[mode]
     run(kind, int(pid), int(port), out)

@@ -169,6 +169,16 @@ def requested(flag: bool = False, env: Mapping[str, str] | None = None) -> bool:
     )
 
 
+#: The ``argparse`` destinations :func:`add_arguments` adds.
+ARGUMENTS = (
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "heartbeat_timeout",
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds ``--distributed``, ``--coordinator-address``, ``--num-processes``,
     ``--process-id`` and ``--heartbeat-timeout`` to a CLI parser (read back by
