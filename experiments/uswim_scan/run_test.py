@@ -11,6 +11,7 @@ import math
 import jax
 import numpy as np
 
+from experiments import readme
 from experiments.mnist.run_test import _fake
 from experiments.uswim_scan import run
 from experiments.uswim_scan.configs import default
@@ -83,12 +84,14 @@ def test_scan_shares_training_and_ratio_is_one_at_s_one(tmp_path):
     # the CSV holds the rows; the report and its copies are written
     got = list(csv.DictReader(io.StringIO((w / "scan.csv").read_text())))
     assert len(got) == len(rows)
-    assert {float(g["ratio"]) for g in got if g["s"] == "1"} <= {1.0}
+    assert {float(g["ratio"]) for g in got if float(g["s"]) == 1.0} <= {1.0}
     for f in run.REPORT_FILES:
         assert (tmp_path / "r" / f).is_file(), f
     assert (tmp_path / "r" / "mnist" / "sigma-0.5" / "speedups.csv").is_file()
     text = (w / "scan.md").read_text()
     assert "Does U-SWIM/SWIM reach 7x" in text
+    section = readme.uswim_scan_results(tmp_path / "r")
+    assert run.claim_line(rows) in section and "scan.md" in section
     # a rerun resumes: nothing recomputed, the same table
     again = run.run(config, tmp_path / "w", **kw)
     assert again["rows"] == rows
