@@ -15,6 +15,7 @@ depend on what differs (the ablations' rule, ``experiments.ablations.run``).
 import dataclasses
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import numpy as np
 from experiments.ablations.run import _seed_variant
 from experiments.common import reproduce
 from uswim_jax import data
-from uswim_jax.experiment import ExperimentConfig
+from uswim_jax._io import atomic_write_json, atomic_write_text
+from uswim_jax.experiment import ExperimentConfig, manifest
 
 #: One run of a study: ``(group, name, config)``; the group is the folder of
 #: the runs that share a trained model (one dataset).
@@ -108,6 +110,46 @@ def run_grid(
             for f in RUN_FILES:
                 shutil.copyfile(workdir / group / name / f, dst / f)
     return outs
+
+
+def finish(
+    workdir: Path,
+    runs: list[Run],
+    outs: dict[tuple[str, str], dict],
+    start: float,
+    texts: dict[str, str],
+    *,
+    results_dir: str | os.PathLike | None = None,
+) -> str:
+    """Writes a study's report: ``texts`` (``{file name: text}``, the first
+    one the Markdown summary, which gets the wall and pipeline times appended)
+    and ``manifest.json`` (every run's config) in ``workdir``, and copies them
+    to ``results_dir``. Returns the summary text."""
+    names = list(texts)
+    texts = dict(texts)
+    texts[names[0]] += (
+        f"\nwall time of this invocation {time.perf_counter() - start:.0f} s; "
+        "pipeline time summed over the runs and all invocations of their folders "
+        f"{sum(o['seconds_total'] for o in outs.values()):.0f} s.\n"
+    )
+    for name, text in texts.items():
+        atomic_write_text(workdir / name, text)
+    atomic_write_json(
+        workdir / "manifest.json",
+        manifest(
+            seed=runs[0][2].seed,
+            runs=[
+                {"group": g, "name": n, **c.to_json(), **c.execution_json()}
+                for g, n, c in runs
+            ],
+        ),
+    )
+    if results_dir is not None:
+        results_dir = Path(results_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for name in [*names, "manifest.json"]:
+            shutil.copyfile(workdir / name, results_dir / name)
+    return texts[names[0]]
 
 
 def ratio_range(

@@ -20,18 +20,16 @@ approximation alone, not the different images.
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from experiments._studies import pad_to, run_grid
+from experiments._studies import finish, pad_to, run_grid
 from experiments.deep.configs.default import StudyConfig
 from uswim_jax import curvature, data
-from uswim_jax._io import atomic_write_json, atomic_write_text
-from uswim_jax.experiment import manifest, method_order, sensitivity_sizes
+from uswim_jax.experiment import method_order, sensitivity_sizes
 from uswim_jax.experiment.budget import group_budget, layer_budget
 from uswim_jax.experiment.config import _methods_for
 from uswim_jax.sensitivity_report import compare_estimators
@@ -43,6 +41,18 @@ BUDGET_MARGIN = 0.5
 TOPK = (0.01, 0.05, 0.1, 0.2)
 #: The estimator names of the diagonal comparison.
 OBD, OBD_SAME, GGN = "one-pass", "one-pass (GGN's images)", "GGN"
+
+
+#: The layer groups of :func:`resnet_group`, in the order the report lists them.
+RESNET_GROUPS = (
+    "stem",
+    "stage 1",
+    "stage 2",
+    "stage 3",
+    "stage 4",
+    "shortcuts (1x1)",
+    "head",
+)
 
 
 def resnet_group(path: str) -> str:
@@ -133,8 +143,11 @@ def diagonal_rows(out: dict, cfg, train_data: data.Dataset, log=print) -> list[d
     return [{"dataset": out["dataset"], **r, "layer": _short(r["layer"])} for r in rows]
 
 
-def _budget_table(rows: list[dict]) -> list[str]:
-    groups = list(dict.fromkeys(r["group"] for r in rows))
+def _budget_table(rows: list[dict], order: tuple[str, ...] = ()) -> list[str]:
+    groups = sorted(
+        dict.fromkeys(r["group"] for r in rows),
+        key=lambda g: order.index(g) if g in order else len(order),
+    )
     first = (rows[0]["setting"], rows[0]["method"])
     sizes = {g: 0 for g in groups}
     for r in rows:
@@ -199,6 +212,7 @@ def study_markdown(
     budget: list[dict],
     diagonal: list[dict],
     configs: dict,
+    order: tuple[str, ...] = (),
 ) -> str:
     lines = [f"# {title}", ""]
     for (group, name), out in outs.items():
@@ -222,7 +236,9 @@ def study_markdown(
             "above the weight share means the method concentrates its budget "
             "there. Per-layer counts in `budget.csv`.",
             "",
-            *_budget_table([r for r in budget if r["dataset"] == out["dataset"]]),
+            *_budget_table(
+                [r for r in budget if r["dataset"] == out["dataset"]], order
+            ),
             "",
         ]
         mine = [r for r in diagonal if r["dataset"] == out["dataset"]]
@@ -266,6 +282,7 @@ def run_study(
     title: str,
     group: Callable[[str], str],
     preprocess: Callable[[data.Dataset], data.Dataset] | None,
+    order: tuple[str, ...] = (),
     results_dir: str | os.PathLike | None = None,
     datasets: dict[str, tuple[data.Dataset, data.Dataset]] | None = None,
     progress: bool = True,
@@ -302,51 +319,63 @@ def run_study(
         configs[(g, name)] = cfg
         budget += budget_rows(out, cfg, group)
         diagonal += diagonal_rows(out, cfg, train_data, log)
-    text = study_markdown(title, outs, workdir, budget, diagonal, configs)
-    text += (
-        f"\nwall time of this invocation {time.perf_counter() - start:.0f} s; "
-        "pipeline time summed over the runs and all invocations of their folders "
-        f"{sum(o['seconds_total'] for o in outs.values()):.0f} s.\n"
+    text = finish(
+        workdir,
+        runs,
+        outs,
+        start,
+        {
+            "study.md": study_markdown(
+                title, outs, workdir, budget, diagonal, configs, order
+            ),
+            "budget.csv": _csv(budget),
+            "diagonal.csv": _csv(diagonal),
+        },
+        results_dir=results_dir,
     )
-    atomic_write_text(workdir / "study.md", text)
-    atomic_write_text(workdir / "budget.csv", _csv(budget))
-    atomic_write_text(workdir / "diagonal.csv", _csv(diagonal))
-    atomic_write_json(
-        workdir / "manifest.json",
-        manifest(
-            seed=runs[0][2].seed,
-            runs=[
-                {"group": g, "name": n, **c.to_json(), **c.execution_json()}
-                for g, n, c in runs
-            ],
-        ),
-    )
-    if results_dir is not None:
-        results_dir = Path(results_dir)
-        results_dir.mkdir(parents=True, exist_ok=True)
-        for f in REPORT_FILES:
-            shutil.copyfile(workdir / f, results_dir / f)
     return {"outs": outs, "budget": budget, "diagonal": diagonal, "summary": text}
 
 
-def run(
-    config: StudyConfig,
-    workdir: str | os.PathLike,
-    *,
-    results_dir: str | os.PathLike | None = None,
-    datasets: dict[str, tuple[data.Dataset, data.Dataset]] | None = None,
-    progress: bool = True,
-    log=print,
-) -> dict:
-    """The deep-network study: ResNet-18 on the padded datasets."""
-    return run_study(
-        config,
-        workdir,
-        title="Selective write-verify on a deep network: ResNet-18",
-        group=resnet_group,
-        preprocess=pad_to(config.image_size),
-        results_dir=results_dir,
-        datasets=datasets,
-        progress=progress,
-        log=log,
-    )
+def study_runner(
+    title: str,
+    group: Callable[[str], str],
+    preprocess: Callable[[StudyConfig], Callable | None],
+    order: tuple[str, ...] = (),
+) -> Callable[..., dict]:
+    """The ``run`` of a study (what ``experiments.common.main`` calls):
+    :func:`run_study` with this title, layer groups (listed in ``order``) and
+    preprocessing (``preprocess(config)``: the dataset map, or None)."""
+
+    def run(
+        config: StudyConfig,
+        workdir: str | os.PathLike,
+        *,
+        results_dir: str | os.PathLike | None = None,
+        datasets: dict[str, tuple[data.Dataset, data.Dataset]] | None = None,
+        progress: bool = True,
+        log=print,
+    ) -> dict:
+        return run_study(
+            config,
+            workdir,
+            title=title,
+            group=group,
+            preprocess=preprocess(config),
+            order=order,
+            results_dir=results_dir,
+            datasets=datasets,
+            progress=progress,
+            log=log,
+        )
+
+    run.__doc__ = f"{title}: runs (or resumes) the study (:func:`run_study`)."
+    return run
+
+
+#: The deep-network study: ResNet-18 on the datasets padded to 32x32.
+run = study_runner(
+    "Selective write-verify on a deep network: ResNet-18",
+    resnet_group,
+    lambda c: pad_to(c.image_size),
+    RESNET_GROUPS,
+)

@@ -1,21 +1,23 @@
-"""The deep-network study end to end on generated data (a ResNet-18 of width
-2): the padded images, the budget table's counts (they sum to each method's
-verified weights at its target), the diagonal check (the one-pass diagonal
-over the GGN's images equals the run's own when the two image sets are the
-same) and the layer groups of the real ResNet-18."""
-
-import dataclasses
+"""The deep-network study on generated data: the padded images, the budget
+table's counts (they sum to each method's verified weights at its target), the
+diagonal check (the one-pass diagonal over the GGN's images equals the run's
+own when the two image sets are the same), the layer groups of the real
+ResNet-18; end to end on LeNet in the default suite, on a ResNet-18 of width 2
+when slow tests run."""
 
 import jax
 import numpy as np
 import pytest
 
+from experiments import readme
 from experiments._studies import pad_to, ratio_range
 from experiments.deep import run
 from experiments.deep.configs import default
 from experiments.mnist.run_test import _fake
+from uswim_jax._tree import path_str
+from uswim_jax.experiment import ExperimentConfig
 from uswim_jax.models import build_model
-from uswim_jax.sensitivity_report import crossbar_arrays
+from uswim_jax.train import TrainConfig
 
 
 def test_default_configs():
@@ -44,57 +46,50 @@ def test_pad_and_ratio_helpers():
     assert np.isnan(v) and lo == 0 and hi == np.inf
 
 
+def _kernel_paths(model) -> list[str]:
+    """The crossbar layer paths of a model, from its shapes alone (no compile)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    return [
+        path_str(p)
+        for p, leaf in jax.tree_util.tree_leaves_with_path(shapes)
+        if path_str(p).endswith("kernel") and len(leaf.shape) >= 2
+    ]
+
+
 def test_resnet_groups_cover_every_layer():
-    model = build_model("resnet18", width=4, input_shape=(32, 32, 1))
-    layers = crossbar_arrays(model.init(jax.random.key(0)))
-    groups = {run.resnet_group(p) for p in layers}
-    assert groups == {
-        "stem",
-        "stage 1",
-        "stage 2",
-        "stage 3",
-        "stage 4",
-        "shortcuts (1x1)",
-        "head",
-    }
+    paths = _kernel_paths(build_model("resnet18", width=4, input_shape=(32, 32, 1)))
+    assert len(paths) == 21
+    assert {run.resnet_group(p) for p in paths} == set(run.RESNET_GROUPS)
     assert run.resnet_group("params/BasicBlock_7/Conv_1/kernel") == "stage 4"
+    assert run.resnet_group("params/BasicBlock_2/Conv_2/kernel") == "shortcuts (1x1)"
 
 
-def test_study_end_to_end(tmp_path):
-    base = dataclasses.replace(
-        default.get_quick_config().bases[0][1],
-        train=dataclasses.replace(
-            default.get_quick_config().bases[0][1].train,
-            width=2,
-            train_subset=None,
-            batch_size=32,
-        ),
-        sigmas=(0.2,),
-        s_values=(3.0,),
-        s_sigma=0.2,
-        fractions=(0.05, 0.5),
-        num_trials=2,
-        methods=("magnitude", "swim", "uswim", "eloss-ggn"),
-        test_subset=32,
-        curvature_subset=32,
-        estimator_subset=32,  # the same images: the two one-pass diagonals agree
-        label="test",
+def _base(train: TrainConfig, **kw) -> ExperimentConfig:
+    return ExperimentConfig(
+        **{
+            "train": train,
+            "sigmas": (0.2,),
+            "s_values": (3.0,),
+            "s_sigma": 0.2,
+            "fractions": (0.05, 0.5),
+            "num_trials": 2,
+            "methods": ("magnitude", "swim", "uswim", "eloss-ggn"),
+            "test_subset": 32,
+            "curvature_subset": 32,
+            # the same images: the two one-pass diagonals agree
+            "estimator_subset": 32,
+            "label": "test",
+            **kw,
+        }
     )
-    config = default.StudyConfig((("mnist", base),))
-    datasets = {"mnist": (_fake(64, 0), _fake(32, 1))}
-    out = run.run(
-        config,
-        tmp_path / "w",
-        results_dir=tmp_path / "r",
-        datasets=datasets,
-        progress=False,
-        log=lambda *a: None,
-    )
+
+
+def _check_study(out, tmp_path, dataset):
     o = out["outs"][("mnist", "run")]
-    assert o["dataset"] == "synthetic-32x32"
+    assert o["dataset"] == dataset
     n = o["num_weights"]
     keys = {(r["setting"], r["method"]) for r in out["budget"]}
-    assert len(keys) == 2 * 3 + 1  # uniform: 3 methods, state: 4
+    assert len(keys) == 3 + 4  # uniform: 3 methods, state: U-SWIM too
     for key in keys:
         rows = [r for r in out["budget"] if (r["setting"], r["method"]) == key]
         count = round(rows[0]["budget_fraction"] * n)
@@ -109,11 +104,49 @@ def test_study_end_to_end(tmp_path):
     by = {(r["a"], r["b"], r["layer"]): r for r in out["diagonal"]}
     same = by[(run.OBD, run.OBD_SAME, "overall")]
     assert same["spearman"] == pytest.approx(1.0) and same["top1%"] == 1.0
-    ggn = [r for r in out["diagonal"] if r["b"] == run.GGN]
-    assert ggn and all(
-        -1 <= r["spearman"] <= 1 for r in ggn if r["spearman"] == r["spearman"]
-    )
+    ggn = [r["spearman"] for r in out["diagonal"] if r["b"] == run.GGN]
+    assert ggn and all(-1 <= s <= 1 for s in ggn if s == s)
     for f in run.REPORT_FILES:
         assert (tmp_path / "r" / f).is_file(), f
     text = (tmp_path / "w" / "study.md").read_text()
     assert "Where the verified budget goes" in text and "weak link" in text
+    section = readme.deep_results(tmp_path / "r")
+    assert dataset in section and "Spearman" in section
+
+
+def test_study_end_to_end_on_lenet(tmp_path):
+    """The study's driver and report on a small model (LeNet, one group per
+    layer): the budget counts, the diagonal check, the README section."""
+    config = default.StudyConfig(
+        (("mnist", _base(TrainConfig(epochs=1, batch_size=32))),)
+    )
+    out = run.run_study(
+        config,
+        tmp_path / "w",
+        title="test",
+        group=lambda p: p.split("/")[1],
+        preprocess=None,
+        results_dir=tmp_path / "r",
+        datasets={"mnist": (_fake(64, 0), _fake(32, 1))},
+        progress=False,
+        log=lambda *a: None,
+    )
+    _check_study(out, tmp_path, "synthetic")
+
+
+@pytest.mark.slow
+def test_resnet_study_end_to_end(tmp_path):
+    """The study itself: a ResNet-18 of width 2 on the padded images."""
+    train = TrainConfig(model="resnet18", width=2, epochs=1, batch_size=32)
+    config = default.StudyConfig((("mnist", _base(train)),))
+    out = run.run(
+        config,
+        tmp_path / "w",
+        results_dir=tmp_path / "r",
+        datasets={"mnist": (_fake(64, 0), _fake(32, 1))},
+        progress=False,
+        log=lambda *a: None,
+    )
+    _check_study(out, tmp_path, "synthetic-32x32")
+    groups = {r["group"] for r in out["budget"]}
+    assert groups == set(run.RESNET_GROUPS)

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._studies import ratio_range, run_grid
+from experiments._studies import finish, ratio_range, run_grid
 from experiments.uswim_scan.configs.default import ScanConfig
 from uswim_jax import data
-from uswim_jax._io import atomic_write_json, atomic_write_text
-from uswim_jax.experiment import Setting, manifest
+from uswim_jax.experiment import Setting
 from uswim_jax.stats import MARGINS, mean_ci95
 
 REPORT_FILES = ("scan.md", "scan.csv", "scan.png", "manifest.json")
@@ -324,28 +323,16 @@ def run(
         log=log,
     )
     rows = scan_rows(config, outs)
-    text = scan_markdown(config, rows, outs)
-    text += (
-        f"\nwall time of this invocation {time.perf_counter() - start:.0f} s; "
-        "pipeline time summed over the runs and all invocations of their folders "
-        f"{sum(o['seconds_total'] for o in outs.values()):.0f} s.\n"
-    )
-    atomic_write_text(workdir / "scan.md", text)
-    atomic_write_text(workdir / "scan.csv", scan_csv(rows))
-    plot_scan(rows, workdir / "scan.png")
-    atomic_write_json(
-        workdir / "manifest.json",
-        manifest(
-            seed=config.runs()[0][2].seed,
-            runs=[
-                {"group": g, "name": n, **c.to_json(), **c.execution_json()}
-                for g, n, c in config.runs()
-            ],
-        ),
+    scan_png = workdir / "scan.png"
+    plot_scan(rows, scan_png)
+    text = finish(
+        workdir,
+        config.runs(),
+        outs,
+        start,
+        {"scan.md": scan_markdown(config, rows, outs), "scan.csv": scan_csv(rows)},
+        results_dir=results_dir,
     )
     if results_dir is not None:
-        results_dir = Path(results_dir)
-        results_dir.mkdir(parents=True, exist_ok=True)
-        for name in REPORT_FILES:
-            shutil.copyfile(workdir / name, results_dir / name)
+        shutil.copyfile(scan_png, Path(results_dir) / "scan.png")
     return {"outs": outs, "rows": rows, "summary": text}

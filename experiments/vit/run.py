@@ -2,12 +2,9 @@
 and report (``experiments.deep.run.run_study``) on the small vision
 transformer, at 28x28 (no padding), with the layers grouped by role."""
 
-import os
 import re
 
-from experiments.deep.configs.default import StudyConfig
-from experiments.deep.run import REPORT_FILES, run_study
-from uswim_jax import data
+from experiments.deep.run import REPORT_FILES, study_runner
 
 __all__ = ["REPORT_FILES", "run", "vit_group"]
 
@@ -35,24 +32,10 @@ def vit_group(path: str) -> str:
     raise ValueError(f"no ViT layer group for {path!r}")
 
 
-def run(
-    config: StudyConfig,
-    workdir: str | os.PathLike,
-    *,
-    results_dir: str | os.PathLike | None = None,
-    datasets: dict[str, tuple[data.Dataset, data.Dataset]] | None = None,
-    progress: bool = True,
-    log=print,
-) -> dict:
-    """The transformer study: the ViT on the unpadded datasets."""
-    return run_study(
-        config,
-        workdir,
-        title="Selective write-verify on a transformer: the small ViT",
-        group=vit_group,
-        preprocess=None,
-        results_dir=results_dir,
-        datasets=datasets,
-        progress=progress,
-        log=log,
-    )
+#: The transformer study: the ViT on the unpadded datasets.
+run = study_runner(
+    "Selective write-verify on a transformer: the small ViT",
+    vit_group,
+    lambda c: None,
+    ("patch embedding", *_ROLES.values(), "head"),
+)

@@ -5,13 +5,14 @@ add up over the roles."""
 import dataclasses
 
 import jax
+import numpy as np
 import pytest
 
 from experiments.mnist.run_test import _fake
 from experiments.vit import run
 from experiments.vit.configs import default
+from uswim_jax._tree import path_str
 from uswim_jax.models import build_model
-from uswim_jax.sensitivity_report import crossbar_arrays
 
 
 def test_default_configs():
@@ -22,10 +23,13 @@ def test_default_configs():
 
 
 def test_every_vit_layer_has_a_role():
-    layers = crossbar_arrays(build_model("vit").init(jax.random.key(0)))
+    shapes = jax.eval_shape(build_model("vit").init, jax.random.key(0))
     roles = {}
-    for path, w in layers.items():
-        roles[run.vit_group(path)] = roles.get(run.vit_group(path), 0) + len(w)
+    for p, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        path = path_str(p)
+        if path.endswith("kernel") and len(leaf.shape) >= 2:
+            size = int(np.prod(leaf.shape))
+            roles[run.vit_group(path)] = roles.get(run.vit_group(path), 0) + size
     assert set(roles) == {
         "patch embedding",
         "query",
