@@ -199,6 +199,33 @@ def _diagonal_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def comparison_lines(out: dict, margin: float = BUDGET_MARGIN) -> list[str]:
+    """Per setting, at ``margin``: the method that needs the fewest write
+    cycles (NWC), and whether SWIM (and U-SWIM, under state-dependent
+    variation) needs fewer than magnitude and random."""
+    nwc: dict[str, dict[str, float]] = {}
+    for (setting, method), curve in out["curves"].items():
+        nwc.setdefault(setting, {})[method] = curve.cycles_to_target(margin).value
+    lines = []
+    for setting in out["settings"]:
+        got = nwc.get(setting, {})
+        if not got:
+            continue
+        best = min(got, key=got.get)
+        parts = [f"fewest cycles: {best} (NWC {got[best]:.3f})"]
+        for m in ("swim", "uswim"):
+            if m not in got:
+                continue
+            for other in ("magnitude", "random"):
+                if other in got:
+                    word = "fewer" if got[m] < got[other] else "not fewer"
+                    parts.append(
+                        f"{m} {word} than {other} ({got[m]:.3f} vs {got[other]:.3f})"
+                    )
+        lines.append(f"- {setting}: " + "; ".join(parts))
+    return lines
+
+
 def _speedup_table(folder: Path, label: str) -> list[str]:
     from experiments.readme import _model_table
 
@@ -227,6 +254,11 @@ def study_markdown(
             "Speedups, then where the budget goes, then the diagonal check.",
             "",
             *_speedup_table(workdir / group / name, label),
+            f"Who wins at {BUDGET_MARGIN:g} pp (normalized write cycles to get "
+            "within the margin of exhaustive write-verify; lower is better):",
+            "",
+            *comparison_lines(out),
+            "",
             f"### Where the verified budget goes ({out['dataset']})",
             "",
             f"Each method at its {BUDGET_MARGIN:g} pp target (the verified fraction "

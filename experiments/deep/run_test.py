@@ -17,6 +17,7 @@ from experiments.mnist.run_test import _fake
 from uswim_jax._tree import path_str
 from uswim_jax.experiment import ExperimentConfig
 from uswim_jax.models import build_model
+from uswim_jax.sweep import Curve
 from uswim_jax.train import TrainConfig
 
 
@@ -110,6 +111,7 @@ def _check_study(out, tmp_path, dataset):
         assert (tmp_path / "r" / f).is_file(), f
     text = (tmp_path / "w" / "study.md").read_text()
     assert "Where the verified budget goes" in text and "weak link" in text
+    assert "Who wins at 0.5 pp" in text and "fewest cycles" in text
     section = readme.deep_results(tmp_path / "r")
     assert dataset in section and "Spearman" in section
 
@@ -150,3 +152,35 @@ def test_resnet_study_end_to_end(tmp_path):
     _check_study(out, tmp_path, "synthetic-32x32")
     groups = {r["group"] for r in out["budget"]}
     assert groups == set(run.RESNET_GROUPS)
+
+
+def _curve(acc_at_steps):
+    """A two-step curve whose four trials all have these accuracies (the
+    exhaustive reference 1, nothing verified 0.5)."""
+    a = np.asarray(acc_at_steps, float)[:, None] * np.ones((1, 4))
+    return Curve(
+        np.array([1, 2]),
+        np.array([0.1, 0.5]),
+        np.array([0.19, 0.55]),
+        np.array([0.1, 0.5]),
+        a,
+        np.ones(4),
+        np.full(4, 0.5),
+        np.array([0.1, 0.0]),
+    )
+
+
+def test_comparison_names_the_cheapest_method():
+    s = "uniform sigma=0.1"
+    out = {
+        "settings": [s, "uniform sigma=0.2"],
+        "curves": {
+            (s, "swim"): _curve([0.9, 1.0]),
+            (s, "magnitude"): _curve([1.0, 1.0]),
+            (s, "random"): _curve([0.5, 0.9]),
+        },
+    }
+    (line,) = run.comparison_lines(out)
+    assert "fewest cycles: magnitude" in line
+    assert "swim not fewer than magnitude" in line
+    assert "swim fewer than random" in line
