@@ -20,6 +20,9 @@ help:
 	@echo "make reproduce-cifar10 ConvNet and ResNet-18 on CIFAR-10 (GPU; ARGS=--quick on CPU)"
 	@echo "make reproduce-tinyimagenet    ResNet-18 on Tiny ImageNet (GPU; ARGS=--quick on CPU)"
 	@echo "make ablations         the ablation tables on MNIST (LeNet, 4-bit LeNet, narrow ResNet-18; ~30 min on 2 cores)"
+	@echo "make reproduce-uswim-scan  U-SWIM over SWIM on LeNet, s x sigma, both datasets (docs/studies.md; ARGS=--quick / --full)"
+	@echo "make reproduce-deep    ResNet-18 (width 16) on padded mnist-10k and Fashion-MNIST, where the budget goes (docs/studies.md)"
+	@echo "make reproduce-vit     the small ViT on mnist-10k and Fashion-MNIST, where the budget goes (docs/studies.md)"
 	@echo "make test              the default test suite (not slow, not gpu)"
 	@echo "make test-all          every test, slow ones included"
 	@echo "make test-floor        the core alone on the oldest jax/numpy allowed (own venv)"
@@ -73,6 +76,17 @@ reproduce-tinyimagenet: $(STAMP)
 
 ablations: $(STAMP)
 	$(PY) -m experiments.ablations.main --results-dir results/ablations $(ARGS)
+
+.PHONY: reproduce-uswim-scan reproduce-deep reproduce-vit
+
+reproduce-uswim-scan: $(STAMP)
+	$(PY) -m experiments.uswim_scan.main --results-dir results/uswim-scan $(ARGS)
+
+reproduce-deep: $(STAMP)
+	$(PY) -m experiments.deep.main --results-dir results/deep $(ARGS)
+
+reproduce-vit: $(STAMP)
+	$(PY) -m experiments.vit.main --results-dir results/vit $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)

@@ -413,9 +413,101 @@ SECTIONS: dict[str, Callable[[], str]] = {
 }
 
 
+def _not_run(folder: Path, command: str) -> str | None:
+    if folder.is_dir():
+        return None
+    return f"Not run yet: `{command}` writes `results/{folder.name}/`."
+
+
+def uswim_scan_results(folder: Path = ROOT / "results" / "uswim-scan") -> str:
+    """U-SWIM over SWIM across the s x sigma scan: the 7x verdict per dataset,
+    from ``make reproduce-uswim-scan`` (docs/studies.md, part 4)."""
+    command = "make reproduce-uswim-scan"
+    missing = _not_run(folder, command)
+    if missing:
+        return missing
+    from experiments.uswim_scan.run import claim_line, verdict_lines
+
+    rows = []
+    for r in _read_csv(folder / "scan.csv"):
+        rows.append(
+            {k: (v if k in ("dataset", "basis") else float(v)) for k, v in r.items()}
+        )
+    return "\n".join(
+        [
+            claim_line(rows),
+            "",
+            *verdict_lines(rows),
+            "",
+            f"Source: `results/{folder.name}/scan.md` (every setting, both bases, "
+            f"the ranges; `scan.png`), from `{command}`.",
+        ]
+    )
+
+
+def _study_results(folder: Path, command: str) -> str:
+    missing = _not_run(folder, command)
+    if missing:
+        return missing
+    from experiments.deep.run import GGN, OBD_SAME
+
+    diag = (
+        _read_csv(folder / "diagonal.csv")
+        if (folder / "diagonal.csv").is_file()
+        else []
+    )
+    lines = []
+    for run_dir in sorted(folder.glob("*/run")):
+        info = json.loads((run_dir / "run_info.json").read_text())
+        t = json.loads((run_dir / "config.json").read_text())["config"]["experiment"]
+        t = t["train"]
+        label = t["model"] + (f" (width {t['width']})" if t.get("width") else "")
+        lines += [f"**{label}, {info['dataset']}**", ""]
+        lines += _model_table(run_dir, label)
+        for r in diag:
+            if r["dataset"] == info["dataset"] and (r["a"], r["b"], r["layer"]) == (
+                OBD_SAME,
+                GGN,
+                "overall",
+            ):
+                tops = [k for k in r if k.startswith("top")]
+                lines += [
+                    f"- one-pass diagonal vs the exact GGN diagonal (same "
+                    f"images, all crossbar weights): Spearman "
+                    f"{float(r['spearman']):.3f}, top-k overlap "
+                    + ", ".join(f"{float(r[k]):.2f} at {k[3:]}" for k in tops),
+                    "",
+                ]
+    lines.append(
+        f"Source: `results/{folder.name}/study.md` (where the budget goes per "
+        f"layer group, the per-layer diagonal check), from `{command}`."
+    )
+    return "\n".join(lines)
+
+
+def deep_results(folder: Path = ROOT / "results" / "deep") -> str:
+    """ResNet-18 on the padded datasets (docs/studies.md, part 2)."""
+    return _study_results(folder, "make reproduce-deep")
+
+
+def vit_results(folder: Path = ROOT / "results" / "vit") -> str:
+    """The small ViT (docs/studies.md, part 3(c))."""
+    return _study_results(folder, "make reproduce-vit")
+
+
+#: The studies' sections (docs/studies.md). Rendered where README.md has their
+#: markers; not yet required by tests/test_readme.py (move them into SECTIONS
+#: once the README has the markers).
+STUDY_SECTIONS: dict[str, Callable[[], str]] = {
+    "uswim-scan-results": uswim_scan_results,
+    "deep-results": deep_results,
+    "vit-results": vit_results,
+}
+
+
 def render(text: str) -> str:
     """``text`` with every known section regenerated."""
-    for name, fn in SECTIONS.items():
+    for name, fn in {**SECTIONS, **STUDY_SECTIONS}.items():
         begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
         if begin not in text:
             continue
