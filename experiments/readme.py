@@ -422,7 +422,17 @@ def devices_results(folder: Path = ROOT / "results" / "reproduce-devices") -> st
         k = (r["model"], r["preset"], float(r["t_s"]), r["compensation"])
         cell.setdefault(k, []).append(r)
     names = {3600.0: "1 h", 86400.0: "1 day", 2592000.0: "1 month"}
+    cfg = json.loads((folder / "manifest.json").read_text())["config"]
     lines = [
+        f"Float LeNet, {cfg['num_trials']} programmed chips (Monte Carlo trials) "
+        f"per point over the first {cfg['test_subset']} test images, budgets at "
+        f"{', '.join(f'{100 * f:g}%' for f in cfg['fractions'])} verified; each "
+        "preset's default verify loop (docs/devices.md). Per read time and "
+        "drift-compensation switch: the end points, the best score at a 0.5 pp "
+        "margin and its speedup over exhaustive write-verify with cycles counted "
+        "by the loop, beside the same accuracies priced at 10 cycles per verified "
+        "device (the Gaussian model's assumption).",
+        "",
         "| model | preset | t | comp | none % | exhaustive % | best score at "
         "0.5 pp | speedup, loop cycles | speedup, 10 cycles assumed |",
         "|---|---|---|---|---:|---:|---|---:|---:|",

@@ -3,6 +3,7 @@ and the README section from made-up curves (fast), and the driver end to end
 on generated data with a resume (slow)."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -129,9 +130,11 @@ def test_report_csvs_plot_and_readme_section(tmp_path):
     assert both and all(r["speedup_loop"] < r["speedup_assumed10"] for r in both)
     (tmp_path / "devices_speedups.csv").write_text(run._csv(rows))
     (tmp_path / "devices_cost.csv").write_text(run._csv(run.cost_rows(config, outs)))
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": config.to_json()}))
     section = readme.devices_results(tmp_path)
-    assert section.count("\n| ") == n_cells  # one row per cell below the header
+    assert section.count("\n| ") == 1 + n_cells  # the header, one row per cell
     assert "2.50 writes per device" in section
+    assert "2 programmed chips" in section and "1%, 10% verified" in section
     png = tmp_path / "t.png"
     run.plot_time(config, outs, "pcm", png)
     assert png.stat().st_size > 1000
@@ -152,6 +155,7 @@ def test_driver_end_to_end_on_generated_data_resumes(tmp_path, monkeypatch):
     config = dataclasses.replace(
         default.get_quick_config(),
         models=(("mnist", base),),
+        presets=("pcm",),
         times=(1.0, 86400.0),
         methods=("random", "uswim", "eloss-obd"),
         num_trials=2,
@@ -168,7 +172,7 @@ def test_driver_end_to_end_on_generated_data_resumes(tmp_path, monkeypatch):
     for f in (*run.REPORT_FILES, "accuracy_vs_time_pcm.png"):
         assert (tmp_path / "r" / f).is_file()
     o = out["outs"][0]
-    assert len(o["curves"]) == 2 * 2 * 2 * 3
+    assert len(o["curves"]) == 2 * 2 * 3  # times x switch x methods
     for c in o["curves"].values():
         cyc = np.asarray(c.cycles)
         assert np.all(np.diff(cyc) >= -1e-6) and np.all((cyc > 0) & (cyc <= 1))

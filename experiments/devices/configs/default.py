@@ -8,7 +8,9 @@ programming, with and without global drift compensation.
 Every cell is a programmed Monte Carlo sweep (each trial programs a chip with
 the verify loop and reads it at ``t``; ``uswim_jax.sweep``), so one trial
 costs a verify loop over every device plus the forward pass: the default is
-sized for a 2-core CPU (8 trials, 500 test images, 5 budgets).
+sized for a 2-core CPU (6 trials, 500 test images, 5 budgets: 5,184 programmed
+trial evaluations, 15-25 minutes on 2 cores when the reproductions' models
+are reused).
 """
 
 import dataclasses
@@ -38,9 +40,9 @@ class DevicesConfig:
     compensation: tuple[bool, ...] = (False, True)
     methods: tuple[str, ...] = ("random", "magnitude", "swim", "uswim", "eloss-obd")
     fractions: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2)
-    num_trials: int = 8
+    num_trials: int = 6
     test_subset: int = 500
-    chunk_size: int = 4
+    chunk_size: int = 6
     eval_batch_size: int = 100
     seed: int = 0
     #: Chips (the first trials' keys) programmed all-verified for the cost table.
@@ -88,7 +90,7 @@ class DevicesConfig:
 
 
 def get_config() -> DevicesConfig:
-    """The default: both LeNets, the whole grid, about 25 minutes on 2 CPU
+    """The default: both LeNets, the whole grid, 15-25 minutes on 2 CPU
     cores when the reproductions' trained models are reused."""
     return DevicesConfig(
         models=(
