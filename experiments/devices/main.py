@@ -22,6 +22,15 @@ def _flags(p) -> None:
 
 
 def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a.split("=")[0] == "--per-chip" for a in args):
+        print(
+            "reproduce-devices: error: --per-chip is the Gaussian models' study "
+            "(uswim_jax.experiment.per_chip); it does not apply here",
+            file=sys.stderr,
+        )
+        return 2
+
     def _run(config, workdir, *, reuse, **kw):
         return run.run(config, workdir, reuse=None if reuse == "none" else reuse, **kw)
 

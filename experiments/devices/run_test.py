@@ -38,6 +38,13 @@ def test_default_grid_is_the_issues():
         dataclasses.replace(c, plot_fractions=(0.5,))
 
 
+def test_main_refuses_the_per_chip_flag(capsys):
+    from experiments.devices import main
+
+    assert main.main(["--quick", "--per-chip", "0.5"]) == 2
+    assert "--per-chip" in capsys.readouterr().err
+
+
 def _curve(fractions, accs, ref, base, cycles):
     f = np.asarray(fractions, np.float32)
     return Curve(
