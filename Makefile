@@ -12,6 +12,7 @@ FLOOR_PINS = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproj
 
 .PHONY: help install test test-all test-floor lock lint format reproduce-mnist \
 	reproduce-fashion-mnist reproduce-cifar10 reproduce-tinyimagenet ablations bench \
+	reproduce-devices \
 	clean-venv
 
 help:
@@ -19,6 +20,7 @@ help:
 	@echo "make reproduce-fashion-mnist   the same two models on the full Fashion-MNIST"
 	@echo "make reproduce-cifar10 ConvNet and ResNet-18 on CIFAR-10 (GPU; ARGS=--quick on CPU)"
 	@echo "make reproduce-tinyimagenet    ResNet-18 on Tiny ImageNet (GPU; ARGS=--quick on CPU)"
+	@echo "make reproduce-devices selective write-verify on the PCM and RRAM presets over time (LeNet, MNIST and Fashion-MNIST; reuses their runs)"
 	@echo "make ablations         the ablation tables on MNIST (LeNet, 4-bit LeNet, narrow ResNet-18; ~30 min on 2 cores)"
 	@echo "make reproduce-uswim-scan  U-SWIM over SWIM on LeNet, s x sigma, both datasets (docs/studies.md; ARGS=--quick / --full)"
 	@echo "make reproduce-deep    ResNet-18 (width 16) on padded mnist-10k and Fashion-MNIST, where the budget goes (docs/studies.md)"
@@ -73,6 +75,9 @@ reproduce-cifar10: $(STAMP)
 
 reproduce-tinyimagenet: $(STAMP)
 	$(PY) -m experiments.tinyimagenet.main --results-dir results/reproduce-tinyimagenet $(ARGS)
+
+reproduce-devices: $(STAMP)
+	$(PY) -m experiments.devices.main --results-dir results/reproduce-devices $(ARGS)
 
 ablations: $(STAMP)
 	$(PY) -m experiments.ablations.main --results-dir results/ablations $(ARGS)

@@ -141,3 +141,26 @@ def test_runs_through_evaluate():
         jax.random.key(2), apply_fn, params, x, y, dev, num_trials=2, chunk_size=1
     )
     assert stats.accuracies.shape == (2,)
+
+
+def test_read_time_and_compensation_are_traced_leaves():
+    # a sweep over t and the switch compiles once and equals the eager calls
+    params = _params()
+    traces = []
+
+    @jax.jit
+    def prog(k, dev):
+        traces.append(1)
+        return dev.program(k, params)
+
+    key = jax.random.key(4)
+    for t, comp in ((1.0, False), (3600.0, True), (2.6e6, True)):
+        dev = ConductanceDevice(device_preset("pcm"), t=t, drift_compensation=comp)
+        got = prog(key, dev)
+        want = dev.program(key, params)
+        np.testing.assert_allclose(
+            got["dense"]["kernel"], want["dense"]["kernel"], rtol=1e-6, atol=1e-7
+        )
+    assert len(traces) == 1
+    with pytest.raises(ValueError, match="drift_compensation"):
+        ConductanceDevice(drift_compensation=1)

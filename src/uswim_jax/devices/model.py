@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_finite_tree
+from uswim_jax._checks import check_finite_tree, is_concrete
 from uswim_jax._protocol import Programmed, WriteCycles
 from uswim_jax._tree import (
     CrossbarPredicate,
@@ -116,9 +116,13 @@ class ConductanceDevice:
         mapping: weights to conductances (default
             ``DifferentialPair(preset.g_max, preset.g_min)``); its range must
             be the preset's.
-        verify: the write-verify loop's settings.
+        verify: the write-verify loop's settings (default
+            ``VerifyLoop(**preset.verify_defaults())``: the loop's own
+            defaults, except for the ``authors`` preset).
         cost: time and energy per write and read.
-        t: read time, s since programming (> 0; default ``preset.t0``).
+        t: read time, s since programming (> 0; default ``preset.t0``). A
+            pytree leaf, like ``drift_compensation`` and ``chip_key``: under
+            ``jax.jit`` they are traced, so changing them does not recompile.
         stuck_on: fraction of devices stuck at ``g_max``.
         stuck_off: fraction of devices stuck at ``g_min``.
         d2d: std of the fixed per-device write offset, uS (>= 0).
@@ -136,7 +140,7 @@ class ConductanceDevice:
 
     preset: DevicePreset = PCMPreset()
     mapping: ConductanceMap | None = None
-    verify: VerifyLoop = VerifyLoop()
+    verify: VerifyLoop | None = None
     cost: CostModel = CostModel()
     t: float | None = None
     stuck_on: float = 0.0
@@ -166,6 +170,8 @@ class ConductanceDevice:
                 f"[{p.g_min}, {p.g_max}] uS; set both (device_preset(name, "
                 f"g_max=..., g_min=...))"
             )
+        if self.verify is None:
+            object.__setattr__(self, "verify", VerifyLoop(**p.verify_defaults()))
         if not isinstance(self.verify, VerifyLoop):
             raise ValueError(f"verify must be a VerifyLoop, got {self.verify!r}")
         if not isinstance(self.cost, CostModel):
@@ -177,13 +183,15 @@ class ConductanceDevice:
             )
         if self.t is None:
             object.__setattr__(self, "t", float(p.t0))
-        _check_number("t", self.t, positive=True)
+        # t and drift_compensation are pytree leaves (traced under jit, so a
+        # sweep over them does not recompile); only concrete values are checked.
+        if is_concrete(self.t):
+            _check_number("t", self.t, positive=True)
         check_fault_fractions(self.stuck_on, self.stuck_off)
         _check_number("d2d", self.d2d)
-        if not isinstance(self.drift_compensation, bool):
-            raise ValueError(
-                f"drift_compensation must be a bool, got {self.drift_compensation!r}"
-            )
+        comp = self.drift_compensation
+        if is_concrete(comp) and not isinstance(comp, bool | np.bool_):
+            raise ValueError(f"drift_compensation must be a bool, got {comp!r}")
         if not callable(self.crossbar):
             raise ValueError(
                 f"crossbar must be a callable predicate, got {self.crossbar!r}"
@@ -256,6 +264,97 @@ class ConductanceDevice:
         if params is None:
             raise ValueError("params is required (the loop counts device writes)")
         return self.chip_cost(self.program_chip(key, params, verified)).cycles
+
+    # ------------------------------------------------------------ scores
+
+    def _leaf_weight_std(self, w: jax.Array):
+        """``(written, verified, zero)``: the stds of :meth:`weight_std` for
+        one crossbar leaf, and the written std of a zero weight of it."""
+        pr, m, loop = self.preset, self.mapping, self.verify
+        scale = layer_scale(w)
+        target = m.encode(w, scale)
+        ws = pr._write_std(target)
+        vs = loop.residual_std(ws, loop.tolerance(target, m.g_max, ws))
+        sw = jnp.asarray(m._slice_weights(), w.dtype)
+        unit = scale / jnp.asarray(m.g_max - m.g_min, w.dtype)
+
+        def total(std):
+            k = sw.reshape((1,) * (std.ndim - 2) + (-1, 1))
+            return unit * jnp.sqrt(jnp.sum((k * std) ** 2, axis=(-2, -1)))
+
+        g0 = jnp.full((m.num_slices, 2), m.g_min, w.dtype)
+        return total(ws), total(vs), total(pr._write_std(g0))
+
+    def _map_scores(self, params: PyTree, fn, off) -> PyTree:
+        check_crossbar("params", params, self.crossbar, fix=DEVICE_FIX)
+        check_finite_tree("params", params)
+
+        def leaf(p, x):
+            if not on_crossbar(self.crossbar, path_str(p), x):
+                return off(jnp.shape(x), _float_dtype(x))
+            return fn(*self._leaf_weight_std(jnp.asarray(x).astype(_float_dtype(x))))
+
+        return jax.tree_util.tree_map_with_path(leaf, params)
+
+    def weight_std(self, params: PyTree) -> tuple[PyTree, PyTree]:
+        """Estimated std of each weight's programming error at ``t0``,
+        written once and write-verified, in the weight's units (for selection
+        scores: :func:`uswim_jax.expected_loss_score`).
+
+        A weight's error is ``max|W_l| sum_i w_i (e+_i - e-_i) / (g_max -
+        g_min)`` over its devices (:mod:`.conductance`), so its std is that
+        sum's with each device's std: one write's ``preset.write_std`` at the
+        target, or, verified, :meth:`VerifyLoop.residual_std` of that write
+        std in the loop's band. An estimate: re-aiming, clipping at 0 uS,
+        faults and offsets are left out, and so are read noise and what
+        happens after ``t0`` (drift, relaxation), which a verified weight
+        suffers as much as a written one (so the difference ``written^2 -
+        verified^2`` the expected-loss score uses hardly depends on them). Not
+        :class:`uswim_jax.ClosedFormStd`: the programmed weights are not
+        ``params + std * z``.
+
+        Returns:
+            ``(written, verified)``: pytrees like ``params`` (zeros off the
+            crossbar).
+
+        Raises:
+            ValueError: naming ``params`` (NaN, no crossbar leaf).
+        """
+        treedef = jax.tree.structure(params)
+        pairs = treedef.flatten_up_to(
+            self._map_scores(
+                params,
+                lambda a, b, _: (a, b),
+                lambda shape, dt: (jnp.zeros(shape, dt), jnp.zeros(shape, dt)),
+            )
+        )
+        return (
+            treedef.unflatten([a for a, _ in pairs]),
+            treedef.unflatten([b for _, b in pairs]),
+        )
+
+    def state_multiplier(self, params: PyTree) -> PyTree:
+        """U-SWIM's multiplier ``k`` from this device's own std: each
+        weight's written std (:meth:`weight_std`) over that of a zero weight
+        of its layer (both devices at ``g_min``), so ``k = 1`` at 0 as the
+        authors' extreme states (ones off the crossbar, and where a zero
+        weight's std is 0).
+
+        Returns:
+            A pytree like ``params`` (:func:`uswim_jax.uswim_score`'s
+            ``multiplier``).
+
+        Raises:
+            ValueError: naming ``params`` (NaN, no crossbar leaf).
+        """
+
+        def ratio(written, _, zero):
+            ok = zero > 0
+            return jnp.where(ok, written / jnp.where(ok, zero, 1), 1).astype(
+                written.dtype
+            )
+
+        return self._map_scores(params, ratio, jnp.ones)
 
     # ------------------------------------------------------------ stages
 
@@ -348,17 +447,18 @@ class ConductanceDevice:
         w = m._decode(
             read(jax.random.fold_in(tk, 0), pr, g_t, chip.programmed, t), chip.scale
         )
-        if self.drift_compensation:
-            g0 = conductance_at(
-                pr, chip.programmed, chip.target, chip.nu, chip.z_relax, pr.t0
-            )
-            ref = read(jax.random.fold_in(lk, 4), pr, g0, chip.programmed, pr.t0)
-            cal = read(jax.random.fold_in(tk, 1), pr, g_t, chip.programmed, t)
-            alpha = compensation_scale(
-                m._decode(ref, chip.scale), m._decode(cal, chip.scale)
-            )
-            w = alpha * w
-        return w
+        comp = self.drift_compensation
+        if isinstance(comp, bool | np.bool_) and not comp:
+            return w
+        g0 = conductance_at(
+            pr, chip.programmed, chip.target, chip.nu, chip.z_relax, pr.t0
+        )
+        ref = read(jax.random.fold_in(lk, 4), pr, g0, chip.programmed, pr.t0)
+        cal = read(jax.random.fold_in(tk, 1), pr, g_t, chip.programmed, t)
+        alpha = compensation_scale(
+            m._decode(ref, chip.scale), m._decode(cal, chip.scale)
+        )
+        return jnp.where(jnp.asarray(comp), alpha * w, w)
 
     def read_chip(
         self,
@@ -457,17 +557,15 @@ class ConductanceDevice:
 
 jax.tree_util.register_dataclass(
     ConductanceDevice,
-    data_fields=["chip_key"],
+    data_fields=["chip_key", "t", "drift_compensation"],
     meta_fields=[
         "preset",
         "mapping",
         "verify",
         "cost",
-        "t",
         "stuck_on",
         "stuck_off",
         "d2d",
-        "drift_compensation",
         "crossbar",
     ],
 )

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax.device import LevelTableVariation, StateDependentVariation
 from uswim_jax.devices.conductance import check_conductances
 
 #: Preset names accepted by :func:`device_preset`.
@@ -161,6 +162,12 @@ class DevicePreset:
     def has_time_effects(self) -> bool:
         """Whether conductances change after programming (drift/relaxation)."""
         return True
+
+    def verify_defaults(self) -> dict[str, Any]:
+        """The :class:`~uswim_jax.devices.verify.VerifyLoop` settings a
+        :class:`~uswim_jax.devices.model.ConductanceDevice` uses when given no
+        loop (empty: the loop's own defaults)."""
+        return {}
 
 
 def _check_range(p: Any) -> None:
@@ -393,7 +400,10 @@ class FourLevelPreset(DevicePreset):
     ``sqrt(0.4 s^2 + 0.6)`` (so the mean variance is ``sigma^2`` when 40 % of
     the devices are in a middle state). One write's std is
     ``sigma * multiplier * level_step`` with ``level_step = (g_max - g_min) /
-    (levels - 1)``. No drift, relaxation or read noise.
+    (levels - 1)`` (the rule is :meth:`table`, the library's one copy of it).
+    No drift, relaxation or read noise. Its default verify loop
+    (:meth:`verify_defaults`) leaves ``verified_ratio`` times a write's std,
+    as the authors' ``sigma_verified = sigma / 10``.
 
     Unlike the authors' code, the state is the device's own conductance, not
     the weight's magnitude ``|W| / max|W_l|`` (they coincide for a weight's
@@ -406,6 +416,8 @@ class FourLevelPreset(DevicePreset):
         levels: levels per device (default 4).
         g_max, g_min: range, uS (defaults 25 and 0).
         t0: time of the programmed state, s (default 1).
+        verified_ratio: std a verified device keeps, as a fraction of one
+            write's, in (0, 1) (default 0.1, the authors').
 
     Raises:
         ValueError: naming the argument for an out-of-range value.
@@ -417,6 +429,7 @@ class FourLevelPreset(DevicePreset):
     g_max: float = 25.0
     g_min: float = 0.0
     t0: float = 1.0
+    verified_ratio: float = 0.1
 
     def __post_init__(self):
         _check_range(self)
@@ -426,21 +439,79 @@ class FourLevelPreset(DevicePreset):
             raise ValueError(f"levels must be an int >= 2, got {self.levels!r}")
         if self.levels < 2:
             raise ValueError(f"levels must be an int >= 2, got {self.levels!r}")
+        _check_number("verified_ratio", self.verified_ratio, positive=True)
+        if self.verified_ratio >= 1:
+            raise ValueError(
+                f"verified_ratio must lie in (0, 1), got {self.verified_ratio!r}"
+            )
+
+    def table(self) -> LevelTableVariation:
+        """The authors' rule as a level table (the one copy of it:
+        :meth:`uswim_jax.StateDependentVariation.to_table`), in level steps
+        of the device's own state ``(G - g_min) / (g_max - g_min)``."""
+        return StateDependentVariation(
+            self.sigma, self.verified_ratio * self.sigma, self.s
+        ).to_table()
 
     def _write_std(self, g):
         dt = g.dtype
         x = (g - jnp.asarray(self.g_min, dt)) / jnp.asarray(self.g_max - self.g_min, dt)
-        middle = (x > jnp.asarray(0.25, dt)) & (x < jnp.asarray(0.75, dt))
-        norm = math.sqrt(0.4 * self.s**2 + 0.6)
-        mult = jnp.where(
-            middle, jnp.asarray(self.s / norm, dt), jnp.asarray(1 / norm, dt)
-        )
+        written, _ = self.table()._relative_std(x)
         step = (self.g_max - self.g_min) / (self.levels - 1)
-        return jnp.asarray(self.sigma * step, dt) * mult
+        return jnp.asarray(step, dt) * written
+
+    def verify_defaults(self) -> dict[str, Any]:
+        """A loop that leaves the authors' verified std, ``verified_ratio``
+        times a write's (0.03 level steps at the defaults, with the same state
+        pattern), and converges.
+
+        The model's writes are memoryless (each one a fresh ``N(aim,
+        write_std^2)``, no read noise), so re-aiming cannot help
+        (``correction = 0``: plain retries), and a band fixed in uS cannot give
+        every state the same residual: the band is ``c`` times each device's
+        own write std (``relative_to="write_std"``), with ``c`` such that the
+        normal truncated to ``[-c, c]`` has std ``verified_ratio``
+        (:meth:`~uswim_jax.devices.verify.VerifyLoop.residual_std`; ``c =
+        0.1734`` at 0.1). A write lands in the band with ``p = erf(c /
+        sqrt(2))`` (0.138: 7.3 writes on average, near the authors' assumed 10
+        cycles per verify), and ``max_iterations`` is the smallest count that
+        leaves at most 1e-4 of the devices unconverged, ``(1 - p)^n <= 1e-4``
+        (63 at 0.1).
+
+        The loop's own defaults (1 % of ``g_max`` = 0.25 uS, 10-13 times
+        below one write's 1.7-3.4 uS, and ``correction = 0.5``, which adds
+        variance to memoryless writes) accept a write with ``p`` of 5-10 %,
+        so 20 writes leave about a third of the middle-state devices
+        unconverged (docs/devices.md).
+        """
+        c = _truncated_band(self.verified_ratio)
+        p = math.erf(c / math.sqrt(2.0))
+        n = math.ceil(math.log(1e-4) / math.log1p(-p))
+        return {
+            "acceptance": c,
+            "relative_to": "write_std",
+            "correction": 0.0,
+            "max_iterations": n,
+        }
 
     @property
     def has_time_effects(self) -> bool:
         return False
+
+
+def _truncated_band(ratio: float) -> float:
+    """``c`` with ``std(Z | |Z| <= c) = ratio`` for a standard normal ``Z``
+    (bisection; ``ratio`` in (0, 1))."""
+
+    def std(c: float) -> float:
+        phi = math.exp(-0.5 * c * c) / math.sqrt(2 * math.pi)
+        return math.sqrt(max(1 - 2 * c * phi / math.erf(c / math.sqrt(2.0)), 0.0))
+
+    lo, hi = 1e-9, 50.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if std(mid) < ratio else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 _CLASSES = {

@@ -7,8 +7,10 @@ The loop, per device (all devices of a leaf at once, in one bounded
    stays at its stuck value), with ``aim = G_target`` at first;
 2. read: ``R = G + read_std z'`` at ``read_delay`` seconds after the write;
 3. accept when ``|R - G_target| <= tol``, with ``tol = acceptance * g_max``
-   (``relative_to="range"``) or ``acceptance * G_target``
-   (``relative_to="target"``);
+   (``relative_to="range"``), ``acceptance * G_target``
+   (``relative_to="target"``) or ``acceptance * write_std(G_target)``
+   (``relative_to="write_std"``: a band in units of the device's own
+   one-write spread, the same number of tries at every state);
 4. otherwise re-program, aiming at ``aim - correction * (R - G_target)``, and
    read again, up to ``max_iterations`` writes in all (first write included);
    a device still outside the band then has failed (counted, not raised).
@@ -40,7 +42,7 @@ from uswim_jax.devices.faults import apply_stuck
 from uswim_jax.devices.presets import DevicePreset, _check_number
 
 #: ``relative_to`` values of :class:`VerifyLoop`.
-RELATIVE_TO = ("range", "target")
+RELATIVE_TO = ("range", "target", "write_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +52,9 @@ class VerifyLoop:
     Args:
         acceptance: half-width of the acceptance band, as a fraction of
             ``g_max`` or of the target (>= 0; default 0.01).
-        relative_to: ``"range"`` (fraction of ``g_max``) or ``"target"``.
+        relative_to: ``"range"`` (fraction of ``g_max``), ``"target"`` or
+            ``"write_std"`` (fraction of the preset's one-write std at the
+            target).
         max_iterations: writes per device at most, first write included
             (int >= 1; default 20).
         correction: fraction of the read error the next aim removes, in
@@ -82,13 +86,44 @@ class VerifyLoop:
             raise ValueError(f"correction must lie in [0, 1], got {self.correction!r}")
         _check_number("read_delay", self.read_delay, positive=True)
 
-    def tolerance(self, g_target: jax.Array, g_max: float) -> jax.Array:
-        """The acceptance half-width per device, uS."""
+    def tolerance(
+        self, g_target: jax.Array, g_max: float, write_std: jax.Array | None = None
+    ) -> jax.Array:
+        """The acceptance half-width per device, uS (``write_std``, the
+        preset's one-write std at ``g_target``, is needed for
+        ``relative_to="write_std"``)."""
         dt = g_target.dtype
         a = jnp.asarray(self.acceptance, dt)
         if self.relative_to == "target":
             return a * jnp.abs(g_target)
+        if self.relative_to == "write_std":
+            if write_std is None:
+                raise ValueError("relative_to='write_std' needs the write std")
+            return a * jnp.broadcast_to(write_std, jnp.shape(g_target))
         return jnp.full(jnp.shape(g_target), a * jnp.asarray(g_max, dt))
+
+    def residual_std(self, write_std: jax.Array, tol: jax.Array) -> jax.Array:
+        """The std a converged device keeps, uS, when reads are exact and
+        each write is a fresh ``N(aim, write_std^2)``: the write's normal
+        truncated to the band ``[-tol, tol]``,
+        ``write_std sqrt(1 - 2 c phi(c) / (2 Phi(c) - 1))`` with ``c = tol /
+        write_std`` (``write_std`` when the band is wider than a few stds,
+        ``tol / sqrt(3)`` in the limit of a narrow one). An estimate for
+        selection scores: read noise, re-aiming, clipping at 0 uS and offsets
+        are left out."""
+        dt = jnp.result_type(write_std, tol)
+        ws = jnp.asarray(write_std, dt)
+        tol = jnp.asarray(tol, dt)
+        c = tol / jnp.where(ws > 0, ws, jnp.ones((), dt))
+        phi = jnp.exp(-0.5 * c * c) / jnp.asarray(np.sqrt(2 * np.pi), dt)
+        mass = jax.scipy.special.erf(c / jnp.asarray(np.sqrt(2.0), dt))
+        frac = 1 - 2 * c * phi / jnp.where(mass > 0, mass, jnp.ones((), dt))
+        # A narrow band: the series c^2 / 3 (1 - 2 c^2 / 15) of the variance
+        # (the formula cancels in float32 there).
+        small = c < jnp.asarray(0.1, dt)
+        series = c * c / 3 * (1 - 2 * c * c / 15)
+        out = ws * jnp.sqrt(jnp.where(small, series, jnp.clip(frac, 0, 1)))
+        return jnp.where(ws > 0, out, jnp.zeros((), dt))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +211,7 @@ def verify_devices(
     dt = g_target.dtype
     shape = jnp.shape(g_target)
     std = preset._write_std(g_target)
-    tol = loop.tolerance(g_target, g_range[1])
+    tol = loop.tolerance(g_target, g_range[1], std)
     zero = jnp.zeros((), dt)
     corr = jnp.asarray(loop.correction, dt)
 
