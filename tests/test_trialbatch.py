@@ -126,7 +126,7 @@ def _conv_problem(cfg, trials=3):
     return x, k, conv
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(conv_configs(), st.sampled_from([None, 0]))
 def test_conv_rewrite_matches_vmap(cfg, rows):
     """Any rank, layout, stride, padding (negative too), lhs/rhs dilation and
