@@ -8,7 +8,6 @@ drivers the benchmarks time are the pipeline's own (``_sweep_jit`` and
 ``benchmarks/run.py`` skips this module (its name starts with ``_``).
 """
 
-import dataclasses
 import json
 import os
 import platform
@@ -53,14 +52,14 @@ def generated_images(n: int, input_shape, num_classes: int = 10, seed: int = 0):
 
 
 def lenet_problem(
-    num_images: int, *, synthetic: bool = False, conv_impl: str = "im2col"
+    num_images: int, *, synthetic: bool = False
 ) -> tuple[Model, Any, jax.Array, jax.Array, dict[str, str]]:
     """``(model, params, x, y, sources)`` for LeNet as the pipeline evaluates it.
 
     Params: the trained run ``runs/reproduce-mnist/train`` when present, else
     ``build_model("lenet", quantized=True)`` freshly initialised with key 0;
     either way exported (``model.export``: noise goes on Q(W) for quantized
-    models) and switched to ``conv_impl``, as ``uswim_jax.experiment`` does.
+    models), as ``uswim_jax.experiment`` does.
     Images: the MNIST test split (``uswim_jax.data.load``, ``USWIM_DATA_DIR``)
     when present, else generated ones. ``synthetic=True`` skips both look-ups.
     ``sources`` says which were used.
@@ -81,7 +80,6 @@ def lenet_problem(
         sources.setdefault("params", "fresh quantized LeNet, key 0")
     sources["weight_bits"] = str(model.weight_bits)
     model, params = model.export(params)
-    model = dataclasses.replace(model, module=model.module.clone(conv_impl=conv_impl))
     x = y = None
     if not synthetic:
         try:

@@ -10,7 +10,9 @@ variant). In one process, side by side:
   dense 784-120-84-10) written four ways: plain ``lax`` (a dict of arrays and a
   function), ``flax.linen``, ``flax.nnx`` (split state) and ``equinox``
   (``(C, H, W)`` modules vmapped over the images); and the project's own
-  LeNet with ``conv_impl="xla"`` and ``"im2col"``;
+  (plain Flax) LeNet, which goes through the same trial batching
+  (``uswim_jax._trialbatch``); the ``x project`` column is each LeNet's
+  trials/s over the project LeNet's;
 - the project's ConvNet and ResNet-18 (32x32x3 input; ResNet width 64 and a
   narrow width 16), with fewer trials and images (stated per case): a ResNet-18
   forward pass is 0.56 GFLOP per image, so 100 trials of 2,000 images would take
@@ -49,6 +51,8 @@ from uswim_jax.models import build_model
 from uswim_jax.montecarlo import auto_chunk_size, evaluate, noisy_accuracy, trial_keys
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "byom.json")
+#: The case every LeNet is compared with (``x project``).
+PROJECT_LENET = "LeNet, project"
 
 
 def crossbar(path: str, leaf) -> bool:
@@ -215,31 +219,20 @@ def main(argv=None) -> dict:
         "LeNet, flax.linen": (lenet_linen, (28, 28, 1), "NHWC", lenet),
         "LeNet, flax.nnx": (lenet_nnx, (28, 28, 1), "NHWC", lenet),
         "LeNet, equinox": (lenet_equinox, (1, 28, 28), "NCHW", lenet),
-        "LeNet, project (conv_impl=xla)": (
-            project("lenet"),
-            (28, 28, 1),
-            "NHWC",
-            lenet,
-        ),
-        "LeNet, project (conv_impl=im2col)": (
-            project("lenet", conv_impl="im2col"),
-            (28, 28, 1),
-            "NHWC",
-            lenet,
-        ),
-        "ConvNet, project (xla)": (
+        PROJECT_LENET: (project("lenet"), (28, 28, 1), "NHWC", lenet),
+        "ConvNet, project": (
             project("convnet"),
             (32, 32, 3),
             "NHWC",
             (4, 40, 20, 2) if q else (10, 200, 20, 3),
         ),
-        "ResNet-18 width 16, project (xla)": (
+        "ResNet-18 width 16, project": (
             project("resnet18", width=16),
             (32, 32, 3),
             "NHWC",
             (4, 40, 20, 2) if q else (20, 400, 20, 3),
         ),
-        "ResNet-18 width 64, project (xla)": (
+        "ResNet-18 width 64, project": (
             project("resnet18"),
             (32, 32, 3),
             "NHWC",
@@ -330,7 +323,7 @@ def main(argv=None) -> dict:
     table = {}
     print(
         f"\n{'case':40s} {'trials/s':>9s} {'GFLOP/s':>8s} {'%mm':>5s} "
-        f"{'x serial':>8s} {'compile s':>9s}"
+        f"{'x serial':>8s} {'x project':>9s} {'compile s':>9s}"
     )
     for name, r in runs.items():
         i = r["info"]
@@ -359,10 +352,15 @@ def main(argv=None) -> dict:
             "max_abs_acc_diff_vs_serial": float(np.max(np.abs(diff))),
             "mean_accuracy": float(accs[(name, "evaluate")].mean()),
         }
-        c = table[name]
+    ref = table.get(PROJECT_LENET)
+    for name, c in table.items():
+        if ref is not None and name.startswith("LeNet"):
+            c["x_project"] = c["trials_per_s"] / ref["trials_per_s"]
+        vs = f"{c['x_project']:9.2f}" if "x_project" in c else f"{'':9s}"
         print(
-            f"{name:40s} {rate:9.2f} {gflops:8.1f} {c['pct_of_matmul']:5.1f} "
-            f"{c['x_serial']:8.2f} {c['compile_s']:9.1f}",
+            f"{name:40s} {c['trials_per_s']:9.2f} {c['gflops']:8.1f} "
+            f"{c['pct_of_matmul']:5.1f} {c['x_serial']:8.2f} {vs} "
+            f"{c['compile_s']:9.1f}",
             flush=True,
         )
     out = {

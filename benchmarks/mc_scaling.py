@@ -11,7 +11,7 @@ with the pipeline's chunking (``ExperimentConfig().chunk_size`` trials
 - ``trials``: LeNet, 500 images, T = 10, 30, 100, 300, 1000;
 - ``images``: LeNet, 30 trials, N = 200, 500, 1000, 2000;
 - ``models``: LeNet (28x28x1), ConvNet (32x32x3) and ResNet-18 at 16x16x3,
-  40 images, 8 trials (``conv_impl="im2col"`` for all three).
+  40 images, 8 trials.
 
 ``--quick`` runs T = 10, 40 on 100 images, N = 100, 200 for 10 trials, and no
 model group.
@@ -126,15 +126,12 @@ def build(case: dict):
     from uswim_jax.models import build_model
 
     shape = MODEL_SHAPES[case["model"]]
-    model = build_model(
-        case["model"], quantized=True, input_shape=shape, conv_impl="im2col"
-    )
+    model = build_model(case["model"], quantized=True, input_shape=shape)
     model, params = model.export(model.init(jax.random.key(0)))
     x, y = generated_images(case["images"], shape, model.num_classes)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    plain = model.module.clone(conv_impl="xla")
     cost = (
-        jax.jit(lambda p, xi: plain.apply(p, xi, train=False))
+        jax.jit(lambda p, xi: model.module.apply(p, xi, train=False))
         .lower(params, x[:1])
         .cost_analysis()
     )

@@ -9,15 +9,17 @@ side by side:
   these), the yardstick for "% of peak";
 - ``serial``: a Python loop over trials of one jitted single-trial noisy forward
   pass over all test images (the incumbents' approach);
-- ``evaluate``: :func:`uswim_jax.evaluate` as it is called by default (XLA
-  convolutions, ``chunk_size="auto"``, all images per forward pass);
+- ``evaluate``: :func:`uswim_jax.evaluate` as it is called by default
+  (``chunk_size="auto"``, all images per forward pass);
 - ``evaluate`` with ``chunk_size=None`` (all trials ``vmap``-ed at once, the
   default before ``"auto"``; at most 25 trials, as memory grows with them: 100
   trials need about 17 GB);
-- ``evaluate`` with ``conv_impl="im2col"`` (LeNet as patches and matmuls in the
-  CHWN layout) over a grid of ``chunk_size`` (trials ``vmap``-ed together;
-  ``0`` in ``--grid`` means ``"auto"``) and ``eval_batch_size`` (images per
-  forward pass), i.e. cache-sized blocks of trials x images.
+- ``evaluate`` over a grid of ``chunk_size`` (trials batched together; ``0``
+  in ``--grid`` means ``"auto"``) and ``eval_batch_size`` (images per forward
+  pass), i.e. cache-sized blocks of trials x images.
+
+Every case runs the plain Flax LeNet; the batched ones go through
+``uswim_jax._trialbatch`` (convolutions as im2col matmuls across the trials).
 
 Every case is jitted once; its first call (compile + run) is reported apart from
 the steady state, which is timed in round robin over the cases (so a change in
@@ -35,7 +37,6 @@ and random images, and says which in the JSON.
 """
 
 import argparse
-import dataclasses
 import os
 import platform
 import statistics
@@ -57,9 +58,9 @@ from uswim_jax.montecarlo import (
 
 RUN_DIR = "runs/reproduce-mnist/train"
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "mc_throughput.json")
-DEFAULT = "evaluate default (xla, chunk=auto)"
+DEFAULT = "evaluate default (chunk=auto)"
 
-#: (chunk_size, eval_batch_size) tried for the im2col path; chunk 0 is "auto".
+#: (chunk_size, eval_batch_size) of the grid cases; chunk 0 is "auto".
 FULL_GRID = ((0, 20), (0, 40), (5, 40), (2, 100), (10, 10))
 #: ``chunk_size=None`` ``vmap``s every trial at once: about 17 GB for 100 trials
 #: of 2,000 images (OOM-killed on a 23 GB machine), so it runs at most this many
@@ -137,9 +138,6 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
     """name -> (callable of no arguments returning per-trial accuracies, info)."""
     key = jax.random.key(42)
     std = device.effective_std(params, None)
-    fast_model = dataclasses.replace(
-        model, module=model.module.clone(conv_impl="im2col")
-    )
     cases = {}
 
     one = jax.jit(
@@ -156,7 +154,6 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
     cases["serial (jit one trial, Python loop)"] = (
         serial,
         {
-            "conv_impl": "xla",
             "chunk_size": 1,
             "eval_batch_size": None,
             "num_trials": num_trials,
@@ -186,7 +183,6 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
     cases[DEFAULT] = (
         ev(model.apply_fn, "auto", None),
         {
-            "conv_impl": "xla",
             "chunk_size": "auto",
             "auto_chunk_size": auto,
             "eval_batch_size": None,
@@ -194,10 +190,9 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         },
     )
     t_all = min(num_trials, VMAP_ALL_MAX_TRIALS)
-    cases["evaluate xla, chunk=None (vmap all)"] = (
+    cases["evaluate chunk=None (vmap all)"] = (
         ev(model.apply_fn, None, None, t_all),
         {
-            "conv_impl": "xla",
             "chunk_size": None,
             "eval_batch_size": None,
             "num_trials": t_all,
@@ -205,13 +200,13 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
     )
     for cs, bs in grid:
         chunk = cs or "auto"
-        info = {"conv_impl": "im2col", "chunk_size": chunk, "eval_batch_size": bs}
+        info = {"chunk_size": chunk, "eval_batch_size": bs}
         if chunk == "auto":
             info["auto_chunk_size"] = auto_chunk_size(
-                fast_model.apply_fn, params, x, num_trials, bs
+                model.apply_fn, params, x, num_trials, bs
             )
-        cases[f"evaluate im2col chunk={chunk} batch={bs}"] = (
-            ev(fast_model.apply_fn, chunk, bs),
+        cases[f"evaluate chunk={chunk} batch={bs}"] = (
+            ev(model.apply_fn, chunk, bs),
             {**info, "num_trials": num_trials},
         )
     return cases
@@ -226,8 +221,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--grid",
         default=None,
-        help="im2col cases as CHUNK:BATCH,... (CHUNK 0: auto; default: a "
-        "built-in grid)",
+        help="grid cases as CHUNK:BATCH,... (CHUNK 0: auto; default: a built-in grid)",
     )
     parser.add_argument(
         "--output",
@@ -299,7 +293,7 @@ def main(argv=None) -> dict:
             f"{r['pct_of_matmul']:6.1f} {r['x_serial']:8.2f} "
             f"{r['first_call_s']:13.2f} {r['num_trials']:4d}"
         )
-    fast = [n for n in results if "im2col" in n]
+    fast = [n for n in results if " batch=" in n]
     best_fast = max(fast, key=lambda n: results[n]["trials_per_s"])
     print(f"\nbest: {best_fast}; mean accuracy {accs[best_fast].mean():.4f}")
     out = {

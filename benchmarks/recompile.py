@@ -204,9 +204,7 @@ def main(argv=None) -> dict:
     )  # fmt: skip
 
     info = machine_info()
-    model, params, x, y, sources = lenet_problem(
-        num_images, synthetic=args.synthetic, conv_impl=cfg.conv_impl
-    )
+    model, params, x, y, sources = lenet_problem(num_images, synthetic=args.synthetic)
     n = model.num_weights(params)
     order = uj.global_order(uj.magnitude_score(params))
     budgets = [

@@ -14,7 +14,6 @@ Results go to ``benchmarks/results/sweep_batch.json``.
 """
 
 import argparse
-import dataclasses
 import functools
 import os
 
@@ -38,10 +37,7 @@ from uswim_jax.sweep import counts_for_fractions
 def _problem(weight_bits):
     model = build_model("lenet", weight_bits=weight_bits)
     params = model.init(jax.random.key(0))
-    model, params = model.export(params)
-    cfg = ExperimentConfig()
-    module = model.module.clone(conv_impl=cfg.conv_impl)
-    return dataclasses.replace(model, module=module), params
+    return model.export(params)
 
 
 def main(argv=None) -> int:

@@ -18,9 +18,8 @@ side, four ways to get the same K x T accuracies:
 - ``serial, same forward``: K x T calls of one jitted single-trial noisy forward
   pass (:func:`uswim_jax.montecarlo.noisy_accuracy`) with the same model and
   image batches as the sweep, the per-step stds computed once per step;
-- ``serial, XLA conv``: the same loop with XLA's convolution over all test
-  images in one batch (the incumbents' approach: a loop over trials of the
-  model's plain forward pass).
+- ``serial, one batch``: the same loop over all test images in one batch (the
+  incumbents' approach: a loop over trials of the model's plain forward pass).
 
 So ``serial, same forward`` / ``evaluate x K`` is the gain of batching trials
 and ``evaluate x K`` / ``sweep`` the gain of the scan. Every case is jitted
@@ -31,8 +30,10 @@ they must give the same per-trial accuracies; how many of the K x T differ is
 recorded (batched and unbatched float32 arithmetic may round differently, which
 can flip a prediction near a tie).
 
-Chunk and image-batch sizes and the convolution default to the pipeline's
-(``ExperimentConfig().chunk_size``, ``eval_batch_size`` and ``conv_impl``).
+Chunk and image-batch sizes default to the pipeline's
+(``ExperimentConfig().chunk_size`` and ``eval_batch_size``); every case runs the
+plain Flax LeNet (the batched ones through ``uswim_jax._trialbatch``, as the
+pipeline does).
 Params: the trained run ``runs/reproduce-mnist/train`` when present, else a
 fresh quantized LeNet; images: the MNIST test split when present
 (``USWIM_DATA_DIR``), else generated; the JSON says which. Results go to
@@ -41,7 +42,6 @@ with ``--quick``).
 """
 
 import argparse
-import dataclasses
 import functools
 import os
 
@@ -68,7 +68,7 @@ DEVICE = "UniformVariation(sigma=0.3, sigma_verified=0.03)"
 SWEEP = "sweep (lax.scan, one call)"
 EVAL_K = "evaluate x K"
 SERIAL_SAME = "serial, same forward (K x T calls)"
-SERIAL_XLA = "serial, XLA conv, one batch (K x T calls)"
+SERIAL_XLA = "serial, one batch (K x T calls)"
 
 
 @jax.jit
@@ -190,9 +190,7 @@ def main(argv=None) -> dict:
     )
 
     info = machine_info()
-    model, params, x, y, sources = lenet_problem(
-        num_images, synthetic=args.synthetic, conv_impl=cfg.conv_impl
-    )
+    model, params, x, y, sources = lenet_problem(num_images, synthetic=args.synthetic)
     n_img = int(x.shape[0])
     device = uj.UniformVariation(0.3, 0.03)
     n = model.num_weights(params)
@@ -204,17 +202,15 @@ def main(argv=None) -> dict:
         f"chunk_size={cs}, eval_batch_size={bs}; {sources}",
         flush=True,
     )
-    xla = dataclasses.replace(model, module=model.module.clone(conv_impl="xla"))
     cases, calls = make_cases(
-        model.apply_fn, xla.apply_fn, params, x, y, device, order, counts,
+        model.apply_fn, model.apply_fn, params, x, y, device, order, counts,
         num_trials, cs, bs,
     )  # fmt: skip
-    impl = model.module.conv_impl
     case_info = {
-        SWEEP: {"conv_impl": impl, "eval_batch_size": bs},
-        EVAL_K: {"conv_impl": impl, "eval_batch_size": bs},
-        SERIAL_SAME: {"conv_impl": impl, "eval_batch_size": bs},
-        SERIAL_XLA: {"conv_impl": "xla", "eval_batch_size": None},
+        SWEEP: {"eval_batch_size": bs},
+        EVAL_K: {"eval_batch_size": bs},
+        SERIAL_SAME: {"eval_batch_size": bs},
+        SERIAL_XLA: {"eval_batch_size": None},
     }
     for name in case_info:
         case_info[name]["calls"] = calls[name]

@@ -183,6 +183,25 @@ def test_open_refuses_another_config_and_resumes_changed_execution(tmp_path):
         store.open({"a": 2})
 
 
+def test_old_run_folder_with_conv_impl_loads_and_resumes(tmp_path):
+    """A run folder written when the config had ``conv_impl`` (an execution
+    setting, now removed): ``load_config`` ignores it with a DeprecationWarning
+    and the same run opens again (the change is logged, nothing refused)."""
+    from _tiny_sweep import CONFIG
+
+    from uswim_jax import experiment
+
+    store = RunStore(tmp_path)
+    identity = {"experiment": CONFIG.to_json()}
+    store.open(identity, execution={**CONFIG.execution_json(), "conv_impl": "xla"})
+    with pytest.warns(DeprecationWarning, match="conv_impl='xla'.*ignored"):
+        assert experiment.load_config(tmp_path) == CONFIG
+    logged = []
+    store.open(identity, execution=CONFIG.execution_json(), log=logged.append)
+    assert len(logged) == 1 and "conv_impl 'xla' -> None" in logged[0], logged
+    assert "conv_impl" not in store.read_json("config.json")["execution"]
+
+
 def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
     import subprocess
     import sys
@@ -290,10 +309,10 @@ def test_a_run_folder_made_by_other_source_code_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_changed_execution_knob_resumes_the_same_run(tmp_path):
-    """Chunk sizes, the image batch and the convolution path are not part of
-    the run's identity: a rerun with other values resumes the folder (nothing
-    finished is recomputed), and a curve recomputed under them has the same
-    accuracies on this fixed set (they change float32 op order only)."""
+    """Chunk sizes and the image batch are not part of the run's identity: a
+    rerun with other values resumes the folder (nothing finished is
+    recomputed), and a curve recomputed under them has the same accuracies on
+    this fixed set (they change float32 op order only)."""
     import dataclasses
 
     from _tiny_sweep import CONFIG, fake_digits
@@ -303,12 +322,12 @@ def test_a_changed_execution_knob_resumes_the_same_run(tmp_path):
     data = {"train_data": fake_digits(64, 0), "test_data": fake_digits(32, 1)}
     first = experiment.run(CONFIG, tmp_path, progress=False, log=print, **data)
     other = dataclasses.replace(
-        CONFIG, chunk_size=1, eval_batch_size=8, conv_impl="xla", steps_per_chunk=2
+        CONFIG, chunk_size=1, eval_batch_size=8, steps_per_chunk=2
     )
     logged = []
     again = experiment.run(other, tmp_path, progress=False, log=logged.append, **data)
     assert any("resuming: 2 of 2 curves" in line for line in logged), logged
-    assert any("conv_impl 'im2col' -> 'xla'" in line for line in logged), logged
+    assert any("chunk_size None -> 1" in line for line in logged), logged
     assert experiment.load_config(tmp_path) == other
     # One curve recomputed under the other knobs, the end points with it.
     store = RunStore(tmp_path)

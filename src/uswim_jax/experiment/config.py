@@ -5,6 +5,7 @@ names and the ablation switches."""
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,6 @@ class ExperimentConfig:
     hutchinson_probes: int = 32
     chunk_size: int | None = 5
     eval_batch_size: int | None = 20
-    conv_impl: str = "im2col"
     # Budget points per saved unit of work within a curve (None: whole curves).
     steps_per_chunk: int | None = None
     # Ablation switches (docs/method.md §8, §10); at their defaults they are left
@@ -174,12 +174,18 @@ class ExperimentConfig:
 
 #: Fields of :class:`ExperimentConfig` that say how the work is batched, not
 #: what is computed: Monte Carlo trials per vectorised chunk, images per forward
-#: batch, the convolution path of the trials and budget steps per saved unit of
-#: work. Every trial, image and budget step keeps its own keys and noise under
-#: any of them; what can change is the float32 summation order of the forward
-#: pass, i.e. logits in the last bits (docs/architecture.md, "Config identity").
-#: They are not part of a run's identity: a change resumes the same run folder.
-EXECUTION_FIELDS = ("chunk_size", "eval_batch_size", "conv_impl", "steps_per_chunk")
+#: batch and budget steps per saved unit of work. Every trial, image and budget
+#: step keeps its own keys and noise under any of them; what can change is the
+#: float32 summation order of the forward pass, i.e. logits in the last bits
+#: (docs/architecture.md, "Config identity"). They are not part of a run's
+#: identity: a change resumes the same run folder.
+EXECUTION_FIELDS = ("chunk_size", "eval_batch_size", "steps_per_chunk")
+
+#: Execution fields older run folders may hold that are gone: ``conv_impl``
+#: (the trials' convolution path; every model now runs through the same
+#: im2col trial batching, ``uswim_jax._trialbatch``). :func:`load_config`
+#: ignores them, with a note.
+REMOVED_EXECUTION_FIELDS = ("conv_impl",)
 
 
 def _check_config(c: "ExperimentConfig") -> None:
@@ -287,7 +293,17 @@ def load_config(run_dir: str | Path) -> ExperimentConfig:
     """The experiment config stored in a run folder."""
     record = json.loads((Path(run_dir) / "config.json").read_text())
     raw = record["config"]
-    d = {**raw["experiment"], **record.get("execution", {})}
+    execution = dict(record.get("execution", {}))
+    for k in REMOVED_EXECUTION_FIELDS:
+        if k in execution:
+            warnings.warn(
+                f"{run_dir}/config.json records the removed execution setting "
+                f"{k}={execution.pop(k)!r}; it is ignored (the trials of every "
+                "model run through the same im2col trial batching)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+    d = {**raw["experiment"], **execution}
     d["train"] = TrainConfig(**d["train"])
     for k in ("sigmas", "s_values", "fractions", "methods"):
         d[k] = tuple(d[k])

@@ -3,7 +3,6 @@ end points, sweeps, run info); the files are a
 :class:`~uswim_jax.experiment.store.RunStore`'s, the report is written by
 :func:`uswim_jax.report.write_report`."""
 
-import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -148,12 +147,8 @@ def _sensitivities(store, model, params, train_data, config, log):
 
 def _static_args(model, config: ExperimentConfig) -> dict[str, Any]:
     """The static arguments of the jitted drivers (:data:`units.STATIC`). The
-    trials run the same function and params with ``config.conv_impl`` (im2col
-    turns their convolutions into matmuls, benchmarks/mc_throughput.py);
-    curvature uses the plain model."""
-    if config.conv_impl != model.module.conv_impl:
-        module = model.module.clone(conv_impl=config.conv_impl)
-        model = dataclasses.replace(model, module=module)
+    trials run the plain model through the same trial batching users' models
+    get (:mod:`uswim_jax._trialbatch`: convolutions as im2col matmuls)."""
     return {
         "apply_fn": model.apply_fn,
         "num_trials": config.num_trials,

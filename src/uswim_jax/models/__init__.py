@@ -23,13 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from uswim_jax._tree import crossbar_size, map_crossbar
-from uswim_jax.models._layers import (
-    CONV_IMPLS,
-    QUANT_SCHEMES,
-    conv_im2col,
-    quantize,
-    quantize_ste,
-)
+from uswim_jax.models._layers import QUANT_SCHEMES, quantize, quantize_ste
 from uswim_jax.models.convnet import ConvNet
 from uswim_jax.models.lenet import LeNet
 from uswim_jax.models.resnet import ResNet18
@@ -46,8 +40,6 @@ __all__ = [
     "ViT",
     "quantize",
     "quantize_ste",
-    "conv_im2col",
-    "CONV_IMPLS",
 ]
 
 _CLASSES = {"lenet": LeNet, "convnet": ConvNet, "resnet18": ResNet18, "vit": ViT}
@@ -171,8 +163,8 @@ def build_model(
     weight_bits: int | None = None,
     quantized: bool = False,
     quant_scheme: str = "swim",
-    conv_impl: str = "xla",
     width: int | None = None,
+    conv_impl: Any = None,
 ) -> Model:
     """Builds one of the papers' models.
 
@@ -188,18 +180,25 @@ def build_model(
             when ``weight_bits`` is not given.
         quant_scheme: ``"swim"`` (the authors' step) or ``"signed"``; see
             :func:`quantize`.
-        conv_impl: how convolutions are computed: ``"xla"`` (XLA's convolution)
-            or ``"im2col"`` (patches and a matmul; LeNet and ConvNet then run
-            their conv trunk in the CHWN layout). The same params and function;
-            ``"im2col"`` is faster for Monte Carlo trials ``vmap``-ed over
-            per-trial kernels on CPU (``benchmarks/mc_throughput.py``).
         width: ResNet-18's base channel count (stages of ``width``,
             ``2 width``, ``4 width``, ``8 width`` channels); ``None`` is the
             standard 64. Only ResNet-18 takes it.
+        conv_impl: removed. The models are plain Flax (XLA convolutions);
+            ``evaluate`` and ``sweep`` rewrite the convolutions of any model,
+            ours or a user's, as im2col matmuls across the trials
+            (``uswim_jax._trialbatch``). Passing it raises ``TypeError``.
 
     Raises:
-        ValueError: unknown model, bad bits, scheme, conv_impl or width.
+        ValueError: unknown model, bad bits, scheme or width.
+        TypeError: ``conv_impl`` given.
     """
+    if conv_impl is not None:
+        raise TypeError(
+            f"build_model no longer takes conv_impl (got {conv_impl!r}): the "
+            "models are plain Flax, and evaluate/sweep rewrite the convolutions "
+            "of every model as im2col matmuls across the trials; drop the "
+            "argument"
+        )
     if name not in _CLASSES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if quantized and weight_bits is None:
@@ -214,8 +213,6 @@ def build_model(
         raise ValueError(
             f"quant_scheme must be one of {QUANT_SCHEMES}, got {quant_scheme!r}"
         )
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     extra = {}
@@ -242,7 +239,6 @@ def build_model(
         num_classes=num_classes,
         weight_bits=weight_bits,
         quant_scheme=quant_scheme,
-        conv_impl=conv_impl,
         **extra,
     )
     return Model(name, module, input_shape, num_classes)

@@ -18,18 +18,16 @@ class BasicBlock(nn.Module):
     stride: int = 1
     weight_bits: int | None = None
     quant_scheme: str = "swim"
-    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         q = {"weight_bits": self.weight_bits, "quant_scheme": self.quant_scheme}
-        c = {**q, "conv_impl": self.conv_impl}
-        y = Conv(self.features, 3, self.stride, 1, use_bias=False, **c)(x)
+        y = Conv(self.features, 3, self.stride, 1, use_bias=False, **q)(x)
         y = nn.relu(_bn(train)(y))
-        y = Conv(self.features, 3, 1, 1, use_bias=False, **c)(y)
+        y = Conv(self.features, 3, 1, 1, use_bias=False, **q)(y)
         y = _bn(train)(y)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = Conv(self.features, 1, self.stride, 0, use_bias=False, **c)(x)
+            x = Conv(self.features, 1, self.stride, 0, use_bias=False, **q)(x)
             x = _bn(train)(x)
         return nn.relu(x + y)
 
@@ -46,19 +44,17 @@ class ResNet18(nn.Module):
     num_classes: int = 10
     weight_bits: int | None = None
     quant_scheme: str = "swim"
-    conv_impl: str = "xla"
     width: int = 64
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         q = {"weight_bits": self.weight_bits, "quant_scheme": self.quant_scheme}
-        c = {**q, "conv_impl": self.conv_impl}
         w = self.width
-        x = Conv(w, 3, 1, 1, use_bias=False, **c)(x)
+        x = Conv(w, 3, 1, 1, use_bias=False, **q)(x)
         x = nn.relu(_bn(train)(x))
         for i, width in enumerate((w, 2 * w, 4 * w, 8 * w)):
             stride = 1 if i == 0 else 2
-            x = BasicBlock(width, stride, **c)(x, train)
-            x = BasicBlock(width, 1, **c)(x, train)
+            x = BasicBlock(width, stride, **q)(x, train)
+            x = BasicBlock(width, 1, **q)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return Dense(self.num_classes, **q)(x)

@@ -100,8 +100,6 @@ class ViT(nn.Module):
         weight_bits: quantize the crossbar kernels to this many bits (straight
             through estimator in training); ``None``: float.
         quant_scheme: see :func:`uswim_jax.models.quantize`.
-        conv_impl: how the patch embedding is computed (``"xla"`` or
-            ``"im2col"``; the same function).
         patch: patch size (the image side must be a multiple of it).
         width: token width ``D``.
         depth: number of encoder blocks.
@@ -115,7 +113,6 @@ class ViT(nn.Module):
     num_classes: int = 10
     weight_bits: int | None = None
     quant_scheme: str = "swim"
-    conv_impl: str = "xla"
     patch: int = 7
     width: int = 64
     depth: int = 6
@@ -141,7 +138,6 @@ class ViT(nn.Module):
             self.patch,
             0,
             name="embed",
-            conv_impl=self.conv_impl,
             **q,
         )(x)
         x = jnp.reshape(x, (n, -1, self.width))
