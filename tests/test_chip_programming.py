@@ -258,26 +258,18 @@ def test_reproduce_report_section(tmp_path):
     written when the config asks for them, and the curves do not move."""
     import dataclasses
 
-    from experiments.mnist import run
-    from experiments.mnist.run_test import _fake
-    from uswim_jax.experiment import ExperimentConfig, load_config
-    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
-    from uswim_jax.train import TrainConfig
+    from _tiny_sweep import CONFIG as base
+    from _tiny_sweep import fake_digits
 
-    base = ExperimentConfig(
-        train=TrainConfig(epochs=1, batch_size=32),
-        sigmas=(0.2,),
-        s_values=(),
-        fractions=(0.01, 0.1),
-        methods=("magnitude", "swim"),
-        num_trials=3,
-        test_subset=64,
-        curvature_subset=64,
-        estimator_subset=16,
-        hutchinson_probes=2,
-        label="test",
-    )
-    kw = {"train_data": _fake(160, 0), "test_data": _fake(64, 1), "progress": False}
+    from experiments.mnist import run
+    from uswim_jax.experiment import load_config
+    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
+
+    kw = {
+        "train_data": fake_digits(160, 0),
+        "test_data": fake_digits(64, 1),
+        "progress": False,
+    }
     run.run(base, tmp_path / "off", **kw)
     config = with_per_chip(
         base, margin=1.0, calibration_size=32, batch_fractions=(0.02, 0.1)
@@ -293,7 +285,7 @@ def test_reproduce_report_section(tmp_path):
     assert not (tmp_path / "off" / "per_chip.csv").exists()
     assert "Per-chip" not in (tmp_path / "off" / "summary.md").read_text()
     text = (tmp_path / "on" / "summary.md").read_text()
-    assert "## Per-chip programming (uniform sigma=0.2)" in text
+    assert "## Per-chip programming (uniform sigma=0.3)" in text
     assert "32 images (the last of the 160 training images, also used" in text
     lines = (tmp_path / "on" / "per_chip.csv").read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 2 * 2
