@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from uswim_jax import cli
@@ -209,19 +208,8 @@ print(codes)
 """
 
 
-def test_core_only_install_says_which_extra_to_install():
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "USWIM_DEBUG"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _NO_FLAX],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_core_only_install_says_which_extra_to_install(run_python):
+    proc = run_python(_NO_FLAX, env={"USWIM_DEBUG": None}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     codes = eval(proc.stdout.strip().splitlines()[-1])
     assert len(codes) == 3 and all(c not in (0, None) for c in codes)
@@ -231,13 +219,11 @@ def test_core_only_install_says_which_extra_to_install():
         assert "pip install 'uswim_jax[experiments]'" in line and "flax" in line
 
 
-def test_sweep_quick_is_make_reproduce_mnist_quick(monkeypatch, tmp_path):
+def test_sweep_quick_is_make_reproduce_mnist_quick(monkeypatch, stub_data, tmp_path):
     """``uswim sweep --quick`` and ``make reproduce-mnist --quick`` read one
     definition (``experiment.presets``): the same config, hence the same run."""
     import uswim_jax.experiment
     from experiments.mnist.configs import default
-    from uswim_jax import data
-    from uswim_jax.data import Dataset
 
     class Built(Exception):
         pass
@@ -245,15 +231,7 @@ def test_sweep_quick_is_make_reproduce_mnist_quick(monkeypatch, tmp_path):
     def capture(config, run_dir, **kwargs):
         raise Built(config)
 
-    fake = Dataset(
-        np.zeros((4, 28, 28, 1), np.float32),
-        np.zeros(4, np.int32),
-        "synthetic",
-        "generated",
-        "train",
-        10,
-    )
-    monkeypatch.setattr(data, "load", lambda name, split, path=None: fake)
+    stub_data(4)
     monkeypatch.setattr(uswim_jax.experiment, "run", capture)
     run_dir = str(tmp_path / "run")
     with pytest.raises(Built) as got:

@@ -5,7 +5,7 @@ config")."""
 import numpy as np
 import pytest
 
-from uswim_jax import cli, data, experiment
+from uswim_jax import cli, experiment
 from uswim_jax.data import Dataset
 from uswim_jax.experiment import ExperimentConfig
 from uswim_jax.train import TrainConfig, train
@@ -47,11 +47,9 @@ def test_experiment_refused_on_batch_size_writes_nothing(tmp_path):
 
 
 def test_rejected_then_corrected_command_in_the_same_run_dir(
-    tmp_path, monkeypatch, capsys
+    tmp_path, stub_data, capsys
 ):
-    monkeypatch.setattr(
-        data, "load", lambda name, split, path=None: _fake(32, split == "test")
-    )
+    stub_data(32)
     run = str(tmp_path / "run")
     argv = ["train", "--epochs", "1", "--no-progress", "--run-dir", run]
     assert cli.main([*argv, "--batch-size", "64"]) == 1  # 32 training images
@@ -63,7 +61,7 @@ def test_rejected_then_corrected_command_in_the_same_run_dir(
 
 
 def test_rejected_then_corrected_sweep_gets_past_the_config_check(
-    tmp_path, monkeypatch, capsys
+    tmp_path, stub_data, monkeypatch, capsys
 ):
     from uswim_jax.experiment import pipeline
 
@@ -73,9 +71,7 @@ def test_rejected_then_corrected_sweep_gets_past_the_config_check(
     def fake_train(*args, **kwargs):
         raise Trained
 
-    monkeypatch.setattr(
-        data, "load", lambda name, split, path=None: _fake(32, split == "test")
-    )
+    stub_data(32)
     monkeypatch.setattr(pipeline, "train", fake_train)
     run = str(tmp_path / "run")
     argv = ["sweep", "--quick", "--no-progress", "--run-dir", run]
