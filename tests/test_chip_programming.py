@@ -317,3 +317,44 @@ def test_per_chip_config_is_off_by_default_and_not_hashed():
             PerChipConfig(**bad)
     with pytest.raises(ValueError, match="per_chip"):
         ExperimentConfig(per_chip={"margin": 1.0})
+
+
+def test_per_chip_study_is_a_run_folder_unit(problem, tmp_path, monkeypatch):
+    """The study's rows are computed once per run folder and read back when the
+    report is written again (the same section and CSV, bit for bit); other
+    per_chip settings recompute them; a damaged file is named."""
+    from uswim_jax.data import Dataset
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.experiment import per_chip as pc
+    from uswim_jax.experiment.store import CorruptFileError
+
+    params, (x_cal, y_cal), (x, y), _ = problem
+    config = pc.with_per_chip(
+        ExperimentConfig(sigmas=(0.3,), s_values=(), methods=("magnitude",),
+                         num_trials=4),
+        margin=1.0, calibration_size=32, batch_fractions=(0.1, 0.3),
+    )  # fmt: skip
+    train = Dataset(np.asarray(x_cal), np.asarray(y_cal), "toy", "generated",
+                    "train", 4)  # fmt: skip
+    test = Dataset(np.asarray(x), np.asarray(y), "toy", "generated", "test", 4)
+    out = {"config": config, "params": params, "sensitivities": {},
+           "apply_fn": mlp_apply}  # fmt: skip
+    calls = []
+    compute = pc.run_per_chip
+    monkeypatch.setattr(
+        pc, "run_per_chip", lambda *a, **k: calls.append(1) or compute(*a, **k)
+    )
+    quiet = {"log": lambda *a: None}
+    first = pc.per_chip_section(out, train, test, tmp_path, **quiet)
+    csv = (tmp_path / "per_chip.csv").read_text()
+    assert len(calls) == 1 and (tmp_path / pc.RECORD).is_file()
+    (tmp_path / "per_chip.csv").unlink()
+    assert pc.per_chip_section(out, train, test, tmp_path, **quiet) == first
+    assert (tmp_path / "per_chip.csv").read_text() == csv and len(calls) == 1
+    other = {**out, "config": pc.with_per_chip(config, margin=50.0,
+                                               calibration_size=32)}  # fmt: skip
+    pc.per_chip_section(other, train, test, tmp_path, **quiet)
+    assert len(calls) == 2
+    (tmp_path / pc.RECORD).write_text("{")
+    with pytest.raises(CorruptFileError, match=pc.RECORD):
+        pc.per_chip_section(out, train, test, tmp_path, **quiet)
