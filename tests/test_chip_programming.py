@@ -253,44 +253,58 @@ def test_user_models(kind):
 
 
 @pytest.mark.slow
-def test_reproduce_report_section(tmp_path):
+def test_reproduce_report_section(tmp_path, monkeypatch):
     """End to end on generated data: the per-chip section and per_chip.csv are
-    written when the config asks for them, and the curves do not move."""
+    written when the config asks for them, the curves do not move, and a rerun
+    reads the study back instead of running it again."""
     import dataclasses
 
     from _tiny_sweep import CONFIG as base
     from _tiny_sweep import fake_digits
 
+    from experiments.common import model_name
     from experiments.mnist import run
     from uswim_jax.experiment import load_config
-    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
+    from uswim_jax.experiment import per_chip as pc
 
     kw = {
         "train_data": fake_digits(160, 0),
         "test_data": fake_digits(64, 1),
         "progress": False,
     }
-    run.run(base, tmp_path / "off", **kw)
-    config = with_per_chip(
+    on, off = tmp_path / "on", tmp_path / "off"  # the model's run: <folder>/<model>
+    run.run(base, off, **kw)
+    config = pc.with_per_chip(
         base, margin=1.0, calibration_size=32, batch_fractions=(0.02, 0.1)
     )
     assert config.to_json() == base.to_json()  # not part of the run's identity
-    out = run.run(config, tmp_path / "on", **kw)
-    assert load_config(tmp_path / "on") == config
-    assert load_config(tmp_path / "off").per_chip is None
+    out = run.run(config, on, **kw)
+    m = model_name(base)
+    assert load_config(on / m) == config
+    assert load_config(off / m).per_chip is None
     for name in ("curves.csv", "references.csv"):
-        assert (tmp_path / "on" / name).read_text() == (
-            tmp_path / "off" / name
-        ).read_text()
-    assert not (tmp_path / "off" / "per_chip.csv").exists()
-    assert "Per-chip" not in (tmp_path / "off" / "summary.md").read_text()
-    text = (tmp_path / "on" / "summary.md").read_text()
+        assert (on / name).read_text() == (off / name).read_text()
+    assert not (off / m / "per_chip.csv").exists()
+    assert "Per-chip" not in (off / "summary.md").read_text()
+    text = (on / "summary.md").read_text()
     assert "## Per-chip programming (uniform sigma=0.3)" in text
     assert "32 images (the last of the 160 training images, also used" in text
-    lines = (tmp_path / "on" / "per_chip.csv").read_text().splitlines()
-    assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 2 * 2
+    csv = (on / m / "per_chip.csv").read_text()
+    lines = csv.splitlines()
+    assert lines[0] == ",".join(pc.COLUMNS) and len(lines) == 1 + 2 * 2
     assert "Per-chip" in out["summary"]
     assert dataclasses.replace(config, per_chip=None) == base
+
+    def again(*args, **kwargs):
+        raise AssertionError("the per-chip study ran again on a rerun")
+
+    monkeypatch.setattr(pc, "run_per_chip", again)
+
+    def section(summary):  # the rest of the summary holds timings
+        return summary.split("## Per-chip", 1)[1].split("\n## ", 1)[0]
+
+    assert section(run.run(config, on, **kw)["summary"]) == section(text)
+    assert (on / m / "per_chip.csv").read_text() == csv
 
 
 def test_per_chip_config_is_off_by_default_and_not_hashed():
