@@ -253,52 +253,58 @@ def test_user_models(kind):
 
 
 @pytest.mark.slow
-def test_reproduce_report_section(tmp_path):
+def test_reproduce_report_section(tmp_path, monkeypatch):
     """End to end on generated data: the per-chip section and per_chip.csv are
-    written when the config asks for them, and the curves do not move."""
+    written when the config asks for them, the curves do not move, and a rerun
+    reads the study back instead of running it again."""
     import dataclasses
 
-    from experiments.mnist import run
-    from experiments.mnist.run_test import _fake
-    from uswim_jax.experiment import ExperimentConfig, load_config
-    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
-    from uswim_jax.train import TrainConfig
+    from _tiny_sweep import CONFIG as base
+    from _tiny_sweep import fake_digits
 
-    base = ExperimentConfig(
-        train=TrainConfig(epochs=1, batch_size=32),
-        sigmas=(0.2,),
-        s_values=(),
-        fractions=(0.01, 0.1),
-        methods=("magnitude", "swim"),
-        num_trials=3,
-        test_subset=64,
-        curvature_subset=64,
-        estimator_subset=16,
-        hutchinson_probes=2,
-        label="test",
-    )
-    kw = {"train_data": _fake(160, 0), "test_data": _fake(64, 1), "progress": False}
-    run.run(base, tmp_path / "off", **kw)
-    config = with_per_chip(
+    from experiments.common import model_name
+    from experiments.mnist import run
+    from uswim_jax.experiment import load_config
+    from uswim_jax.experiment import per_chip as pc
+
+    kw = {
+        "train_data": fake_digits(160, 0),
+        "test_data": fake_digits(64, 1),
+        "progress": False,
+    }
+    on, off = tmp_path / "on", tmp_path / "off"  # the model's run: <folder>/<model>
+    run.run(base, off, **kw)
+    config = pc.with_per_chip(
         base, margin=1.0, calibration_size=32, batch_fractions=(0.02, 0.1)
     )
     assert config.to_json() == base.to_json()  # not part of the run's identity
-    out = run.run(config, tmp_path / "on", **kw)
-    assert load_config(tmp_path / "on") == config
-    assert load_config(tmp_path / "off").per_chip is None
+    out = run.run(config, on, **kw)
+    m = model_name(base)
+    assert load_config(on / m) == config
+    assert load_config(off / m).per_chip is None
     for name in ("curves.csv", "references.csv"):
-        assert (tmp_path / "on" / name).read_text() == (
-            tmp_path / "off" / name
-        ).read_text()
-    assert not (tmp_path / "off" / "per_chip.csv").exists()
-    assert "Per-chip" not in (tmp_path / "off" / "summary.md").read_text()
-    text = (tmp_path / "on" / "summary.md").read_text()
-    assert "## Per-chip programming (uniform sigma=0.2)" in text
+        assert (on / name).read_text() == (off / name).read_text()
+    assert not (off / m / "per_chip.csv").exists()
+    assert "Per-chip" not in (off / "summary.md").read_text()
+    text = (on / "summary.md").read_text()
+    assert "## Per-chip programming (uniform sigma=0.3)" in text
     assert "32 images (the last of the 160 training images, also used" in text
-    lines = (tmp_path / "on" / "per_chip.csv").read_text().splitlines()
-    assert lines[0] == ",".join(COLUMNS) and len(lines) == 1 + 2 * 2
+    csv = (on / m / "per_chip.csv").read_text()
+    lines = csv.splitlines()
+    assert lines[0] == ",".join(pc.COLUMNS) and len(lines) == 1 + 2 * 2
     assert "Per-chip" in out["summary"]
     assert dataclasses.replace(config, per_chip=None) == base
+
+    def again(*args, **kwargs):
+        raise AssertionError("the per-chip study ran again on a rerun")
+
+    monkeypatch.setattr(pc, "run_per_chip", again)
+
+    def section(summary):  # the rest of the summary holds timings
+        return summary.split("## Per-chip", 1)[1].split("\n## ", 1)[0]
+
+    assert section(run.run(config, on, **kw)["summary"]) == section(text)
+    assert (on / m / "per_chip.csv").read_text() == csv
 
 
 def test_per_chip_config_is_off_by_default_and_not_hashed():
@@ -325,3 +331,44 @@ def test_per_chip_config_is_off_by_default_and_not_hashed():
             PerChipConfig(**bad)
     with pytest.raises(ValueError, match="per_chip"):
         ExperimentConfig(per_chip={"margin": 1.0})
+
+
+def test_per_chip_study_is_a_run_folder_unit(problem, tmp_path, monkeypatch):
+    """The study's rows are computed once per run folder and read back when the
+    report is written again (the same section and CSV, bit for bit); other
+    per_chip settings recompute them; a damaged file is named."""
+    from uswim_jax.data import Dataset
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.experiment import per_chip as pc
+    from uswim_jax.experiment.store import CorruptFileError
+
+    params, (x_cal, y_cal), (x, y), _ = problem
+    config = pc.with_per_chip(
+        ExperimentConfig(sigmas=(0.3,), s_values=(), methods=("magnitude",),
+                         num_trials=4),
+        margin=1.0, calibration_size=32, batch_fractions=(0.1, 0.3),
+    )  # fmt: skip
+    train = Dataset(np.asarray(x_cal), np.asarray(y_cal), "toy", "generated",
+                    "train", 4)  # fmt: skip
+    test = Dataset(np.asarray(x), np.asarray(y), "toy", "generated", "test", 4)
+    out = {"config": config, "params": params, "sensitivities": {},
+           "apply_fn": mlp_apply}  # fmt: skip
+    calls = []
+    compute = pc.run_per_chip
+    monkeypatch.setattr(
+        pc, "run_per_chip", lambda *a, **k: calls.append(1) or compute(*a, **k)
+    )
+    quiet = {"log": lambda *a: None}
+    first = pc.per_chip_section(out, train, test, tmp_path, **quiet)
+    csv = (tmp_path / "per_chip.csv").read_text()
+    assert len(calls) == 1 and (tmp_path / pc.RECORD).is_file()
+    (tmp_path / "per_chip.csv").unlink()
+    assert pc.per_chip_section(out, train, test, tmp_path, **quiet) == first
+    assert (tmp_path / "per_chip.csv").read_text() == csv and len(calls) == 1
+    other = {**out, "config": pc.with_per_chip(config, margin=50.0,
+                                               calibration_size=32)}  # fmt: skip
+    pc.per_chip_section(other, train, test, tmp_path, **quiet)
+    assert len(calls) == 2
+    (tmp_path / pc.RECORD).write_text("{")
+    with pytest.raises(CorruptFileError, match=pc.RECORD):
+        pc.per_chip_section(out, train, test, tmp_path, **quiet)

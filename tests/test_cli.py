@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from uswim_jax import cli
@@ -209,19 +208,8 @@ print(codes)
 """
 
 
-def test_core_only_install_says_which_extra_to_install():
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "USWIM_DEBUG"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _NO_FLAX],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_core_only_install_says_which_extra_to_install(run_python):
+    proc = run_python(_NO_FLAX, env={"USWIM_DEBUG": None}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     codes = eval(proc.stdout.strip().splitlines()[-1])
     assert len(codes) == 3 and all(c not in (0, None) for c in codes)
@@ -231,13 +219,15 @@ def test_core_only_install_says_which_extra_to_install():
         assert "pip install 'uswim_jax[experiments]'" in line and "flax" in line
 
 
-def test_sweep_quick_is_make_reproduce_mnist_quick(monkeypatch, tmp_path):
-    """``uswim sweep --quick`` and ``make reproduce-mnist --quick`` read one
-    definition (``experiment.presets``): the same config, hence the same run."""
+@pytest.mark.parametrize("quantized", [False, True], ids=["lenet", "qlenet"])
+def test_sweep_quick_is_make_reproduce_mnist_quick(
+    monkeypatch, stub_data, tmp_path, quantized
+):
+    """``uswim sweep --quick`` and ``make reproduce-mnist ARGS=--quick`` read one
+    definition (``experiment.presets``): the same config up to the label (which
+    names the model), hence the same run; ``--quantized`` gives the QLeNet's."""
     import uswim_jax.experiment
     from experiments.mnist.configs import default
-    from uswim_jax import data
-    from uswim_jax.data import Dataset
 
     class Built(Exception):
         pass
@@ -245,26 +235,20 @@ def test_sweep_quick_is_make_reproduce_mnist_quick(monkeypatch, tmp_path):
     def capture(config, run_dir, **kwargs):
         raise Built(config)
 
-    fake = Dataset(
-        np.zeros((4, 28, 28, 1), np.float32),
-        np.zeros(4, np.int32),
-        "synthetic",
-        "generated",
-        "train",
-        10,
-    )
-    monkeypatch.setattr(data, "load", lambda name, split, path=None: fake)
+    stub_data(4)
     monkeypatch.setattr(uswim_jax.experiment, "run", capture)
-    run_dir = str(tmp_path / "run")
+    argv = ["sweep", "--quick", "--no-progress", "--run-dir", str(tmp_path / "run")]
     with pytest.raises(Built) as got:
-        cli.main(["sweep", "--quick", "--no-progress", "--run-dir", run_dir])
+        cli.main([*argv, *(["--quantized"] if quantized else [])])
     built = got.value.args[0]
-    # make reproduce-mnist --quick runs the QLeNet and the float LeNet; the
-    # CLI's default model is the float LeNet's config (its label names the model).
-    (lenet,) = [c for c in default.get_quick_config() if c.train.weight_bits is None]
-    # Known drift, to remove: the reproduction's LeNet also sets the authors'
-    # avg_pool rule (no average pool in LeNet, so no effect) and an image batch
-    # of 40 (an execution knob); the CLI keeps the library defaults.
-    same = {"label": built.label, "avg_pool": built.avg_pool}
-    same["eval_batch_size"] = built.eval_batch_size
-    assert built == dataclasses.replace(lenet, **same)
+    # make reproduce-mnist --quick runs the QLeNet and the float LeNet.
+    (want,) = [
+        c
+        for c in default.get_quick_config()
+        if (c.train.weight_bits is not None) == quantized
+    ]
+    assert built == dataclasses.replace(want, label=built.label)
+    # A flag still wins over the preset.
+    with pytest.raises(Built) as got:
+        cli.main([*argv, "--avg-pool", "exact"])
+    assert got.value.args[0].avg_pool == "exact"

@@ -1,8 +1,6 @@
 """Monte Carlo engine: trial keys, chunking, sharding, statistics."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -132,7 +130,7 @@ def test_nan_params_rejected(problem):
         evaluate(jax.random.key(0), mlp_apply, bad, x, y, DEVICE, None, 2)
 
 
-def test_sharded_equals_unsharded():
+def test_sharded_equals_unsharded(run_python):
     """Four forced CPU devices, in a separate process (the flag is global)."""
     here = os.path.dirname(__file__)
     code = textwrap.dedent(
@@ -156,17 +154,10 @@ def test_sharded_equals_unsharded():
         """
     ).format(here=here)
     env = {
-        **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "JAX_PLATFORMS": "cpu",
     }
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_python(code, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
 

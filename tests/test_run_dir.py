@@ -5,7 +5,7 @@ config")."""
 import numpy as np
 import pytest
 
-from uswim_jax import cli, data, experiment
+from uswim_jax import cli, experiment
 from uswim_jax.data import Dataset
 from uswim_jax.experiment import ExperimentConfig
 from uswim_jax.train import TrainConfig, train
@@ -18,26 +18,18 @@ def _fake(n, seed=0, shape=(28, 28, 1)):
     return Dataset(x, y, "synthetic", "generated", "train", 10)
 
 
-def test_train_refused_on_image_shape_writes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "train_shape, match",
+    [((8, 8, 1), "28x28"), ((28, 28, 1), "test_data")],
+    ids=["image shape", "test images unlike the training images"],
+)
+def test_train_refused_on_bad_images_writes_nothing(tmp_path, train_shape, match):
     run = tmp_path / "run"
-    with pytest.raises(ValueError, match="28x28"):
+    with pytest.raises(ValueError, match=match):
         train(
             TrainConfig(epochs=1, batch_size=8),
             run,
-            train_data=_fake(16, shape=(8, 8, 1)),
-            test_data=_fake(8, 1, shape=(8, 8, 1)),
-            progress=False,
-        )
-    assert not run.exists()
-
-
-def test_train_refused_on_mismatched_test_images_writes_nothing(tmp_path):
-    run = tmp_path / "run"
-    with pytest.raises(ValueError, match="test_data"):
-        train(
-            TrainConfig(epochs=1, batch_size=8),
-            run,
-            train_data=_fake(16),
+            train_data=_fake(16, shape=train_shape),
             test_data=_fake(8, 1, shape=(8, 8, 1)),
             progress=False,
         )
@@ -55,11 +47,9 @@ def test_experiment_refused_on_batch_size_writes_nothing(tmp_path):
 
 
 def test_rejected_then_corrected_command_in_the_same_run_dir(
-    tmp_path, monkeypatch, capsys
+    tmp_path, stub_data, capsys
 ):
-    monkeypatch.setattr(
-        data, "load", lambda name, split, path=None: _fake(32, split == "test")
-    )
+    stub_data(32)
     run = str(tmp_path / "run")
     argv = ["train", "--epochs", "1", "--no-progress", "--run-dir", run]
     assert cli.main([*argv, "--batch-size", "64"]) == 1  # 32 training images
@@ -71,7 +61,7 @@ def test_rejected_then_corrected_command_in_the_same_run_dir(
 
 
 def test_rejected_then_corrected_sweep_gets_past_the_config_check(
-    tmp_path, monkeypatch, capsys
+    tmp_path, stub_data, monkeypatch, capsys
 ):
     from uswim_jax.experiment import pipeline
 
@@ -81,9 +71,7 @@ def test_rejected_then_corrected_sweep_gets_past_the_config_check(
     def fake_train(*args, **kwargs):
         raise Trained
 
-    monkeypatch.setattr(
-        data, "load", lambda name, split, path=None: _fake(32, split == "test")
-    )
+    stub_data(32)
     monkeypatch.setattr(pipeline, "train", fake_train)
     run = str(tmp_path / "run")
     argv = ["sweep", "--quick", "--no-progress", "--run-dir", run]

@@ -34,6 +34,29 @@ def _params_equal(a, b):
     )
 
 
+@pytest.fixture(scope="module")
+def straight(task, tmp_path_factory):
+    """Two epochs on ``task`` and their run folder."""
+    tr, te = task
+    folder = tmp_path_factory.mktemp("straight")
+    config = TrainConfig(epochs=2, batch_size=64)
+    kw = {"train_data": tr, "test_data": te, "progress": False}
+    return train(config, folder, **kw), folder
+
+
+def test_two_epochs_lower_the_loss(straight):
+    """The default suite's check that training learns (the 4-epoch one below
+    is slow): the second epoch's loss is below the first's, test accuracy above
+    chance, and metrics.json says what ran."""
+    result, folder = straight
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert result.test_accuracy > 0.1  # chance is 0.1
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["dataset"] == "synthetic" and metrics["num_weights"] == 105_918
+
+
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path, task):
     tr, te = task
     result = train(
@@ -52,10 +75,10 @@ def test_training_lowers_the_loss(tmp_path, task):
     assert metrics["dataset"] == "synthetic" and metrics["num_weights"] == 105_918
 
 
-def test_same_seed_same_params_and_resume_equals_straight_run(tmp_path, task):
+def test_same_seed_same_params_and_resume_equals_straight_run(tmp_path, task, straight):
     tr, te = task
     kw = {"train_data": tr, "test_data": te, "progress": False}
-    straight = train(TrainConfig(epochs=2, batch_size=64), tmp_path / "a", **kw)
+    straight = straight[0]
     again = train(TrainConfig(epochs=2, batch_size=64), tmp_path / "b", **kw)
     assert _params_equal(straight.params, again.params)
     # Interrupted after one epoch: a run folder with a 1-epoch checkpoint, then

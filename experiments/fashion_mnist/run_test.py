@@ -1,5 +1,8 @@
 """End to end on generated data: both models run every stage in their own
-sub-folders, one report of both is written, and a rerun resumes."""
+sub-folders, one report of both is written, and a rerun resumes (the two-model
+run is slow; the float LeNet alone runs in the default suite)."""
+
+import pytest
 
 from experiments.common import model_name
 from experiments.fashion_mnist import main, run
@@ -46,20 +49,39 @@ def _config(weight_bits, **kw):
     )
 
 
-def test_run_end_to_end_and_resume(tmp_path):
-    configs = (_config(4, q_scale="authors"), _config(None))
+def _end_to_end_and_resume(tmp_path, configs) -> str:
+    """Runs ``configs`` into ``tmp_path/w`` (report copied to ``tmp_path/r``),
+    checks the report files, reruns and checks that the rerun resumes (the same
+    curves); returns summary.md."""
     kw = {"train_data": _fake(128, 0), "test_data": _fake(64, 1), "progress": False}
     run.run(configs, tmp_path / "w", results_dir=tmp_path / "r", **kw)
     text = (tmp_path / "r" / "summary.md").read_text()
-    assert "## `qlenet`: 4-bit QLeNet" in text and "## `lenet`: float LeNet" in text
-    assert text.count("### uniform sigma=0.2") == 2 and "| swim |" in text
     assert "Monte Carlo over the first 48 of the 64 test images" in text
+    assert "## `lenet`: float LeNet" in text and "| swim |" in text
     for name in run.MODELS_REPORT_FILES:
         assert (tmp_path / "r" / name).is_file(), name
     curves = (tmp_path / "w" / "curves.csv").read_text()
     assert curves.startswith("model,setting,")
     run.run(configs, tmp_path / "w", **kw)
     assert (tmp_path / "w" / "curves.csv").read_text() == curves
+    return text
+
+
+@pytest.mark.slow
+def test_run_end_to_end_and_resume(tmp_path):
+    text = _end_to_end_and_resume(
+        tmp_path, (_config(4, q_scale="authors"), _config(None))
+    )
+    assert "## `qlenet`: 4-bit QLeNet" in text
+    assert text.count("### uniform sigma=0.2") == 2
+
+
+def test_float_lenet_end_to_end_and_resume(tmp_path):
+    """The default suite's variant of the two-model run above (slow; the
+    MNIST reproduction's test runs two models in the default suite): the
+    float LeNet alone."""
+    text = _end_to_end_and_resume(tmp_path, (_config(None),))
+    assert "qlenet" not in text and text.count("### uniform sigma=0.2") == 1
 
 
 def test_main_reports_missing_data_in_one_line(tmp_path, monkeypatch, capsys):

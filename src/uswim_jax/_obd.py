@@ -47,8 +47,9 @@ Everything happens at trace time: the pass is jit-compilable and, compiled, cost
 about one forward and one backward pass.
 """
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -685,10 +686,12 @@ def backward(
 
     for kind, members in _plan(rec, fuse, avg_pool, rowwise):
         if isinstance(kind, tuple):
-            _rowwise_rule(rec, members, kind[1], h, acc)
+            _walk_region(
+                rec, members, h, acc, functools.partial(_rowwise_rule, kind[1])
+            )
             continue
         if kind == "ew":
-            _region_rule(rec, members, h, acc)
+            _walk_region(rec, members, h, acc, _region_rule)
             continue
         i = members[0]
         eqn = jaxpr.eqns[i]
@@ -776,9 +779,24 @@ def _structural_rule(
         acc(eqn.invars[k], ct)
 
 
-def _region_rule(rec: _Record, members: list[int], h: dict, acc: Callable) -> None:
-    """Fused elementwise region: for each active input u and each output o
-    carrying h, ``h_u += unbroadcast((do/du)**2 * h_o)``."""
+class _Unit(NamedTuple):
+    """A fused unit of the plan as :func:`_walk_region` hands it to a rule."""
+
+    rec: _Record  # the forward record
+    members: list[int]  # the unit's equations, in order
+    inputs: list  # active values read and not produced, in order of first use
+    houts: list  # h of the outputs (the produced values that carry h)
+    region: Callable  # region(j, u): the outputs with input j replaced by u
+
+
+def _walk_region(
+    rec: _Record, members: list[int], h: dict, acc: Callable, rule: Callable
+) -> None:
+    """Walks the fused unit ``members`` of the plan and, when it has active
+    inputs and outputs carrying ``h``, calls ``rule(unit, acc)`` with the
+    :class:`_Unit`: its inputs, the outputs' ``h`` and ``region(j, u)``, the
+    outputs recomputed with input ``j`` replaced by ``u`` (every other value
+    read from the forward record), the function a rule differentiates."""
     env, active, eqns = rec.env, rec.active, rec.jaxpr.eqns
     produced: list = []
     produced_ids: set[int] = set()
@@ -812,6 +830,14 @@ def _region_rule(rec: _Record, members: list[int], h: dict, acc: Callable) -> No
                     local[id(v)] = o
         return [local[id(v)] for v in outputs]
 
+    rule(_Unit(rec, members, inputs, houts, region), acc)
+
+
+def _region_rule(unit: _Unit, acc: Callable) -> None:
+    """Fused elementwise region (a rule of :func:`_walk_region`): for each
+    active input u and each output o carrying h,
+    ``h_u += unbroadcast((do/du)**2 * h_o)``."""
+    env, inputs, houts, region = unit.rec.env, unit.inputs, unit.houts, unit.region
     for j, u in enumerate(inputs):
         x = env[u]
         _, tangents = jax.jvp(lambda t, j=j: region(j, t), (x,), (jnp.ones_like(x),))
@@ -822,34 +848,17 @@ def _region_rule(rec: _Record, members: list[int], h: dict, acc: Callable) -> No
         acc(u, total)
 
 
-def _rowwise_rule(
-    rec: _Record, members: list[int], axes: tuple[int, ...], h: dict, acc: Callable
-) -> None:
-    """Row-wise region (a normalisation over ``axes``): for each active input
+def _rowwise_rule(axes: tuple[int, ...], unit: _Unit, acc: Callable) -> None:
+    """Row-wise region (a normalisation over ``axes``; with ``axes`` bound, a
+    rule of :func:`_walk_region`): for each active input
     ``u`` and each output ``o`` carrying ``h``,
     ``h_u[r, k] += sum_j (do[r, j] / du[r, k])**2 * h_o[r, j]``, the square of
     the exact per-row Jacobian; rows (the other axes) do not interact. The
     Jacobian columns come from one JVP per position ``k`` along ``axes`` (a
     one-hot tangent along ``axes``, the same in every row), vmapped; an input
     that is size 1 along ``axes`` (or a reduced row) gets a ones tangent."""
-    env, active, eqns = rec.env, rec.active, rec.jaxpr.eqns
-    produced: list = []
-    produced_ids: set[int] = set()
-    for i in members:
-        for v in eqns[i].outvars:
-            if _is_var(v):
-                produced.append(v)
-                produced_ids.add(id(v))
-    inputs: list = []
-    seen: set[int] = set()
-    for i in members:
-        for v in eqns[i].invars:
-            if _active(active, v) and id(v) not in produced_ids and id(v) not in seen:
-                seen.add(id(v))
-                inputs.append(v)
-    outputs = [v for v in produced if v in h]
-    if not outputs or not inputs:
-        return
+    env, eqns = unit.rec.env, unit.rec.jaxpr.eqns
+    members, inputs, houts, region = unit.members, unit.inputs, unit.houts, unit.region
     full = next(
         eqns[i].invars[0].aval.shape
         for i in members
@@ -865,21 +874,6 @@ def _rowwise_rule(
         if x.ndim != ndim:
             return jnp.expand_dims(x, axes)
         return jnp.sum(x, axis=axes, keepdims=True)
-
-    houts = [h[v] for v in outputs]
-
-    def region(j: int, u: jax.Array) -> list[jax.Array]:
-        local = {id(inputs[j]): u}
-        for i in members:
-            eqn = eqns[i]
-            vals = [
-                local[id(v)] if _is_var(v) and id(v) in local else _read(env, v)
-                for v in eqn.invars
-            ]
-            for v, o in zip(eqn.outvars, _bind(eqn, vals), strict=True):
-                if _is_var(v):
-                    local[id(v)] = o
-        return [local[id(v)] for v in outputs]
 
     def column(j: int, t: jax.Array) -> jax.Array:
         """``sum_o sum_j d**2 h_o`` over ``axes`` for tangent ``t`` of input j."""

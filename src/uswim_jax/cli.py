@@ -170,20 +170,23 @@ def _check_model_takes_dataset(model: str, dataset: str) -> None:
         )
 
 
-def _curvature_flags(p: argparse.ArgumentParser) -> None:
-    """The one-pass diagonal's quirk switches (docs/method.md §8)."""
+def _curvature_flags(p: argparse.ArgumentParser, *, quick: bool = False) -> None:
+    """The one-pass diagonal's quirk switches (docs/method.md §8); ``quick``:
+    unset (None) unless given, so ``--quick`` can set them."""
+    also = ", the authors' with --quick" if quick else ""
     p.add_argument(
         "--avg-pool",
         choices=("exact", "authors"),
-        default="exact",
-        help="average-pool rule: exact h/k^2 or the authors' h/k",
+        default=None if quick else "exact",
+        help=f"average-pool rule: exact h/k^2 or the authors' h/k (default: exact"
+        f"{also})",
     )
     p.add_argument(
         "--q-scale",
         choices=("exact", "authors"),
-        default="exact",
+        default=None if quick else "exact",
         help="quantized layers' scale rule: exact h*a^2 or the authors' h*a "
-        "(needs a quantized model)",
+        f"(needs a quantized model; default: exact{also} on a quantized model)",
     )
 
 
@@ -375,13 +378,18 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
-def _quick_defaults() -> dict:
-    """``uswim sweep --quick``: the sizes of ``make reproduce-mnist --quick``
-    (``uswim_jax.experiment.presets``), by flag name."""
+def _quick_defaults(weight_bits: int | None = None) -> dict:
+    """``uswim sweep --quick``: the sizes and knobs of ``make reproduce-mnist
+    ARGS=--quick`` (``uswim_jax.experiment.presets``) for a model of
+    ``weight_bits``, by flag name (``eval_batch_size`` has no flag)."""
     from uswim_jax.experiment import presets
 
     names = {"num_trials": "trials", "hutchinson_probes": "probes"}
-    both = {**presets.QUICK_TRAIN, **presets.QUICK}
+    both = {
+        **presets.QUICK_TRAIN,
+        **presets.QUICK,
+        **presets.reproduction(weight_bits),
+    }
     return {names.get(k, k): v for k, v in both.items()}
 
 
@@ -453,7 +461,7 @@ def _add_sweep(sub) -> None:
         default=None,
         help="Monte Carlo over the first N test images (default: all)",
     )
-    _curvature_flags(p)
+    _curvature_flags(p, quick=True)
     p.add_argument(
         "--no-first-order",
         action="store_true",
@@ -469,11 +477,13 @@ def _add_sweep(sub) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a few-minute smoke run; unless given, sets "
+        help="a few-minute smoke run, the config of make reproduce-mnist "
+        "ARGS=--quick; unless given, sets "
         + ", ".join(
             f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in _quick_defaults().items()
-        ),
+        )
+        + " (and q_scale=authors on a quantized model)",
     )
     p.add_argument(
         "--run-dir",
@@ -507,16 +517,17 @@ def _cmd_sweep(args) -> int:
     from uswim_jax.report import write_report
     from uswim_jax.train import TrainConfig
 
-    quick = _quick_defaults() if args.quick else {}
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    _check_model_takes_dataset(args.model, args.dataset)
+    weight_bits = _weight_bits(args)
+    quick = _quick_defaults(weight_bits) if args.quick else {}
 
     def pick(name, default):
         v = getattr(args, name, None)
         return v if v is not None else quick.get(name, default)
 
     base = ExperimentConfig()
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    _check_model_takes_dataset(args.model, args.dataset)
     try:
         config = ExperimentConfig(
             train=TrainConfig(
@@ -526,7 +537,7 @@ def _cmd_sweep(args) -> int:
                 batch_size=args.batch_size,
                 seed=args.seed,
                 learning_rate=args.lr,
-                weight_bits=_weight_bits(args),
+                weight_bits=weight_bits,
                 augment=args.augment,
                 train_subset=pick("train_subset", None),
             ),
@@ -544,8 +555,9 @@ def _cmd_sweep(args) -> int:
             steps_per_chunk=args.steps_per_chunk,
             first_order=not args.no_first_order,
             k_power=args.k_power,
-            avg_pool=args.avg_pool,
-            q_scale=args.q_scale,
+            avg_pool=pick("avg_pool", base.avg_pool),
+            q_scale=pick("q_scale", base.q_scale),
+            eval_batch_size=quick.get("eval_batch_size", base.eval_batch_size),
             label="quick" if args.quick else "cli",
         )
         if args.per_chip is not None:

@@ -355,7 +355,19 @@ def gaussian_write_cycles(
 # ----------------------------------------------------------------------------
 
 
-class GaussianVariation:
+class _PerturbAlias:
+    """``perturb``, the earlier name of ``program``, for the library's models
+    (the Gaussian ones and :class:`uswim_jax.PulseModel`); a model of your own
+    needs only ``program`` (:func:`perturb` takes any model)."""
+
+    def perturb(
+        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
+    ) -> PyTree:
+        """``self.program(key, params, verified)``, under its earlier name."""
+        return self.program(key, params, verified)
+
+
+class GaussianVariation(_PerturbAlias):
     """Shared behaviour of the Gaussian variation models (not instantiated).
 
     A subclass defines ``_relative_std(r)`` giving the written and verified stds
@@ -476,12 +488,6 @@ class GaussianVariation:
         std = self.effective_std(params, verified)
         z = noise_like(key, params, self.crossbar)
         return add_noise(params, std, z, self.crossbar)
-
-    def perturb(
-        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
-    ) -> PyTree:
-        """``self.program(key, params, verified)``, under its earlier name."""
-        return self.program(key, params, verified)
 
     def program_with_cost(
         self, key: jax.Array, params: PyTree, verified: PyTree | None = None

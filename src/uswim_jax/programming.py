@@ -47,6 +47,7 @@ from uswim_jax.device import (
     WriteCycles,
     _check_nonneg,
     _check_pos,
+    _PerturbAlias,
     check_bits,
     place_values,
     verified_mask,
@@ -66,7 +67,7 @@ DEFAULT_MAX_PULSES = 50
 
 
 @dataclasses.dataclass(frozen=True)
-class PulseModel:
+class PulseModel(_PerturbAlias):
     """Pulse-level write-verify process of one device (see the module docstring).
 
     Numeric parameters are pytree leaves (a sweep over them does not recompile);
@@ -135,12 +136,6 @@ class PulseModel:
             ValueError: naming ``verified`` or ``params`` on bad input.
         """
         return program(key, params, self, verified).params
-
-    def perturb(
-        self, key: jax.Array, params: PyTree, verified: PyTree | None = None
-    ) -> PyTree:
-        """``self.program(key, params, verified)``, under its earlier name."""
-        return self.program(key, params, verified)
 
     def program_with_cost(
         self, key: jax.Array, params: PyTree, verified: PyTree | None = None

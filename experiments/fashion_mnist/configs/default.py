@@ -30,8 +30,8 @@ Each function returns one config per model, QLeNet first.
 
 import dataclasses
 
-from experiments.mnist.configs.default import EVAL_BATCH_SIZE, MODELS
-from uswim_jax.experiment import FULL_FRACTIONS, ExperimentConfig
+from experiments.mnist.configs.default import MODELS
+from uswim_jax.experiment import FULL_FRACTIONS, ExperimentConfig, presets
 from uswim_jax.train import TrainConfig
 
 
@@ -46,18 +46,15 @@ def _train(weight_bits: int | None, **kw) -> TrainConfig:
 
 
 def model_config(name: str, weight_bits: int | None) -> ExperimentConfig:
-    """The default run of one model (the MNIST model's rules)."""
-    rules = {"avg_pool": "authors"}
-    if weight_bits is not None:
-        rules["q_scale"] = "authors"
+    """The default run of one model (the MNIST model's rules and image batch,
+    ``presets.reproduction``)."""
     return ExperimentConfig(
         train=_train(weight_bits),
         fractions=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
         num_trials=30,
         test_subset=2000,
-        eval_batch_size=EVAL_BATCH_SIZE,
         label=f"default-{name}",
-        **rules,
+        **presets.reproduction(weight_bits),
     )
 
 

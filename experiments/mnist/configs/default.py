@@ -18,25 +18,19 @@ from uswim_jax.train import TrainConfig
 
 #: The models of the report: ``(name, weight_bits)``; None is float.
 MODELS = (("qlenet", 4), ("lenet", None))
-#: Images per batch of the Monte Carlo sweeps (measured faster than the
-#: library default of 20 by ``python -m benchmarks.sweep_batch``).
-EVAL_BATCH_SIZE = 40
 
 
 def model_config(name: str, weight_bits: int | None) -> ExperimentConfig:
-    """The default run of one model."""
-    rules = {"avg_pool": "authors"}
-    if weight_bits is not None:
-        rules["q_scale"] = "authors"
+    """The default run of one model (the rules and image batch of
+    ``presets.reproduction``)."""
     return ExperimentConfig(
         train=TrainConfig(
             model="lenet", dataset="mnist", epochs=20, seed=0, weight_bits=weight_bits
         ),
         fractions=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
         num_trials=50,
-        eval_batch_size=EVAL_BATCH_SIZE,
         label=f"default-{name}",
-        **rules,
+        **presets.reproduction(weight_bits),
     )
 
 

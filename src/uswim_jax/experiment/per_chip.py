@@ -8,10 +8,16 @@ The chips are the run's Monte Carlo trials: chip ``t`` draws its noise from
 fixed-budget comparison is paired chip by chip. The checks run on the last
 ``calibration_size`` images of the training split; the test accuracies are on
 the run's test images (``test_subset`` applied), which the checks never see.
+
+The study is a unit of work of the run folder (:func:`per_chip_rows`): its rows
+are saved in ``per_chip.json`` with the :class:`PerChipConfig` they were
+computed under, atomically, and loaded when the report is written again (a
+resumed or repeated command); a changed ``per_chip`` recomputes them.
 """
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ from uswim_jax.experiment import units
 from uswim_jax.experiment.config import Setting, _methods_for
 from uswim_jax.experiment.pipeline import _test_arrays
 from uswim_jax.experiment.sensitivities import method_order
+from uswim_jax.experiment.store import RunStore
 from uswim_jax.keys import key_stream
 from uswim_jax.selection import mask_from_order
 
@@ -236,16 +243,48 @@ def per_chip_markdown(
     return "\n".join(lines) + "\n"
 
 
+#: The study's file in the run folder: ``{"per_chip": PerChipConfig as JSON,
+#: "rows": the rows of :func:`run_per_chip`}``.
+RECORD = "per_chip.json"
+
+
+def per_chip_rows(
+    out: dict[str, Any], train_data: Any, test_data: Any,
+    run_dir: str | Path | RunStore, *, log=print,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows of :func:`run_per_chip`, a unit of work of the run folder: read
+    from :data:`RECORD` when it holds the rows of ``out["config"].per_chip``,
+    else computed and saved there (atomically), so a repeated or resumed command
+    does not run the study again.
+
+    Raises:
+        CorruptFileError: :data:`RECORD` cannot be read (the message says to
+            delete it; the same command then recomputes the study).
+    """
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
+    study = json.loads(json.dumps(dataclasses.asdict(out["config"].per_chip)))
+    saved = store.read_json(RECORD)
+    if saved is not None and saved.get("per_chip") == study:
+        return saved["rows"]
+    if saved is not None:
+        log(f"per-chip study: {RECORD} holds other per_chip settings; recomputing")
+    rows = run_per_chip(out, train_data, test_data, log=log)
+    store.write_json(RECORD, {"per_chip": study, "rows": rows})
+    return rows
+
+
 def per_chip_section(
-    out: dict[str, Any], train_data: Any, test_data: Any, run_dir: str | Path, *,
-    log=print,
+    out: dict[str, Any], train_data: Any, test_data: Any,
+    run_dir: str | Path | RunStore, *, log=print,
 ) -> str:  # fmt: skip
-    """Runs the study of ``out["config"].per_chip``, writes ``per_chip.csv`` into
-    ``run_dir`` and returns the markdown section."""
+    """The study of ``out["config"].per_chip`` (:func:`per_chip_rows`: computed
+    once per run folder), written as ``per_chip.csv`` into ``run_dir``; returns
+    the markdown section."""
     from uswim_jax._io import atomic_write_text
 
     config = out["config"]
-    rows = run_per_chip(out, train_data, test_data, log=log)
-    atomic_write_text(Path(run_dir) / "per_chip.csv", per_chip_csv(rows))
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
+    rows = per_chip_rows(out, train_data, test_data, store, log=log)
+    atomic_write_text(store.root / "per_chip.csv", per_chip_csv(rows))
     _, _, held_out = calibration_split(config, train_data)
     return per_chip_markdown(rows, config, len(train_data), held_out)
