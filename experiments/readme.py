@@ -412,6 +412,9 @@ def devices_results(folder: Path = ROOT / "results" / "reproduce-devices") -> st
     drift-compensation switch, the end points and the best score's speedup
     at 0.5 pp from the loop's own cycles beside the assumed 10 per verify;
     then what exhaustive write-verify costs per device."""
+    missing = _not_run(folder, "make reproduce-devices")
+    if missing:
+        return missing
     rows = _read_csv(folder / "devices_speedups.csv")
     costs = _read_csv(folder / "devices_cost.csv")
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -464,19 +467,6 @@ def devices_results(folder: Path = ROOT / "results" / "reproduce-devices") -> st
         "time plot per preset), from `make reproduce-devices`.",
     ]
     return "\n".join(lines)
-
-
-SECTIONS: dict[str, Callable[[], str]] = {
-    "devices-results": devices_results,
-    "fashion-results": fashion_results,
-    "cpu-performance": cpu_performance,
-    "byom-performance": byom_performance,
-    "sweep-performance": sweep_performance,
-    "gpu-performance": gpu_performance,
-    "mnist-results": mnist_results,
-    "sensitivity": sensitivity,
-    "curvature-cost": curvature_cost,
-}
 
 
 def _not_run(folder: Path, command: str) -> str | None:
@@ -561,10 +551,16 @@ def vit_results(folder: Path = ROOT / "results" / "vit") -> str:
     return _study_results(folder, "make reproduce-vit")
 
 
-#: The studies' sections (docs/studies.md). Rendered where README.md has their
-#: markers; not yet required by tests/test_readme.py (move them into SECTIONS
-#: once the README has the markers).
-STUDY_SECTIONS: dict[str, Callable[[], str]] = {
+SECTIONS: dict[str, Callable[[], str]] = {
+    "devices-results": devices_results,
+    "fashion-results": fashion_results,
+    "cpu-performance": cpu_performance,
+    "byom-performance": byom_performance,
+    "sweep-performance": sweep_performance,
+    "gpu-performance": gpu_performance,
+    "mnist-results": mnist_results,
+    "sensitivity": sensitivity,
+    "curvature-cost": curvature_cost,
     "uswim-scan-results": uswim_scan_results,
     "deep-results": deep_results,
     "vit-results": vit_results,
@@ -573,7 +569,7 @@ STUDY_SECTIONS: dict[str, Callable[[], str]] = {
 
 def render(text: str) -> str:
     """``text`` with every known section regenerated."""
-    for name, fn in {**SECTIONS, **STUDY_SECTIONS}.items():
+    for name, fn in SECTIONS.items():
         begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
         if begin not in text:
             continue
