@@ -230,10 +230,8 @@ def main(
         except ValueError as e:
             p.error(str(e))
     if args.per_chip is not None:
-        from uswim_jax.experiment.per_chip import with_per_chip
-
         try:
-            config = with_per_chip(config, margin=args.per_chip)
+            config = _with_per_chip(config, args.per_chip)
         except ValueError as e:
             p.error(str(e))
     base = {"workdir", "results_dir", "quick", "full", "no_progress", "steps_per_chunk"}
@@ -276,6 +274,24 @@ def main(
             + (f"; report copied to {results}" if results else "")
         )
     return 0
+
+
+def _with_per_chip(config, margin: float):
+    """``--per-chip MARGIN`` on one config or on each config of a
+    several-model reproduction; refused for other experiments."""
+    from uswim_jax.experiment.per_chip import with_per_chip
+
+    if isinstance(config, ExperimentConfig):
+        return with_per_chip(config, margin=margin)
+    if isinstance(config, tuple) and all(
+        isinstance(c, ExperimentConfig) for c in config
+    ):
+        return tuple(with_per_chip(c, margin=margin) for c in config)
+    raise ValueError(
+        f"--per-chip: this experiment ({type(config).__name__}) does not run the "
+        "per-chip study; use it with make reproduce-mnist / reproduce-fashion-mnist "
+        "or uswim sweep"
+    )
 
 
 def normalizer(

@@ -498,6 +498,45 @@ def test_reproduction_drivers_start_the_runtime_when_asked(
     assert main([]) == 0 and len(started) == 1  # the environment asks for it
 
 
+def test_driver_per_chip_flag_reaches_every_model_or_is_refused(tmp_path, capsys):
+    """``--per-chip MARGIN`` turns the study on for each model of a
+    several-model reproduction, and is refused with one line (exit 2) by an
+    experiment whose config is not an ``ExperimentConfig``."""
+    import _tiny_sweep
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from experiments import common
+
+    seen = []
+
+    def run(config, workdir, *, results_dir=None, progress=True):
+        seen.append(config)
+        return {"summary": ""}
+
+    class Two:
+        @staticmethod
+        def get_config():
+            return (_tiny_sweep.CONFIG, _tiny_sweep.CONFIG)
+
+        get_quick_config = get_config
+
+    class Other:
+        @staticmethod
+        def get_config():
+            return object()
+
+        get_quick_config = get_config
+
+    argv = ["--per-chip", "0.5", "--workdir", str(tmp_path)]
+    assert common.main(argv, prog="t", doc="", run=run, configs=Two) == 0
+    assert len(seen[-1]) == 2
+    assert all(c.per_chip is not None and c.per_chip.margin == 0.5 for c in seen[-1])
+    with pytest.raises(SystemExit) as e:
+        common.main(argv, prog="t", doc="", run=run, configs=Other)
+    assert e.value.code == 2
+    assert "--per-chip" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_process_driver_writes_the_one_process_run_folder(tmp_path):
     """A reproduction driver with ``--distributed`` on two processes writes the
