@@ -276,6 +276,25 @@ def main(
     return 0
 
 
+def csv_text(
+    rows: list[dict], cols: list[str] | None = None, *, escape_commas: bool = False
+) -> str:
+    """``rows`` as CSV text: floats to 6 significant digits, everything else
+    with ``str`` (commas in it turned into ``;`` with ``escape_commas``);
+    ``cols`` defaults to the first row's keys; no rows give ``""``."""
+    if not rows:
+        return ""
+    cols = list(rows[0]) if cols is None else cols
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return str(v).replace(",", ";") if escape_commas else str(v)
+
+    out = [",".join(cols), *(",".join(cell(r[c]) for c in cols) for r in rows)]
+    return "\n".join(out) + "\n"
+
+
 def _with_per_chip(config, margin: float):
     """``--per-chip MARGIN`` on one config or on each config of a
     several-model reproduction; refused for other experiments."""

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from experiments.ablations.configs.default import AblationConfig
-from experiments.common import full_choices
+from experiments.common import csv_text, full_choices
 from uswim_jax import data, selection
 from uswim_jax._io import atomic_write_json, atomic_write_text
 from uswim_jax.experiment import ExperimentConfig, manifest
@@ -377,29 +377,11 @@ def ablation_markdown(config: AblationConfig, outs: dict[str, dict], info) -> st
 def pairs_csv(config: AblationConfig, outs: dict[str, dict]) -> str:
     _, rows = pair_analysis(config, outs)
     cols = ["pair", "layer", "weights", "budget", "verified_a", "verified_b"]
-    out = [",".join(cols)]
-    for r in rows:
-        out.append(
-            ",".join(
-                f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols
-            )
-        )
-    return "\n".join(out) + "\n"
+    return csv_text(rows, cols) or ",".join(cols) + "\n"
 
 
 def ablation_csv(config: AblationConfig, outs: dict[str, dict]) -> str:
-    rows = ablation_rows(config, outs)
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    out = [",".join(cols)]
-    for r in rows:
-        cells = [
-            f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]).replace(",", ";")
-            for c in cols
-        ]
-        out.append(",".join(cells))
-    return "\n".join(out) + "\n"
+    return csv_text(ablation_rows(config, outs), escape_commas=True)
 
 
 def run(

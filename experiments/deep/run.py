@@ -17,7 +17,6 @@ The one-pass diagonal is compared twice: as the run uses it (over
 approximation alone, not the different images.
 """
 
-import math
 import os
 import re
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments._studies import finish, pad_to, run_grid
+from experiments.common import csv_text
 from experiments.deep.configs.default import StudyConfig
 from uswim_jax import curvature, data
 from uswim_jax.experiment import method_order, sensitivity_sizes
@@ -293,20 +293,6 @@ def study_markdown(
     return "\n".join(lines)
 
 
-def _csv(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-
-    def fmt(v):
-        if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.6g}"
-        return str(v)
-
-    out = [",".join(cols)] + [",".join(fmt(r[c]) for c in cols) for r in rows]
-    return "\n".join(out) + "\n"
-
-
 def run_study(
     config: StudyConfig,
     workdir: str | os.PathLike,
@@ -360,8 +346,8 @@ def run_study(
             "study.md": study_markdown(
                 title, outs, workdir, budget, diagonal, configs, order
             ),
-            "budget.csv": _csv(budget),
-            "diagonal.csv": _csv(diagonal),
+            "budget.csv": csv_text(budget),
+            "diagonal.csv": csv_text(diagonal),
         },
         results_dir=results_dir,
     )

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.ablations.run import _seed_variant
-from experiments.common import model_label
+from experiments.common import csv_text, model_label
 from experiments.devices.configs.default import DevicesConfig
 from uswim_jax import data, selection
 from uswim_jax._io import atomic_write_json, atomic_write_text
@@ -335,20 +335,6 @@ def curve_rows(outs: list[dict]) -> list[dict]:
                     }
                 )
     return rows
-
-
-def _csv(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    out = [",".join(cols)]
-    for r in rows:
-        out.append(
-            ",".join(
-                f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols
-            )
-        )
-    return "\n".join(out) + "\n"
 
 
 def cost_rows(config: DevicesConfig, outs: list[dict]) -> list[dict]:
@@ -673,9 +659,11 @@ def run(
     )
     text = devices_markdown(config, outs, extra)
     atomic_write_text(workdir / "devices.md", text)
-    atomic_write_text(workdir / "devices.csv", _csv(curve_rows(outs)))
-    atomic_write_text(workdir / "devices_speedups.csv", _csv(speed_rows(config, outs)))
-    atomic_write_text(workdir / "devices_cost.csv", _csv(cost_rows(config, outs)))
+    atomic_write_text(workdir / "devices.csv", csv_text(curve_rows(outs)))
+    atomic_write_text(
+        workdir / "devices_speedups.csv", csv_text(speed_rows(config, outs))
+    )
+    atomic_write_text(workdir / "devices_cost.csv", csv_text(cost_rows(config, outs)))
     atomic_write_json(
         workdir / "manifest.json",
         manifest(seed=config.seed, config=config.to_json()),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import readme
+from experiments.common import csv_text
 from experiments.devices import run
 from experiments.devices.configs import default
 from experiments.fashion_mnist.configs.default import model_config as fashion_config
@@ -135,8 +136,8 @@ def test_report_csvs_plot_and_readme_section(tmp_path):
     # speedup is the smaller one wherever both reach the margin
     both = [r for r in rows if r["speedup_loop"] > 0 and r["speedup_assumed10"] > 0]
     assert both and all(r["speedup_loop"] < r["speedup_assumed10"] for r in both)
-    (tmp_path / "devices_speedups.csv").write_text(run._csv(rows))
-    (tmp_path / "devices_cost.csv").write_text(run._csv(run.cost_rows(config, outs)))
+    (tmp_path / "devices_speedups.csv").write_text(csv_text(rows))
+    (tmp_path / "devices_cost.csv").write_text(csv_text(run.cost_rows(config, outs)))
     (tmp_path / "manifest.json").write_text(json.dumps({"config": config.to_json()}))
     section = readme.devices_results(tmp_path)
     assert section.count("\n| ") == 1 + n_cells  # the header, one row per cell
