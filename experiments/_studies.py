@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.ablations.run import _seed_variant
-from experiments.common import reproduce
+from experiments.common import reproduce, seed_run_folder
 from uswim_jax import data
 from uswim_jax._io import atomic_write_json, atomic_write_text
 from uswim_jax.experiment import ExperimentConfig, manifest
@@ -93,7 +92,7 @@ def run_grid(
             loaded[ds] = (data.load(ds, "train"), data.load(ds, "test"))
         train_data, test_data = loaded[ds]
         prior = earlier.setdefault(group, [])
-        _seed_variant(workdir / group, prior, workdir / group / name, cfg)
+        seed_run_folder(workdir / group, prior, workdir / group / name, cfg)
         prior.append((name, cfg))
         log(f"== {group}/{name}")
         outs[(group, name)] = reproduce(

@@ -25,7 +25,12 @@ import numpy as np
 from uswim_jax import _distributed, data
 from uswim_jax._interrupt import reliable_interrupts
 from uswim_jax._io import atomic_write_json, atomic_write_text
-from uswim_jax.experiment import ExperimentConfig, sensitivity_sizes
+from uswim_jax.experiment import (
+    ExperimentConfig,
+    RunStore,
+    manifest,
+    sensitivity_sizes,
+)
 from uswim_jax.experiment import run as run_experiment
 from uswim_jax.report import PLOT_AXES, plot_curves, write_report
 
@@ -274,6 +279,60 @@ def main(
             + (f"; report copied to {results}" if results else "")
         )
     return 0
+
+
+#: Config fields that decide the sensitivities (a variant that keeps them all
+#: reuses the base's ``sensitivities.npz``).
+SENSITIVITY_FIELDS = (
+    "train",
+    "curvature_subset",
+    "estimator_subset",
+    "hutchinson_probes",
+    "avg_pool",
+    "q_scale",
+    "curvature_augment",
+    "finetune_steps",
+    "finetune_sigma",
+    "seed",
+)
+
+
+def _same_source(folder: Path) -> bool:
+    """Whether ``folder``'s run was made under this environment and source
+    (:meth:`RunStore.check` against the folder's own config, so only the
+    manifest is compared); a folder without a manifest counts as the same."""
+    store = RunStore(folder)
+    cfg = store.read_json("config.json")
+    try:
+        store.check({} if cfg is None else cfg.get("config", cfg), manifest())
+    except ValueError:
+        return False
+    return True
+
+
+def seed_run_folder(
+    workdir: Path, earlier: list[tuple[str, ExperimentConfig]], vdir: Path, cfg
+) -> None:
+    """Copies into ``vdir`` the trained model of the first earlier run (a
+    folder ``workdir/<name>``) with the same training config, and the
+    sensitivities of the first with the same :data:`SENSITIVITY_FIELDS`, so
+    ``cfg``'s run does not recompute them. Folders made by other source code
+    or another environment are skipped: the run folder would refuse them."""
+    for name, c in earlier:
+        src = workdir / name / "train"
+        if c.train == cfg.train and src.is_dir() and _same_source(src):
+            if not (vdir / "train").exists():
+                vdir.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(src, vdir / "train")
+            break
+    dst = vdir / "sensitivities.npz"
+    for name, c in earlier:
+        src = workdir / name / "sensitivities.npz"
+        same = all(getattr(c, f) == getattr(cfg, f) for f in SENSITIVITY_FIELDS)
+        if same and src.is_file() and not dst.exists() and _same_source(src.parent):
+            vdir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            break
 
 
 def csv_text(

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from experiments.ablations.configs.default import AblationConfig
-from experiments.common import csv_text, full_choices
+from experiments.common import csv_text, full_choices, seed_run_folder
 from uswim_jax import data, selection
 from uswim_jax._io import atomic_write_json, atomic_write_text
 from uswim_jax.experiment import ExperimentConfig, manifest
@@ -38,43 +38,6 @@ MARGINS = (0.5, 1.0)
 AT_FRACTIONS = (0.01, 0.05)
 #: Budgets at which the pairs' per-layer verified fractions are reported.
 PAIR_FRACTIONS = (0.01, 0.05, 0.2)
-
-#: Config fields that decide the sensitivities (a variant that keeps them all
-#: reuses the base's ``sensitivities.npz``).
-_SENS_FIELDS = (
-    "train",
-    "curvature_subset",
-    "estimator_subset",
-    "hutchinson_probes",
-    "avg_pool",
-    "q_scale",
-    "curvature_augment",
-    "finetune_steps",
-    "finetune_sigma",
-    "seed",
-)
-
-
-def _seed_variant(
-    workdir: Path, earlier: list[tuple[str, ExperimentConfig]], vdir: Path, cfg
-) -> None:
-    """Copies the trained model of the first earlier variant with the same
-    training config (and its sensitivities, when they apply)."""
-    for name, c in earlier:
-        src = workdir / name / "train"
-        if c.train == cfg.train and src.is_dir():
-            if not (vdir / "train").exists():
-                vdir.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(src, vdir / "train")
-            break
-    dst = vdir / "sensitivities.npz"
-    for name, c in earlier:
-        src = workdir / name / "sensitivities.npz"
-        same = all(getattr(c, f) == getattr(cfg, f) for f in _SENS_FIELDS)
-        if same and src.is_file() and not dst.exists():
-            vdir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            break
 
 
 def _model_label(cfg: ExperimentConfig) -> str:
@@ -419,7 +382,7 @@ def run(
         if v.name not in wanted:
             continue
         vdir = workdir / v.name
-        _seed_variant(workdir, earlier[:-1], vdir, cfg)
+        seed_run_folder(workdir, earlier[:-1], vdir, cfg)
         log(f"== ablation {v.name}: {v.what}")
         t0 = time.perf_counter()
         out = run_experiment(

@@ -174,3 +174,28 @@ def test_unknown_variant_is_refused(tmp_path):
         assert "nope" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_seed_run_folder_skips_folders_of_other_source_code(tmp_path):
+    """A trained model or sensitivities from another source hash are not
+    copied (the new run folder would refuse to resume them); the same source
+    is."""
+    import json
+
+    from experiments.common import seed_run_folder
+    from uswim_jax.experiment import manifest
+
+    cfg = default._base()
+    for name, source in (("same", manifest()["source_hash"]), ("other", "0" * 12)):
+        (tmp_path / name / "train").mkdir(parents=True)
+        for folder in (tmp_path / name, tmp_path / name / "train"):
+            (folder / "manifest.json").write_text(
+                json.dumps({**manifest(), "source_hash": source})
+            )
+        (tmp_path / name / "train" / "checkpoint.ckpt").write_bytes(b"x")
+        (tmp_path / name / "sensitivities.npz").write_bytes(b"x")
+    seed_run_folder(tmp_path, [("other", cfg)], tmp_path / "a", cfg)
+    assert not (tmp_path / "a").exists()
+    seed_run_folder(tmp_path, [("other", cfg), ("same", cfg)], tmp_path / "b", cfg)
+    assert (tmp_path / "b" / "train" / "checkpoint.ckpt").is_file()
+    assert (tmp_path / "b" / "sensitivities.npz").is_file()

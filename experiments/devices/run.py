@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.ablations.run import _seed_variant
-from experiments.common import csv_text, model_label
+from experiments.common import csv_text, model_label, seed_run_folder
 from experiments.devices.configs.default import DevicesConfig
 from uswim_jax import data, selection
 from uswim_jax._io import atomic_write_json, atomic_write_text
@@ -82,7 +81,7 @@ def _time_label(t: float) -> str:
 def _reuse(src: Path, dst: Path, cfg: ExperimentConfig, log) -> None:
     """Copies the reproduction's trained model (same training config) and its
     sensitivities (same sensitivity config), as the ablations seed a variant
-    (``experiments.ablations.run._seed_variant``)."""
+    (``experiments.common.seed_run_folder``)."""
     if not (src / "config.json").is_file():
         return
     try:
@@ -91,7 +90,7 @@ def _reuse(src: Path, dst: Path, cfg: ExperimentConfig, log) -> None:
         log(f"not reusing {src}: {e}")
         return
     had = {n: (dst / n).exists() for n in ("train", "sensitivities.npz")}
-    _seed_variant(src.parent, [(src.name, other)], dst, cfg)
+    seed_run_folder(src.parent, [(src.name, other)], dst, cfg)
     for n, before in had.items():
         if not before and (dst / n).exists():
             log(f"reused {src / n}")
