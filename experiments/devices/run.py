@@ -30,7 +30,7 @@ import numpy as np
 
 from experiments.common import csv_text, model_label, seed_run_folder
 from experiments.devices.configs.default import DevicesConfig
-from uswim_jax import data, selection
+from uswim_jax import crossbar_size, data, selection
 from uswim_jax._io import atomic_write_json, atomic_write_text
 from uswim_jax.device import gaussian_write_cycles
 from uswim_jax.devices import ConductanceDevice, device_preset
@@ -165,10 +165,7 @@ def chip_costs(key, params, dev: ConductanceDevice, chips: int) -> dict:
     writes, secs, joules, failed = jax.device_get(
         _COST(trial_keys(key, chips), params, dev)
     )
-    n = (
-        sum(int(np.size(x)) for x in jax.tree.leaves(params) if np.ndim(x) >= 2)
-        * dev.devices_per_weight
-    )
+    n = crossbar_size(params, dev.crossbar) * dev.devices_per_weight
     return {
         "devices": n,
         "writes_per_device": float(np.mean(writes)) / n,
@@ -280,8 +277,8 @@ def _model(
 
 def _cell(curve, margin: float) -> tuple[float, float]:
     """(NWC, speedup) to get within ``margin`` pp of exhaustive."""
-    v = curve.cycles_to_target(margin).value
-    return v, (1.0 / v if v > 0 and math.isfinite(v) else 0.0)
+    t = curve.cycles_to_target(margin)
+    return t.value, (t.speedup if math.isfinite(t.speedup) else 0.0)
 
 
 def speed_rows(config: DevicesConfig, outs: list[dict]) -> list[dict]:
