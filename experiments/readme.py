@@ -415,6 +415,8 @@ def devices_results(folder: Path = ROOT / "results" / "reproduce-devices") -> st
     missing = _not_run(folder, "make reproduce-devices")
     if missing:
         return missing
+    from experiments.devices.run import verifying_needed
+
     rows = _read_csv(folder / "devices_speedups.csv")
     costs = _read_csv(folder / "devices_cost.csv")
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -443,9 +445,7 @@ def devices_results(folder: Path = ROOT / "results" / "reproduce-devices") -> st
     for (model, preset, t, comp), rs in cell.items():
         best = max(rs, key=lambda r: float(r["speedup_loop"]))
         none, ex = float(best["none_mean"]), float(best["exhaustive_mean"])
-        # Verifying nothing is already within the margin: every score ties at
-        # the cost of the plain writes, so no score is "best".
-        needed = ex - none > 0.5
+        needed = verifying_needed(none, ex, 0.5)
         lines.append(
             f"| {model} | {preset} | {names.get(t, f'{t:g} s')} | "
             f"{'yes' if comp == 'True' else 'no'} | {none:.2f} | {ex:.2f} | "
