@@ -246,6 +246,22 @@ def test_git_commit_in_a_clean_and_a_dirty_checkout(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("two\n")
     assert git_commit(tmp_path) == head + "+dirty"
+    # A report copied over a committed one under results/ is an output of the
+    # run, not a change of the code: the checkout stays clean.
+    subprocess.run(["git", "-C", str(tmp_path), "checkout", "-q", "f.txt"], check=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.csv").write_text("a\n")
+    subprocess.run([*git, "-C", str(tmp_path), "add", "results/r.csv"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "r"], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (tmp_path / "results" / "r.csv").write_text("b\n")
+    assert git_commit(tmp_path / "results") == head
+    assert git_commit(tmp_path) == head
     assert git_commit(tmp_path.parent / "not-a-repo-at-all") is None
 
 

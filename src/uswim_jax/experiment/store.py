@@ -103,9 +103,16 @@ def source_hash() -> str:
     return h.hexdigest()[:12]
 
 
+#: Folders of committed outputs (reports, benchmark JSON), relative to the
+#: checkout's top: changes there do not count as a dirty checkout.
+OUTPUT_DIRS = ("results", "benchmarks/results")
+
+
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """The checkout's commit, with ``+dirty`` when it has uncommitted changes;
-    None outside a git checkout."""
+    """The checkout's commit, with ``+dirty`` when it has uncommitted changes
+    outside :data:`OUTPUT_DIRS` (a run that copies its report into
+    ``results/`` does not make the next run of the same command dirty); None
+    outside a git checkout."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -118,7 +125,15 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
         if head.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                *(f":(top,exclude){d}" for d in OUTPUT_DIRS),
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,
