@@ -201,3 +201,17 @@ def test_recompile_script(tmp_path):
     )
     assert out["no_recompile"]
     assert out["control_static_sigma"]["compiles"] == 2
+
+
+@pytest.mark.slow
+def test_noise_draw_script(tmp_path):
+    from benchmarks import noise_draw
+
+    out = noise_draw.main(
+        ["--synthetic", "--images", "20", "--trials", "4", "--batch", "10"]
+        + ["--repeats", "1", "--output", str(tmp_path / "n.json")]
+    )
+    saved = json.loads((tmp_path / "n.json").read_text())
+    assert set(saved["cases"]) == set(out["cases"])
+    assert len(saved["cases"]) == 3
+    assert 0 < saved["flat_draw_share_of_evaluate"]
