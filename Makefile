@@ -16,7 +16,7 @@ FLOOR_PINS = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproj
 	clean-venv
 
 help:
-	@echo "make reproduce-mnist   the 4-bit QLeNet (authors' rules) and the float LeNet on MNIST, one report (the main job)"
+	@echo "make reproduce-mnist   the 4-bit QLeNet (authors' rules) and the float LeNet on MNIST, one report with the per-chip study (the main job)"
 	@echo "make reproduce-fashion-mnist   the same two models on the full Fashion-MNIST"
 	@echo "make reproduce-cifar10 ConvNet and ResNet-18 on CIFAR-10 (GPU; ARGS=--quick on CPU)"
 	@echo "make reproduce-tinyimagenet    ResNet-18 on Tiny ImageNet (GPU; ARGS=--quick on CPU)"
@@ -65,7 +65,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 reproduce-mnist: $(STAMP)
-	$(PY) -m experiments.mnist.main --results-dir results/reproduce-mnist $(ARGS)
+	$(PY) -m experiments.mnist.main --results-dir results/reproduce-mnist --per-chip 0.5 $(ARGS)
 
 reproduce-fashion-mnist: $(STAMP)
 	$(PY) -m experiments.fashion_mnist.main --results-dir results/reproduce-fashion-mnist $(ARGS)

@@ -119,6 +119,85 @@ def mnist_results(
     return "\n".join(lines)
 
 
+def per_chip_results(
+    folder: Path = ROOT / "results" / "reproduce-mnist",
+    command: str = "make reproduce-mnist",
+) -> str:
+    """The per-chip programming study of each model of a reproduce-mnist report
+    (``per_chip.csv`` in the model's sub-folder): per method at the 1 % batch
+    (else the finest), the cycles a chip spends until it is within the margin,
+    against the fixed budget of the same mean cost, and the batch-size trade-off
+    of U-SWIM (else SWIM)."""
+    info = json.loads((folder / "run_info.json").read_text())
+    models = info.get("models", [{"name": ".", "label": "LeNet"}])
+    lines = []
+    for model in models:
+        path = folder / model["name"] / "per_chip.csv"
+        if not path.is_file():
+            continue
+        rows = _read_csv(path)
+        run = json.loads((folder / model["name"] / "config.json").read_text())
+        pc = run["execution"].get("per_chip", {})
+        batches = sorted({float(r["batch_fraction"]) for r in rows})
+        shown = 0.01 if 0.01 in batches else batches[0]
+        setting = (
+            f"sigma = {pc['sigma']:g}"
+            if pc.get("s") is None
+            else f"s = {pc['s']:g}, sigma = {pc['sigma']:g}"
+        )
+        rule = (
+            f"calibration accuracy >= {pc['target']:g} %"
+            if pc.get("target") is not None
+            else f"within {pc['margin']:g} pp of exhaustive write-verify"
+        )
+        lines += [
+            f"**{model['label']}** ({setting}; a chip stops at the first check "
+            f"{rule} on {pc['calibration_size']:,} calibration images of the "
+            f"training split, at most {100 * pc['budget']:g} % verified; batches of "
+            f"{100 * shown:g} % of the weights). NWC per chip (normalized write "
+            "cycles, plain writes counted), test accuracy when it stops, and the "
+            "fixed budget of the same mean NWC for every chip:",
+            "",
+            "| method | NWC mean | median | p95 | max | checks | never | test mean "
+            "| test p5 | fixed NWC | fixed test mean | fixed test p5 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            if float(r["batch_fraction"]) != shown:
+                continue
+            f = {k: float(v) for k, v in r.items() if k != "method"}
+            lines.append(
+                f"| {r['method']} | {f['cycles_mean']:.3f} | {f['cycles_median']:.3f} "
+                f"| {f['cycles_p95']:.3f} | {f['cycles_max']:.3f} "
+                f"| {f['checks_mean']:.1f} | {f['never_reached']:.0f} % "
+                f"| {f['test_mean']:.2f} | {f['test_p5']:.2f} "
+                f"| {f['fixed_cycles']:.3f} | {f['fixed_test_mean']:.2f} "
+                f"| {f['fixed_test_p5']:.2f} |"
+            )
+        methods = {r["method"] for r in rows}
+        m = "uswim" if "uswim" in methods else "swim" if "swim" in methods else None
+        if m is not None and len(batches) > 1:
+            by = {float(r["batch_fraction"]): r for r in rows if r["method"] == m}
+            parts = [
+                f"{100 * b:g} %: {float(by[b]['checks_mean']):.1f} checks "
+                f"({float(by[b]['check_inferences_mean']):,.0f} inferences), "
+                f"overshoot {float(by[b]['overshoot']):+.3f} NWC"
+                for b in batches
+            ]
+            lines += ["", f"- batch size, {m}: " + "; ".join(parts) + "."]
+        lines.append("")
+    if not lines:
+        return (
+            f"Not run yet: `{command}` writes `per_chip.csv` into each model's "
+            f"folder of `results/{folder.name}/`."
+        )
+    lines.append(
+        f"Source: `results/{folder.name}/*/per_chip.csv` and the per-chip section "
+        f"of each model's `summary.md` (every batch size), from `{command}`."
+    )
+    return "\n".join(lines)
+
+
 def sensitivity(folder: Path = ROOT / "results" / "sensitivity-lenet-mnist") -> str:
     """Overall rank agreement between curvature estimators on trained LeNet."""
     rows = [
@@ -563,6 +642,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "sweep-performance": sweep_performance,
     "gpu-performance": gpu_performance,
     "mnist-results": mnist_results,
+    "per-chip-results": per_chip_results,
     "sensitivity": sensitivity,
     "curvature-cost": curvature_cost,
     "uswim-scan-results": uswim_scan_results,

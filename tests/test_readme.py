@@ -11,3 +11,42 @@ def test_readme_sections_match_the_results_files():
     assert readme.render(text) == text, (
         "README.md is stale: run `python -m experiments.readme`"
     )
+
+
+def test_per_chip_section_reads_each_models_per_chip_csv(tmp_path):
+    import json
+
+    from uswim_jax.experiment.per_chip import COLUMNS
+
+    folder = tmp_path / "reproduce-mnist"
+    models = [
+        {"name": "qlenet", "label": "4-bit QLeNet"},
+        {"name": "lenet", "label": "LeNet"},
+    ]
+    (folder / "lenet").mkdir(parents=True)
+    (folder / "qlenet").mkdir()
+    (folder / "run_info.json").write_text(json.dumps({"models": models}))
+    assert readme.per_chip_results(folder).startswith("Not run yet")
+    pc = {"margin": 0.5, "target": None, "budget": 0.3, "calibration_size": 1000,
+          "sigma": 0.3, "s": None, "batch_fractions": [0.005, 0.01]}  # fmt: skip
+    (folder / "lenet" / "config.json").write_text(
+        json.dumps({"execution": {"per_chip": pc}})
+    )
+    rows = []
+    for m, base in (("swim", 0.2), ("uswim", 0.1)):
+        for b, extra in ((0.005, 0.0), (0.01, 0.01)):
+            r = dict.fromkeys(COLUMNS, 1.0)
+            r.update(method=m, batch_fraction=b, cycles_mean=base + extra)
+            r.update(overshoot=extra, checks_mean=7.0 if b == 0.01 else 12.0)
+            rows.append(r)
+    csv = [",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]
+    (folder / "lenet" / "per_chip.csv").write_text("\n".join(csv) + "\n")
+    text = readme.per_chip_results(folder)
+    assert "**LeNet**" in text and "QLeNet" not in text  # only models that ran it
+    assert "within 0.5 pp" in text and "1,000 calibration images" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    # one row per method, at the 1 % batch
+    assert [r.split(" | ")[0] for r in table] == ["| swim", "| uswim"]
+    assert [r.split(" | ")[1] for r in table] == ["0.210", "0.110"]
+    assert "batch size, uswim: 0.5 %: 12.0 checks" in text
+    assert "1 %: 7.0 checks" in text and "overshoot +0.010 NWC" in text
