@@ -224,6 +224,17 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
     assert not stale.exists() and keep.exists()
 
 
+def _head(repo) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 def test_git_commit_in_a_clean_and_a_dirty_checkout(tmp_path):
     import shutil
     import subprocess
@@ -237,12 +248,7 @@ def test_git_commit_in_a_clean_and_a_dirty_checkout(tmp_path):
     (tmp_path / "f.txt").write_text("one\n")
     subprocess.run([*git, "-C", str(tmp_path), "add", "f.txt"], check=True)
     subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "x"], check=True)
-    head = subprocess.run(
-        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    head = _head(tmp_path)
     assert git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("two\n")
     assert git_commit(tmp_path) == head + "+dirty"
@@ -253,12 +259,7 @@ def test_git_commit_in_a_clean_and_a_dirty_checkout(tmp_path):
     (tmp_path / "results" / "r.csv").write_text("a\n")
     subprocess.run([*git, "-C", str(tmp_path), "add", "results/r.csv"], check=True)
     subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "r"], check=True)
-    head = subprocess.run(
-        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    head = _head(tmp_path)
     (tmp_path / "results" / "r.csv").write_text("b\n")
     assert git_commit(tmp_path / "results") == head
     assert git_commit(tmp_path) == head
