@@ -135,26 +135,19 @@ def per_chip_results(
         path = folder / model["name"] / "per_chip.csv"
         if not path.is_file():
             continue
+        from uswim_jax.experiment.config import Setting, load_config
+
         rows = _read_csv(path)
-        run = json.loads((folder / model["name"] / "config.json").read_text())
-        pc = run["execution"].get("per_chip", {})
+        config = load_config(folder / model["name"])
+        pc = config.per_chip
+        setting = Setting(pc.sigma, pc.s, config.verified_ratio).name
         batches = sorted({float(r["batch_fraction"]) for r in rows})
         shown = 0.01 if 0.01 in batches else batches[0]
-        setting = (
-            f"sigma = {pc['sigma']:g}"
-            if pc.get("s") is None
-            else f"s = {pc['s']:g}, sigma = {pc['sigma']:g}"
-        )
-        rule = (
-            f"calibration accuracy >= {pc['target']:g} %"
-            if pc.get("target") is not None
-            else f"within {pc['margin']:g} pp of exhaustive write-verify"
-        )
         lines += [
             f"**{model['label']}** ({setting}; a chip stops at the first check "
-            f"{rule} on {pc['calibration_size']:,} calibration images of the "
-            f"training split, at most {100 * pc['budget']:g} % verified; batches of "
-            f"{100 * shown:g} % of the weights). NWC per chip (normalized write "
+            f"{pc.rule().describe()} on {pc.calibration_size:,} calibration images "
+            f"of the training split, at most {100 * pc.budget:g} % verified; batches "
+            f"of {100 * shown:g} % of the weights). NWC per chip (normalized write "
             "cycles, plain writes counted), test accuracy when it stops, and the "
             "fixed budget of the same mean NWC for every chip:",
             "",

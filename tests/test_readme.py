@@ -16,7 +16,9 @@ def test_readme_sections_match_the_results_files():
 def test_per_chip_section_reads_each_models_per_chip_csv(tmp_path):
     import json
 
-    from uswim_jax.experiment.per_chip import COLUMNS
+    from uswim_jax.experiment import ExperimentConfig
+    from uswim_jax.experiment.per_chip import COLUMNS, with_per_chip
+    from uswim_jax.experiment.store import RunStore
 
     folder = tmp_path / "reproduce-mnist"
     models = [
@@ -27,10 +29,12 @@ def test_per_chip_section_reads_each_models_per_chip_csv(tmp_path):
     (folder / "qlenet").mkdir()
     (folder / "run_info.json").write_text(json.dumps({"models": models}))
     assert readme.per_chip_results(folder).startswith("Not run yet")
-    pc = {"margin": 0.5, "target": None, "budget": 0.3, "calibration_size": 1000,
-          "sigma": 0.3, "s": None, "batch_fractions": [0.005, 0.01]}  # fmt: skip
-    (folder / "lenet" / "config.json").write_text(
-        json.dumps({"execution": {"per_chip": pc}})
+    # The run folder's config.json as the pipeline writes it.
+    config = with_per_chip(
+        ExperimentConfig(sigmas=(0.3,)), margin=0.5, batch_fractions=(0.005, 0.01)
+    )
+    RunStore(folder / "lenet").open(
+        {"experiment": config.to_json()}, execution=config.execution_json()
     )
     rows = []
     for m, base in (("swim", 0.2), ("uswim", 0.1)):
