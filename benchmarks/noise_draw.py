@@ -80,6 +80,7 @@ def main(argv=None) -> dict:
     keys = trial_keys(key, trials)
     flat = jax.jit(lambda k: jax.vmap(lambda t: uj.noise_like(t, params))(k))
     leaf = jax.jit(lambda k: jax.vmap(lambda t: per_leaf_noise(t, params))(k))
+    ev_name = f"evaluate chunk=auto batch={args.batch}"
     ev = jax.jit(
         lambda k, x, y: uj.evaluate(
             k, model.apply_fn, params, x, y, device, None, trials,
@@ -89,13 +90,12 @@ def main(argv=None) -> dict:
     cases = {
         "flat draw": lambda: flat(keys),
         "per-leaf draw": lambda: leaf(keys),
-        f"evaluate chunk=auto batch={args.batch}": lambda: ev(key, x, y),
+        ev_name: lambda: ev(key, x, y),
     }
     timings, outs = round_robin(cases, repeats)
     a, b = outs["flat draw"], outs["per-leaf draw"]
     same_shapes = jax.tree.map(lambda u, v: u.shape == v.shape, a, b)
     assert all(jax.tree.leaves(same_shapes)), "the two draws differ in shape"
-    ev_name = f"evaluate chunk=auto batch={args.batch}"
     share = timings["flat draw"]["steady_s_median"] / max(
         timings[ev_name]["steady_s_median"], 1e-12
     )

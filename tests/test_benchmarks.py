@@ -203,6 +203,29 @@ def test_recompile_script(tmp_path):
     assert out["control_static_sigma"]["compiles"] == 2
 
 
+def test_per_leaf_baseline_draws_standard_normals_on_the_crossbar_only():
+    from benchmarks.noise_draw import per_leaf_noise
+
+    params = {
+        "conv": {"kernel": jnp.ones((3, 3, 4, 64)), "bias": jnp.ones((64,))},
+        "dense": {"kernel": jnp.ones((256, 40)), "bias": jnp.ones((40,))},
+    }
+    z = per_leaf_noise(jax.random.key(0), params)
+    flat = u.noise_like(jax.random.key(0), params)
+    assert jax.tree.map(jnp.shape, z) == jax.tree.map(jnp.shape, flat)
+    for layer in ("conv", "dense"):
+        assert not np.any(np.asarray(z[layer]["bias"]))  # off the crossbar
+    draws = np.concatenate(
+        [np.ravel(z["conv"]["kernel"]), np.ravel(z["dense"]["kernel"])]
+    )
+    k = 5 / np.sqrt(draws.size)  # 5 sigma on the mean and on the variance
+    assert abs(draws.mean()) < k and abs(draws.var() - 1) < k * np.sqrt(2)
+    # each leaf has its own draw, not one repeated
+    assert not np.allclose(
+        np.ravel(z["conv"]["kernel"])[:100], np.ravel(z["dense"]["kernel"])[:100]
+    )
+
+
 @pytest.mark.slow
 def test_noise_draw_script(tmp_path):
     from benchmarks import noise_draw
