@@ -315,6 +315,32 @@ def cpu_performance(
             f"| {name}{note} | {c['trials_per_s']:.1f} | {c['gflops']:.1f} | "
             f"{c['pct_of_matmul']:.1f} | {c['x_serial']:.2f} |"
         )
+    best = max(d["cases"].items(), key=lambda kv: kv[1]["pct_of_matmul"])
+    lines += [
+        "",
+        f"- The best LeNet path, `{best[0]}`, runs at "
+        f"{best[1]['pct_of_matmul']:.1f} % of the matmul rate (target 40 %: "
+        f"{'met' if best[1]['pct_of_matmul'] >= 40 else 'missed'}).",
+    ]
+    default = d["cases"].get("evaluate default (chunk=auto)")
+    if default is not None and default.get("eval_batch_size") is None:
+        lines.append(
+            f"- `evaluate`'s default image batch (all images in one forward pass) "
+            f"runs {default['trials_per_s']:.1f} trials/s, against "
+            f"{best[1]['trials_per_s']:.1f} for the best case: pass "
+            "`eval_batch_size` (20–100) for the speed of the batched rows."
+        )
+    draw = _load(path.parent / "noise_draw.json")
+    if draw is not None:
+        lines.append(
+            "- The flat noise draw (one `jax.random.normal` per trial) takes "
+            f"{draw['flat_over_per_leaf_steady']:.2f}x the steady time and "
+            f"{draw['flat_over_per_leaf_compile']:.2f}x the compile time of one "
+            "draw per leaf, and is "
+            f"{100 * draw['flat_draw_share_of_evaluate']:.0f} % of `evaluate`'s "
+            "steady time (`python -m benchmarks.noise_draw`, "
+            "`benchmarks/results/noise_draw.json`)."
+        )
     lines += [
         "",
         "From `python -m benchmarks.mc_throughput` "
@@ -325,6 +351,39 @@ def cpu_performance(
         "PyTorch code as shipped and 16.6 for the strongest plain PyTorch loop.",
     ]
     return "\n".join(lines)
+
+
+def _span(values, fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if lo == hi else f"{lo:{fmt}}–{hi:{fmt}}"
+
+
+def _byom_targets(cases: dict) -> list[str]:
+    """The issue's CPU targets against the byom cases: every LeNet at least 40
+    trials/s, 5x its own serial loop and 30 % of the matmul rate; ResNet-18 at
+    least 40 % of the matmul rate. Names the cases that miss one."""
+    lenet = {n: c for n, c in cases.items() if n.startswith("LeNet")}
+    resnet = {n: c for n, c in cases.items() if n.startswith("ResNet-18")}
+    lines = []
+    for key, label, target, unit, fmt in (
+        ("trials_per_s", " trials/s", 40, "", ".1f"),
+        ("x_serial", "x its serial loop", 5, "x", ".2f"),
+        ("pct_of_matmul", " % of the matmul rate", 30, " %", ".1f"),
+    ):
+        if not lenet:
+            break
+        below = [n for n, c in lenet.items() if c[key] < target]
+        verdict = "met" if not below else "missed by " + ", ".join(below)
+        lines.append(
+            f"- LeNet, every variant: {_span([c[key] for c in lenet.values()], fmt)}"
+            f"{label} (target {target:g}{unit}: {verdict})."
+        )
+    for n, c in resnet.items():
+        ok = "met" if c["pct_of_matmul"] >= 40 else "missed"
+        lines.append(
+            f"- {n}: {c['pct_of_matmul']:.1f} % of the matmul rate (target 40 %: {ok})."
+        )
+    return lines
 
 
 def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json") -> str:
@@ -353,6 +412,7 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
             f"{c['pct_of_matmul']:.1f} | {c['x_serial']:.2f} | "
             f"{c['compile_s']:.1f} |"
         )
+    lines += ["", *_byom_targets(d["cases"])]
     lines += [
         "",
         "From `python -m benchmarks.byom` (`benchmarks/results/byom.json`). The "

@@ -54,3 +54,24 @@ def test_per_chip_section_reads_each_models_per_chip_csv(tmp_path):
     assert [r.split(" | ")[1] for r in table] == ["0.210", "0.110"]
     assert "batch size, uswim: 0.5 %: 12.0 checks" in text
     assert "1 %: 7.0 checks" in text and "overshoot +0.010 NWC" in text
+
+
+def test_byom_targets_name_the_cases_that_miss_them():
+    def case(tps, xs, pct):
+        return {"trials_per_s": tps, "x_serial": xs, "pct_of_matmul": pct}
+
+    lines = readme._byom_targets(
+        {
+            "LeNet, a": case(50.0, 5.5, 35.0),
+            "LeNet, b": case(39.0, 4.9, 31.0),
+            "ResNet-18 width 16, project": case(3.0, 1.0, 39.9),
+        }
+    )
+    assert lines == [
+        "- LeNet, every variant: 39.0–50.0 trials/s (target 40: missed by LeNet, b).",
+        "- LeNet, every variant: 4.90–5.50x its serial loop (target 5x: missed by "
+        "LeNet, b).",
+        "- LeNet, every variant: 31.0–35.0 % of the matmul rate (target 30 %: met).",
+        "- ResNet-18 width 16, project: 39.9 % of the matmul rate (target 40 %: "
+        "missed).",
+    ]
