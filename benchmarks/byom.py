@@ -206,7 +206,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small CI variant")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--only", default=None, help="comma-separated case names")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="CASE",
+        help="run only this case (its full name; repeat for several)",
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     q = args.quick
@@ -240,8 +246,10 @@ def main(argv=None) -> dict:
         ),
     }
     if args.only:
-        keep = set(args.only.split(","))
-        cases = {k: v for k, v in cases.items() if k in keep}
+        unknown = set(args.only) - set(cases)
+        if unknown:
+            parser.error(f"unknown case(s) {sorted(unknown)}; cases: {list(cases)}")
+        cases = {k: v for k, v in cases.items() if k in args.only}
     info = machine_info()
     device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
     peaks = [matmul_gflops()]

@@ -18,6 +18,7 @@ from flax import nnx
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
+from jax.extend import core as jcore
 
 import uswim_jax as uj
 from uswim_jax._trialbatch import TrialBatched, trial_batched
@@ -277,6 +278,95 @@ def test_wrapped_in_jit_custom_jvp_custom_vjp_and_remat():
         assert "conv_general_dilated" not in str(jax.make_jaxpr(tb)({"kernel": k}, x))
         np.testing.assert_allclose(
             tb({"kernel": k}, x), _plain(f, {"kernel": k}, x), rtol=RTOL, atol=RTOL
+        )
+
+
+def _big_transposes(jaxpr, min_size):
+    """Transposes in ``jaxpr`` (recursively) of arrays of at least ``min_size``
+    elements."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "transpose":
+            if np.prod(eqn.invars[0].aval.shape) >= min_size:
+                found.append(eqn.invars[0].aval.shape)
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            found += _big_transposes(getattr(sub, "jaxpr", sub), min_size)
+    return found
+
+
+def test_unit_axes_squeeze_and_broadcast_keep_the_trunk_layout():
+    """The per-sample style (equinox: a ``(C, H, W)`` module ``vmap``-ed over the
+    images) wraps each layer in size-1 axes: ``x[None]``, reshapes that add or
+    drop them, ``squeeze``, a broadcast bias and an image-minor pooling. All of
+    them keep the conv output's images-minor layout: the same values as the
+    plain path and no transpose of an activation."""
+    with jax.enable_x64(True):
+        kx, kc, kb, kd = jax.random.split(jax.random.key(7), 4)
+        x = jax.random.normal(kx, (6, 2, 7, 7), jnp.float64)  # NCHW
+        conv_k = jax.random.normal(kc, (3, 5, 2, 3, 3), jnp.float64)  # OIHW
+        bias = jax.random.normal(kb, (3, 5, 1, 1), jnp.float64)
+        dense = jax.random.normal(kd, (3, 4, 5 * 3 * 3), jnp.float64)
+
+        def one(p, xi):  # one (C, H, W) image
+            y = lax.conv_general_dilated(
+                xi[None], p["c"], (1, 1), "SAME",
+                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            )[0]  # fmt: skip
+            y = jnp.tanh(y + p["b"])
+            y = jnp.transpose(y, (1, 2, 0))[None]  # (1, H, W, C)
+            y = lax.reduce_window(
+                y, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+            )
+            y = jnp.squeeze(y, 0)
+            y = jnp.reshape(jnp.transpose(y, (2, 0, 1)), (1, -1, 1))
+            return p["d"] @ jnp.reshape(y, (-1,))
+
+        def f(p, xs):
+            return jax.vmap(lambda xi: one(p, xi))(xs)
+
+        stacked = {"c": conv_k, "b": bias, "d": dense}
+        np.testing.assert_allclose(
+            _batched(f, stacked, x), _plain(f, stacked, x), rtol=RTOL, atol=RTOL
+        )
+        one_trial = jax.tree.map(lambda a: a[0], stacked)
+        jaxpr = jax.make_jaxpr(trial_batched(f, one_trial, x))(stacked, x).jaxpr
+        # activations are >= 3 trials x 5 channels x 3 x 3 x 6 images; the
+        # kernels' and the output's transposes are smaller
+        assert _big_transposes(jaxpr, 3 * 5 * 9 * 6) == []
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (4, 1, 5, 6, 3),  # a size-1 axis inserted
+        (1, 4, 5, 6, 1, 3, 1),  # several
+        (4, 30, 1, 3),  # merged and inserted
+        (4, 1, 90),  # merged across the layout: a merged axis with its own rows
+        (1, 4, 5, 18),
+        (4, 5, 2, 3, 3),  # a split: runs in the logical layout
+    ],
+)
+def test_reshapes_with_size_one_axes(shape):
+    """Reshapes of a conv output (images-minor layout) that insert size-1 axes,
+    merge and split, then a squeeze of every size-1 axis and a dense layer."""
+    with jax.enable_x64(True):
+        kx, kc, kd = jax.random.split(jax.random.key(9), 3)
+        x = jax.random.normal(kx, (4, 5, 6, 2), jnp.float64)  # NHWC
+        conv_k = jax.random.normal(kc, (3, 3, 3, 2, 3), jnp.float64)
+        dense = jax.random.normal(kd, (3, 90, 4), jnp.float64)
+
+        def f(p, xi):
+            y = lax.conv_general_dilated(
+                xi, p["c"], (1, 1), "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )  # fmt: skip
+            y = jnp.reshape(y, shape)
+            y = lax.squeeze(y, [i for i, n in enumerate(shape) if n == 1])
+            return jnp.reshape(y, (4, 90)) @ p["d"]
+
+        stacked = {"c": conv_k, "d": dense}
+        np.testing.assert_allclose(
+            _batched(f, stacked, x), _plain(f, stacked, x), rtol=RTOL, atol=RTOL
         )
 
 

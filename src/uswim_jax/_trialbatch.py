@@ -28,7 +28,9 @@ values carry the trial axis:
   minor axis (``(C, spatial..., N)``, the "CHWN trunk"), and the value keeps
   that physical layout through elementwise steps, pooling (``reduce_window_*``),
   reductions, transposes, reshapes that merge axes (a flatten before a dense
-  layer) and ``dot_general`` (a dense layer: its kernel's rows gathered to the
+  layer) or add and drop size-1 axes, ``squeeze`` and ``broadcast_in_dim``
+  (the size-1 axes of a per-sample model ``vmap``-ed over the images, as
+  equinox models are) and ``dot_general`` (a dense layer: its kernel's rows gathered to the
   trunk's order once per trial in ``prepare``; the output ``(T, features,
   N)``), until a step needs the logical layout;
 - call primitives (``jit``/``pjit``, ``closed_call``, ``custom_jvp_call``,
@@ -353,6 +355,14 @@ class TrialBatched:
         name = eqn.primitive.name
         if name == "reshape" and len(ins) == 1 and (ins[0].perm or ins[0].rows):
             return [self._reshape(eqn, ins[0])]
+        if name == "squeeze" and (ins[0].perm or ins[0].rows):
+            return [self._squeeze(eqn, ins[0])]
+        if (
+            name == "broadcast_in_dim"
+            and len(ins) == 1
+            and (ins[0].perm or ins[0].rows)
+        ):
+            return [self._broadcast(eqn, ins[0])]
         if name == "dot_general":
             out = self._dot_laid_out(eqn, ins, key, cache)
             if out is not None:
@@ -455,46 +465,74 @@ class TrialBatched:
 
     def _reshape(self, eqn, a: _V) -> _V:
         """A reshape that only merges runs of consecutive logical axes, each
-        run held in consecutive physical axes (in any order), is a free
-        physical reshape: the result keeps the physical layout, and a run held
-        in another order than its logical one becomes a merged axis with its
-        own row order (``_V.rows``), which a ``dot_general`` contracting it
-        matches by permuting the other operand's rows (``_dot_laid_out``).
-        Other reshapes run in the logical layout."""
+        run held in consecutive physical axes (in any order), and inserts or
+        drops size-1 axes, is a free physical reshape: the result keeps the
+        physical layout (new size-1 axes go last, where their place costs
+        nothing), and a run held in another order than its logical one becomes
+        a merged axis with its own row order (``_V.rows``), which a
+        ``dot_general`` contracting it matches by permuting the other operand's
+        rows (``_dot_laid_out``). Other reshapes run in the logical layout."""
         a = _unrow(a)
         shape = tuple(eqn.invars[0].aval.shape)
         new = tuple(eqn.params["new_sizes"])
-        dims = eqn.params.get("dimensions")
+        if eqn.params.get("dimensions") is not None:
+            return self._fallback(eqn, [a])[0]
         perm = a.perm or tuple(range(len(shape)))
+        old_axes = [i for i, s in enumerate(shape) if s != 1]
+        new_axes = [k for k, s in enumerate(new) if s != 1]
         groups, i = [], 0
-        for b in new:
+        for k in new_axes:
             g, size = [], 1
-            while i < len(shape) and (size < b or not g):
-                g.append(i)
-                size *= shape[i]
+            while i < len(old_axes) and size < new[k]:
+                g.append(old_axes[i])
+                size *= shape[old_axes[i]]
                 i += 1
+            if size != new[k]:
+                return self._fallback(eqn, [a])[0]
             groups.append(g)
-            if size != b:
-                break
-        phys = [sorted(perm.index(ax) for ax in g) for g in groups]
-        if (
-            dims is not None
-            or i != len(shape)
-            or len(groups) != len(new)
-            or any(
-                math.prod(shape[ax] for ax in g) != b
-                for g, b in zip(groups, new, strict=True)
-            )
-            or any(ps != list(range(ps[0], ps[0] + len(ps))) for ps in phys)
+        # the physical rank of each non-unit logical axis among the non-unit ones
+        rank = {ax: r for r, ax in enumerate(ax for ax in perm if shape[ax] != 1)}
+        phys = [sorted(rank[ax] for ax in g) for g in groups]
+        if i != len(old_axes) or any(
+            ps != list(range(ps[0], ps[0] + len(ps))) for ps in phys
         ):
             return self._fallback(eqn, [a])[0]
-        order = sorted(range(len(groups)), key=lambda k: phys[k][0])
+        by_phys = sorted(range(len(groups)), key=lambda k: phys[k][0])
+        order = [new_axes[k] for k in by_phys]
+        order += [k for k, s in enumerate(new) if s == 1]
         val = jnp.reshape(a.val, (a.val.shape[0], *[new[k] for k in order]))
+        in_phys = [ax for ax in perm if shape[ax] != 1]
         rows = []
-        for k, g in enumerate(groups):
-            sub = tuple(g.index(perm[p]) for p in phys[k])
+        for k, g in zip(new_axes, groups, strict=True):
+            sub = tuple(g.index(ax) for ax in in_phys if ax in g)
             if sub != tuple(range(len(g))):
                 rows.append((k, tuple(shape[ax] for ax in g), sub))
+        return _V(val, True, tuple(order), rows)
+
+    def _squeeze(self, eqn, a: _V) -> _V:
+        """Dropping size-1 axes keeps the physical layout of the others."""
+        nd = len(eqn.invars[0].aval.shape)
+        gone = {d % nd for d in eqn.params["dimensions"]}
+        perm = a.perm or tuple(range(nd))
+        renum = {
+            ax: ax - sum(d < ax for d in gone) for ax in range(nd) if ax not in gone
+        }
+        keep = [j for j, ax in enumerate(perm) if ax not in gone]
+        val = jnp.reshape(a.val, (a.val.shape[0], *[a.val.shape[1 + j] for j in keep]))
+        rows = [(renum[ax], sizes, o) for ax, sizes, o in a.rows or ()]
+        return _V(val, True, tuple(renum[perm[j]] for j in keep), rows)
+
+    def _broadcast(self, eqn, a: _V) -> _V:
+        """``broadcast_in_dim`` keeps the operand's physical layout; the new
+        axes go last."""
+        out = tuple(eqn.params["shape"])
+        dims = tuple(eqn.params["broadcast_dimensions"])
+        perm = a.perm or tuple(range(len(dims)))
+        order = [dims[ax] for ax in perm]
+        order += [k for k in range(len(out)) if k not in dims]
+        x = jnp.reshape(a.val, (*a.val.shape, *[1] * (len(out) - len(dims))))
+        val = jnp.broadcast_to(x, (x.shape[0], *[out[k] for k in order]))
+        rows = [(dims[ax], sizes, o) for ax, sizes, o in a.rows or ()]
         return _V(val, True, tuple(order), rows)
 
     def _dot_laid_out(self, eqn, ins, key, cache) -> _V | None:
