@@ -10,7 +10,8 @@ side by side:
 - ``serial``: a Python loop over trials of one jitted single-trial noisy forward
   pass over all test images (the incumbents' approach);
 - ``evaluate``: :func:`uswim_jax.evaluate` as it is called by default
-  (``chunk_size="auto"``, all images per forward pass);
+  (``chunk_size="auto"``, ``eval_batch_size="auto"``), and with all images in
+  one forward pass (``eval_batch_size=None``, the default before ``"auto"``);
 - ``evaluate`` with ``chunk_size=None`` (all trials ``vmap``-ed at once, the
   default before ``"auto"``; at most 25 trials, as memory grows with them: 100
   trials need about 17 GB);
@@ -51,6 +52,7 @@ from benchmarks._common import write_result
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
     auto_chunk_size,
+    auto_eval_batch_size,
     evaluate,
     noisy_accuracy,
     trial_keys,
@@ -58,7 +60,8 @@ from uswim_jax.montecarlo import (
 
 RUN_DIR = "runs/reproduce-mnist/train"
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "mc_throughput.json")
-DEFAULT = "evaluate default (chunk=auto)"
+DEFAULT = "evaluate default (chunk=auto, batch=auto)"
+ALL_IMAGES = "evaluate chunk=auto batch=None (all images)"
 
 #: (chunk_size, eval_batch_size) of the grid cases; chunk 0 is "auto".
 FULL_GRID = ((0, 20), (0, 40), (5, 40), (2, 100), (10, 10))
@@ -179,12 +182,24 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         )
         return lambda: f(key, x, y)
 
-    auto = auto_chunk_size(model.apply_fn, params, x, num_trials)
+    b = auto_eval_batch_size(model.apply_fn, params, x, "auto")
     cases[DEFAULT] = (
+        ev(model.apply_fn, "auto", "auto"),
+        {
+            "chunk_size": "auto",
+            "auto_chunk_size": auto_chunk_size(
+                model.apply_fn, params, x, num_trials, b
+            ),
+            "eval_batch_size": "auto",
+            "auto_eval_batch_size": b,
+            "num_trials": num_trials,
+        },
+    )
+    cases[ALL_IMAGES] = (
         ev(model.apply_fn, "auto", None),
         {
             "chunk_size": "auto",
-            "auto_chunk_size": auto,
+            "auto_chunk_size": auto_chunk_size(model.apply_fn, params, x, num_trials),
             "eval_batch_size": None,
             "num_trials": num_trials,
         },

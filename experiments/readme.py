@@ -322,13 +322,20 @@ def cpu_performance(
         f"{best[1]['pct_of_matmul']:.1f} % of the matmul rate (target 40 %: "
         f"{'met' if best[1]['pct_of_matmul'] >= 40 else 'missed'}).",
     ]
-    default = d["cases"].get("evaluate default (chunk=auto)")
-    if default is not None and default.get("eval_batch_size") is None:
+    default = d["cases"].get("evaluate default (chunk=auto, batch=auto)")
+    whole = d["cases"].get("evaluate chunk=auto batch=None (all images)")
+    if default is not None and whole is not None:
         lines.append(
-            f"- `evaluate`'s default image batch (all images in one forward pass) "
-            f"runs {default['trials_per_s']:.1f} trials/s, against "
-            f"{best[1]['trials_per_s']:.1f} for the best case: pass "
-            "`eval_batch_size` (20–100) for the speed of the batched rows."
+            f'- `evaluate`\'s default (`chunk_size="auto"`, '
+            f'`eval_batch_size="auto"`: {default["auto_chunk_size"]} trials x '
+            f"{default['auto_eval_batch_size']} images here) runs "
+            f"{default['trials_per_s']:.1f} trials/s, "
+            f"{default['trials_per_s'] / best[1]['trials_per_s']:.2f}x the best "
+            f"case and {default['trials_per_s'] / whole['trials_per_s']:.2f}x all "
+            f"images in one forward pass ({whole['trials_per_s']:.1f} trials/s); "
+            f"{whole['trials_differing_from_default']} of "
+            f"{whole['num_trials']} trials differ between the two (float32 "
+            "summation order)."
         )
     draw = _load(path.parent / "noise_draw.json")
     if draw is not None:

@@ -256,3 +256,63 @@ def test_params_only_steps_run_once_before_the_batches():
     assert (4, 6) in shapes  # the transposed kernel
     assert all(v.size <= 24 for v in prepared)  # no (4, 50) broadcast
     np.testing.assert_array_equal(apply(prepared, x), f(p, x))
+
+
+# -- eval_batch_size="auto" ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["lax", "linen", "nnx", "equinox"])
+def test_auto_image_batch_gives_the_same_trials(kind, monkeypatch):
+    """``eval_batch_size="auto"`` (the default) with a cache small enough that
+    it batches 23 images into 16 + 7 padded: per-trial accuracies of
+    ``evaluate`` and ``sweep`` equal those over all images at once (float64,
+    so padding and batching change no sum beyond 1e-15)."""
+    import _user_models as um
+
+    from uswim_jax import _chunking
+
+    monkeypatch.setattr(_chunking, "_last_level_cache_bytes", lambda: 2**16)
+    apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
+    x, _ = um.make_data(apply_fn, params, jax.random.key(1), n=23)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(x, jnp.float64)
+        y = jnp.argmax(apply_fn(params, x), -1).astype(jnp.int32)
+        b = _chunking.auto_eval_batch_size(apply_fn, params, x, "auto")
+        assert b == _chunking.AUTO_MIN_EVAL_BATCH  # 16: batches of 16 and 7
+        device = u.UniformVariation(1.0, 0.1)
+        key = jax.random.key(4)
+        auto = evaluate(key, apply_fn, params, x, y, device, None, 6)
+        whole = evaluate(
+            key, apply_fn, params, x, y, device, None, 6, eval_batch_size=None
+        )
+        np.testing.assert_array_equal(auto.accuracies, whole.accuracies)
+        assert np.std(np.asarray(whole.accuracies)) > 0  # the noise acts
+        order = u.global_order(u.magnitude_score(params))
+        counts = jnp.asarray([0, u.crossbar_size(params) // 2])
+        a = u.sweep(key, apply_fn, params, x, y, device, order, counts, 6)
+        w = u.sweep(
+            key, apply_fn, params, x, y, device, order, counts, 6, eval_batch_size=None
+        )
+        np.testing.assert_array_equal(a.accuracies, w.accuracies)
+
+
+def test_auto_image_batch_grows_with_the_cache_and_refuses_bad_values(problem):
+    from uswim_jax import _chunking
+
+    params, x, y = problem
+    n = x.shape[0]
+    assert _chunking.auto_eval_batch_size(mlp_apply, params, x, None) is None
+    assert _chunking.auto_eval_batch_size(mlp_apply, params, x, 7) == 7
+    b = _chunking.auto_eval_batch_size(mlp_apply, params, x, "auto")
+    assert 1 <= b <= n
+    # a cache share of one image's bytes per trial: the floor; a huge one: all
+    tiny = _chunking.choose_eval_batch_size(n, 1000, 0, 5 * 1000)
+    assert tiny == min(n, _chunking.AUTO_MIN_EVAL_BATCH)
+    assert _chunking.choose_eval_batch_size(n, 1000, 0, 2**40) == n
+    for bad in ("all", 0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="eval_batch_size"):
+            evaluate(
+                jax.random.key(0), mlp_apply, params, x, y, DEVICE, None, 2,
+                eval_batch_size=bad,
+            )  # fmt: skip

@@ -1,6 +1,7 @@
-"""How many Monte Carlo trials to evaluate at once: memory and cache probing
-(free memory, last-level cache) and the chunk-size choice made from them
-(``chunk_size="auto"`` of :func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
+"""How many Monte Carlo trials and images to evaluate at once: memory and
+cache probing (free memory, last-level cache) and the choices made from them
+(``chunk_size="auto"`` and ``eval_batch_size="auto"`` of
+:func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
 
 import os
 from typing import Any
@@ -21,6 +22,14 @@ AUTO_MEMORY_FRACTION = 0.5
 #: 2 x 100 (10 to 20 MiB of estimated working set), each as fast as the best
 #: chunk measured for its image batch; 20 x 10 or 25 x 16 ran slower.
 AUTO_CACHE_FRACTION = 0.6
+#: ``eval_batch_size="auto"`` on CPU: the image batch is the largest that lets
+#: this many trials' working sets fit the cache share above (5 trials x 20
+#: images on LeNet, the fastest LeNet setting of ``benchmarks/mc_throughput``).
+AUTO_BATCH_TRIALS = 5
+#: ``eval_batch_size="auto"`` on CPU: never fewer images than this per forward
+#: pass (a model whose single trial overflows the cache, e.g. ResNet-18, still
+#: gets matmuls wide enough to run at speed).
+AUTO_MIN_EVAL_BATCH = 16
 _FALLBACK_FREE_BYTES = 4 * 2**30
 _FALLBACK_CACHE_BYTES = 32 * 2**20
 
@@ -73,6 +82,107 @@ def choose_chunk_size(
         if num_trials % d == 0:
             return d
     return cap
+
+
+def choose_eval_batch_size(
+    num_images: int,
+    image_bytes: int,
+    fixed_bytes: int,
+    cache_bytes: int,
+    *,
+    trials: int = AUTO_BATCH_TRIALS,
+    min_batch: int = AUTO_MIN_EVAL_BATCH,
+) -> int:
+    """Images per forward pass: a pure function of the sizes.
+
+    1. The most images ``b`` with ``trials * (fixed_bytes + b * image_bytes) <=
+       cache_bytes``: ``trials`` trials' working sets in the cache, one trial's
+       being ``fixed_bytes`` (its params and what does not grow with the images)
+       plus ``image_bytes`` per image.
+    2. At least ``min_batch``, at most ``num_images``.
+    3. Even batches: the largest divisor of ``num_images`` in ``(b / 2, b]``
+       when there is one (no padded last batch), else ``b``.
+
+    Examples:
+        >>> choose_eval_batch_size(2000, 2**17, 2**20, 19 * 2**20)  # LeNet-sized
+        20
+        >>> choose_eval_batch_size(2000, 2**20, 2**25, 19 * 2**20)  # too big
+        16
+        >>> choose_eval_batch_size(10, 2**10, 2**10, 19 * 2**20)  # all fit
+        10
+    """
+    if num_images < 1 or image_bytes < 1 or fixed_bytes < 0 or trials < 1:
+        raise ValueError(
+            "num_images, image_bytes and trials must be positive and fixed_bytes "
+            f"non-negative, got {num_images}, {image_bytes}, {fixed_bytes}, {trials}"
+        )
+    b = (cache_bytes // trials - fixed_bytes) // image_bytes
+    b = int(min(num_images, max(min_batch, b)))
+    for d in range(b, b // 2, -1):
+        if num_images % d == 0:
+            return d
+    return b
+
+
+def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
+    """Peak activation bytes of one trial's trial-batched forward pass over
+    ``b`` images (im2col patches included)."""
+    xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
+    one = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)), params
+    )
+    tb = trial_batched(apply_fn, params, xb)
+    return _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
+
+
+def auto_eval_batch_size(
+    apply_fn: ApplyFn, params: Any, x: Any, eval_batch_size: int | str | None
+) -> int | None:
+    """``eval_batch_size`` as :func:`uswim_jax.evaluate` runs it: an int or
+    ``None`` (all images) as given; ``"auto"``: on CPU
+    :func:`choose_eval_batch_size` with this model's sizes (one trial's
+    activations traced at 1 and 64 images, the difference per image; the
+    cache share of :data:`AUTO_CACHE_FRACTION`); on accelerators ``None``.
+
+    Raises:
+        ValueError: ``eval_batch_size`` not ``"auto"``, ``None`` or a positive
+            integer.
+    """
+    if eval_batch_size is None:
+        return None
+    if isinstance(eval_batch_size, str):
+        if eval_batch_size != "auto":
+            raise ValueError(
+                'eval_batch_size must be "auto", None or a positive integer, '
+                f"got {eval_batch_size!r}"
+            )
+        if jax.local_devices()[0].platform != "cpu":
+            return None
+        n = int(np.shape(x)[0])
+        big = min(n, 64)
+        a1 = _one_trial_bytes(apply_fn, params, x, 1)
+        per = max(
+            1, (_one_trial_bytes(apply_fn, params, x, big) - a1) // max(1, big - 1)
+        )
+        param_bytes = sum(
+            _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
+        )
+        return choose_eval_batch_size(
+            n,
+            per,
+            max(0, a1 - per) + param_bytes,
+            int(AUTO_CACHE_FRACTION * _last_level_cache_bytes()),
+        )
+    if (
+        isinstance(eval_batch_size, bool)
+        or not isinstance(eval_batch_size, int | np.integer)
+        or eval_batch_size < 1
+    ):
+        raise ValueError(
+            'eval_batch_size must be "auto", None or a positive integer, '
+            f"got {eval_batch_size!r}"
+        )
+    return int(eval_batch_size)
 
 
 def _free_memory_bytes(device: Any) -> int:
@@ -148,14 +258,9 @@ def auto_chunk_size(
     """
     n = int(np.shape(x)[0])
     b = n if eval_batch_size is None else min(int(eval_batch_size), n)
-    xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
     # The activations of one trial as evaluate runs it: trial-batched, with
     # the im2col patches of the rewritten convolutions.
-    one = jax.tree.map(
-        lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)), params
-    )
-    tb = trial_batched(apply_fn, params, xb)
-    activations = _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
+    activations = _one_trial_bytes(apply_fn, params, x, b)
     param_bytes = sum(
         _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
     )

@@ -30,9 +30,9 @@ values carry the trial axis:
   reductions, transposes, reshapes that merge axes (a flatten before a dense
   layer) or add and drop size-1 axes, ``squeeze`` and ``broadcast_in_dim``
   (the size-1 axes of a per-sample model ``vmap``-ed over the images, as
-  equinox models are) and ``dot_general`` (a dense layer: its kernel's rows gathered to the
-  trunk's order once per trial in ``prepare``; the output ``(T, features,
-  N)``), until a step needs the logical layout;
+  equinox models are) and ``dot_general`` (a dense layer: its kernel's rows
+  gathered to the trunk's order once per trial in ``prepare``; the output
+  ``(T, features, N)``), until a step needs the logical layout;
 - call primitives (``jit``/``pjit``, ``closed_call``, ``custom_jvp_call``,
   ``custom_vjp_call``, ``remat``) are interpreted recursively (their primal
   bodies: this is a forward pass);

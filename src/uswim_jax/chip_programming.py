@@ -43,6 +43,7 @@ from uswim_jax.device import DEVICE_FIX, add_noise, noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
     auto_chunk_size,
+    auto_eval_batch_size,
     noisy_accuracies,
     run_chunks,
     stack_noisy,
@@ -176,7 +177,7 @@ def program_chips(
     rule: StopRule,
     *,
     chunk_size: int | str | None = "auto",
-    eval_batch_size: int | None = None,
+    eval_batch_size: int | str | None = "auto",
     shard: bool = False,
     calibration_reference: jax.Array | None = None,
 ) -> ChipRun:
@@ -237,8 +238,9 @@ def program_chips(
             raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
     x_cal, y_cal = jnp.asarray(x_cal), jnp.asarray(y_cal)
     x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
+    big = x_cal if x_cal.shape[0] >= x_test.shape[0] else x_test
+    eval_batch_size = auto_eval_batch_size(apply_fn, params, big, eval_batch_size)
     if chunk_size == "auto":
-        big = x_cal if x_cal.shape[0] >= x_test.shape[0] else x_test
         chunk_size = auto_chunk_size(
             apply_fn, params, big, num_trials, eval_batch_size, shard=shard
         )

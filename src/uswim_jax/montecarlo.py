@@ -21,7 +21,9 @@ from uswim_jax._chunking import AUTO_MEMORY_FRACTION as AUTO_MEMORY_FRACTION
 from uswim_jax._chunking import _free_memory_bytes as _free_memory_bytes
 from uswim_jax._chunking import _last_level_cache_bytes as _last_level_cache_bytes
 from uswim_jax._chunking import auto_chunk_size as auto_chunk_size
+from uswim_jax._chunking import auto_eval_batch_size as auto_eval_batch_size
 from uswim_jax._chunking import choose_chunk_size as choose_chunk_size
+from uswim_jax._chunking import choose_eval_batch_size as choose_eval_batch_size
 from uswim_jax._jaxpr import _peak_bytes as _peak_bytes
 from uswim_jax._jaxpr import forward_bytes as forward_bytes
 from uswim_jax._jaxpr import split_params_only as split_params_only
@@ -85,7 +87,7 @@ def correct_count(
     n = x.shape[0]
     if batch_size is None or batch_size >= n:
         pred = jnp.argmax(apply_fn(params, x), axis=-1)
-        return jnp.sum(pred == y, dtype=jnp.int32)
+        return jnp.sum(pred.astype(y.dtype) == y, dtype=jnp.int32)
     nb = -(-n // batch_size)
     pad = nb * batch_size - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
@@ -98,7 +100,7 @@ def correct_count(
     def one(args):
         xi, yi = args
         pred = jnp.argmax(apply(prepared, xi), axis=-1)
-        return jnp.sum(pred == yi, dtype=jnp.int32)
+        return jnp.sum(pred.astype(yi.dtype) == yi, dtype=jnp.int32)
 
     return jnp.sum(jax.lax.map(one, (xb, yb)))
 
@@ -155,7 +157,7 @@ def trials_correct(
     if batch_size is None or batch_size >= n:
         tb = trial_batched(apply_fn, template, x, batched)
         pred = jnp.argmax(tb(stacked, x), axis=-1)
-        return jnp.sum(pred == y[None], axis=1, dtype=jnp.int32)
+        return jnp.sum(pred.astype(y.dtype) == y[None], axis=1, dtype=jnp.int32)
     nb = -(-n // batch_size)
     pad = nb * batch_size - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
@@ -168,7 +170,7 @@ def trials_correct(
     def one(args):
         xi, yi = args
         pred = jnp.argmax(tb.apply(prepared, xi), axis=-1)
-        return jnp.sum(pred == yi[None], axis=1, dtype=jnp.int32)
+        return jnp.sum(pred.astype(yi.dtype) == yi[None], axis=1, dtype=jnp.int32)
 
     return jnp.sum(jax.lax.map(one, (xb, yb)), axis=0)
 
@@ -344,7 +346,7 @@ def evaluate(
     num_trials: int = 100,
     *,
     chunk_size: int | str | None = "auto",
-    eval_batch_size: int | None = None,
+    eval_batch_size: int | str | None = "auto",
     shard: bool = False,
     device: Any = None,
 ) -> MCStats:
@@ -367,7 +369,11 @@ def evaluate(
             model's and data's sizes, the free memory and, on CPU, the cache
             (:func:`auto_chunk_size`, :func:`choose_chunk_size`). The
             accuracies do not depend on it.
-        eval_batch_size: images per forward pass inside a trial; ``None``: all.
+        eval_batch_size: images per forward pass inside a trial; ``None``:
+            all. ``"auto"`` (default): on CPU as many as let a few trials'
+            working sets fit the cache (:func:`auto_eval_batch_size`, 20 on
+            LeNet), on accelerators all. The accuracies do not depend on it
+            beyond float rounding (the last batch is padded and masked).
         shard: split the trials over all local devices.
         device: deprecated name of ``device_model`` (a ``DeprecationWarning``;
             removed in the next release).
@@ -397,7 +403,7 @@ def evaluate(
     block, the params-only steps once per trial, and convolutions with per-trial
     kernels become matmuls against the stacked kernels, for any JAX model
     (flax, equinox, plain ``lax``). Keep ``chunk_size * eval_batch_size``
-    cache-sized on CPU (``"auto"`` does). Measured: ``benchmarks/byom.py``,
+    cache-sized on CPU (the ``"auto"`` defaults do). Measured: ``benchmarks/byom.py``,
     ``benchmarks/mc_throughput.py``.
     """
     device_model = resolve_device_model(device_model, device, "evaluate")
@@ -407,6 +413,7 @@ def evaluate(
     check_model_data(apply_fn, params, x, y)
     mask = verified_mask(params, verified)
     x, y = jnp.asarray(x), jnp.asarray(y)
+    eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
     if chunk_size == "auto":
         chunk_size = auto_chunk_size(
             apply_fn, params, x, num_trials, eval_batch_size, shard=shard

@@ -28,6 +28,7 @@ from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
     auto_chunk_size,
+    auto_eval_batch_size,
     noisy_accuracies,
     programmed_trials,
     run_chunks,
@@ -154,7 +155,7 @@ def sweep(
     num_trials: int | None = None,
     *,
     chunk_size: int | str | None = "auto",
-    eval_batch_size: int | None = None,
+    eval_batch_size: int | str | None = "auto",
     shard: bool = False,
     reference: jax.Array | None = None,
     baseline: jax.Array | None = None,
@@ -178,8 +179,9 @@ def sweep(
             changing the budget does not recompile.
         num_trials: T (required).
         chunk_size, eval_batch_size, shard: as in :func:`uswim_jax.evaluate`
-            (``"auto"``: :func:`uswim_jax.montecarlo.auto_chunk_size`, chosen
-            once for every step).
+            (``"auto"``: :func:`uswim_jax.montecarlo.auto_chunk_size` and
+            :func:`uswim_jax.montecarlo.auto_eval_batch_size`, chosen once for
+            every step).
         reference, baseline: (T,) per-trial accuracies with every / no weight
             verified, when already computed with the same key (e.g. shared by
             the methods of one setting); computed here when ``None``.
@@ -222,6 +224,7 @@ def sweep(
         if len(c) and (c.min() < 0 or c.max() > n or np.any(np.diff(c) < 0)):
             raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
     x, y = jnp.asarray(x), jnp.asarray(y)
+    eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
     if chunk_size == "auto":
         chunk_size = auto_chunk_size(
             apply_fn, params, x, num_trials, eval_batch_size, shard=shard
