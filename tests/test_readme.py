@@ -75,3 +75,53 @@ def test_byom_targets_name_the_cases_that_miss_them():
         "- ResNet-18 width 16, project: 39.9 % of the matmul rate (target 40 %: "
         "missed).",
     ]
+
+
+def test_cpu_performance_names_the_default_and_the_trials_that_differ(tmp_path):
+    """The default line and the per-trial agreement come from the JSON: a case
+    whose accuracies differ from the default's is named with its count."""
+    import json
+
+    def case(rate, pct, **kw):
+        return {
+            "num_trials": 100,
+            "trials_per_s": rate,
+            "gflops": rate,
+            "pct_of_matmul": pct,
+            "x_serial": rate / 10,
+            "trials_differing_from_default": 0,
+            "max_abs_acc_diff_vs_default": 0.0,
+            **kw,
+        }
+
+    d = {
+        "model": "lenet",
+        "num_images": 2000,
+        "num_trials": 100,
+        "cpu_count": 2,
+        "jax_version": "0",
+        "load_average_start": [0.0],
+        "matmul_gflops_each_round": [200.0],
+        "cases": {
+            "serial (jit one trial, Python loop)": case(10.0, 5.0),
+            "evaluate default (chunk=auto, batch=auto)": case(
+                50.0, 30.0, auto_chunk_size=5, auto_eval_batch_size=20
+            ),
+            "evaluate chunk=auto batch=None (all images)": case(
+                25.0,
+                15.0,
+                trials_differing_from_default=2,
+                max_abs_acc_diff_vs_default=0.0005,
+            ),
+            "evaluate chunk=5 batch=40": case(60.0, 36.0),
+        },
+    }
+    path = tmp_path / "mc_throughput.json"
+    path.write_text(json.dumps(d))
+    text = readme.cpu_performance(path)
+    assert "5 trials x 20 images here) runs 50.0 trials/s, 0.83x the best" in text
+    assert "2.00x all images in one forward pass (25.0 trials/s)" in text
+    assert "2 of 100 trials differ between the two" in text
+    assert "differ from the default path's in `evaluate chunk=auto batch=None" in text
+    assert "(2 trials, at most 0.0005)" in text
+    assert "target 40 %: missed" in text
