@@ -345,9 +345,13 @@ def cpu_performance(
             f"{default['trials_per_s'] / best[1]['trials_per_s']:.2f}x the best "
             f"case and {default['trials_per_s'] / whole['trials_per_s']:.2f}x all "
             f"images in one forward pass ({whole['trials_per_s']:.1f} trials/s); "
-            f"{whole['trials_differing_from_default']} of "
-            f"{whole['num_trials']} trials differ between the two (float32 "
-            "summation order)."
+            + (
+                f"{whole['trials_differing_from_default']} of "
+                f"{whole['num_trials']} trials differ between the two (float32 "
+                "summation order)."
+                if whole["trials_differing_from_default"]
+                else "the two give the same per-trial accuracies."
+            )
         )
     draw = _load(path.parent / "noise_draw.json")
     if draw is not None:
