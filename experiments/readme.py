@@ -324,18 +324,6 @@ def cpu_performance(
     ]
     default = d["cases"].get("evaluate default (chunk=auto, batch=auto)")
     whole = d["cases"].get("evaluate chunk=auto batch=None (all images)")
-    before = d["cases"].get("evaluate default (chunk=auto)")
-    if before is not None and before.get("eval_batch_size") is None:
-        # a table measured before eval_batch_size="auto" became the default
-        lines.append(
-            "- This table was measured when `evaluate`'s default was all images "
-            "in one forward pass (the `evaluate default (chunk=auto)` row, now "
-            f"`eval_batch_size=None`): {before['trials_per_s']:.1f} trials/s "
-            f"against {best[1]['trials_per_s']:.1f} for the best case. The "
-            'default is now `eval_batch_size="auto"` (20 images on LeNet, '
-            "`uswim_jax.montecarlo.auto_eval_batch_size`), the "
-            "`chunk=auto batch=20` row's setting."
-        )
     if default is not None and whole is not None:
         lines.append(
             f'- `evaluate`\'s default (`chunk_size="auto"`, '
