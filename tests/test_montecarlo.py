@@ -332,3 +332,33 @@ def test_auto_image_batch_on_lenet_is_the_benchmarks_best_setting(monkeypatch):
     b = _chunking.auto_eval_batch_size(model.apply_fn, params, x, "auto")
     assert b == 20
     assert u.montecarlo.auto_chunk_size(model.apply_fn, params, x, 100, b) == 5
+
+
+def test_automatic_sizes_trace_a_model_once_per_shape(problem):
+    """The sizes ``"auto"`` needs are traced once per apply_fn and shapes:
+    a repeated un-jitted ``evaluate`` does not trace the model again for
+    them, and a new image shape or a new apply_fn is traced afresh."""
+    from uswim_jax import _chunking
+
+    params, x, y = problem
+    calls = []
+
+    def apply_fn(p, xs):
+        calls.append(xs.shape)
+        return mlp_apply(p, xs)
+
+    first = _chunking.auto_eval_batch_size(apply_fn, params, x, "auto")
+    c1 = _chunking.auto_chunk_size(apply_fn, params, x, 10, first)
+    traced = len(calls)
+    assert traced >= 2  # at 1 and at 64 (or all) images
+    assert _chunking.auto_eval_batch_size(apply_fn, params, x, "auto") == first
+    assert _chunking.auto_chunk_size(apply_fn, params, x, 10, first) == c1
+    assert len(calls) == traced
+    _chunking.auto_eval_batch_size(apply_fn, params, x[:-1], "auto")
+    assert len(calls) == traced  # still traced at 1 and 64 images: known
+    _chunking.auto_eval_batch_size(apply_fn, params, x[:40], "auto")
+    assert calls[traced:] == [(40, x.shape[1])]  # 40 < 64 images: traced
+    other = lambda p, xs: apply_fn(p, xs)  # noqa: E731
+    n = len(calls)
+    _chunking.auto_eval_batch_size(other, params, x, "auto")
+    assert len(calls) > n

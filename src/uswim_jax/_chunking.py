@@ -4,6 +4,7 @@ cache probing (free memory, last-level cache) and the choices made from them
 :func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
 
 import os
+import weakref
 from typing import Any
 
 import jax
@@ -124,15 +125,39 @@ def choose_eval_batch_size(
     return b
 
 
+# Per apply_fn (held weakly): {(param shapes, image shape, batch): bytes}.
+_TRIAL_BYTES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
 def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
     """Peak activation bytes of one trial's trial-batched forward pass over
-    ``b`` images (im2col patches included)."""
-    xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
-    one = jax.tree.map(
-        lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)), params
+    ``b`` images (im2col patches included). Cached per ``apply_fn`` by the
+    shapes and dtypes, so repeated un-jitted calls trace the model once."""
+    shape_key = (
+        jax.tree.structure(params),
+        tuple((np.shape(p), str(jnp.result_type(p))) for p in jax.tree.leaves(params)),
+        (b, *np.shape(x)[1:]),
+        str(jnp.result_type(x)),
     )
-    tb = trial_batched(apply_fn, params, xb)
-    return _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
+    try:
+        known = _TRIAL_BYTES.setdefault(apply_fn, {})
+    except TypeError:  # not weakly referenceable (e.g. a builtin): no cache
+        known = {}
+    if shape_key not in known:
+        xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
+        one = jax.tree.map(
+            lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)),
+            params,
+        )
+        tb = trial_batched(apply_fn, params, xb)
+        known[shape_key] = _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
+    return known[shape_key]
+
+
+def _param_bytes(params: Any) -> int:
+    return sum(
+        _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
+    )
 
 
 def auto_eval_batch_size(
@@ -141,8 +166,9 @@ def auto_eval_batch_size(
     """``eval_batch_size`` as :func:`uswim_jax.evaluate` runs it: an int or
     ``None`` (all images) as given; ``"auto"``: on CPU
     :func:`choose_eval_batch_size` with this model's sizes (one trial's
-    activations traced at 1 and 64 images, the difference per image; the
-    cache share of :data:`AUTO_CACHE_FRACTION`); on accelerators ``None``.
+    activations traced at 1 and 64 images, the difference per image, once per
+    apply_fn and shapes; the cache share of :data:`AUTO_CACHE_FRACTION`); on
+    accelerators ``None``.
 
     Raises:
         ValueError: ``eval_batch_size`` not ``"auto"``, ``None`` or a positive
@@ -159,13 +185,10 @@ def auto_eval_batch_size(
         per = max(
             1, (_one_trial_bytes(apply_fn, params, x, big) - a1) // max(1, big - 1)
         )
-        param_bytes = sum(
-            _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
-        )
         return choose_eval_batch_size(
             n,
             per,
-            max(0, a1 - per) + param_bytes,
+            max(0, a1 - per) + _param_bytes(params),
             int(AUTO_CACHE_FRACTION * _last_level_cache_bytes()),
         )
     if (
@@ -256,9 +279,7 @@ def auto_chunk_size(
     # The activations of one trial as evaluate runs it: trial-batched, with
     # the im2col patches of the rewritten convolutions.
     activations = _one_trial_bytes(apply_fn, params, x, b)
-    param_bytes = sum(
-        _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
-    )
+    param_bytes = _param_bytes(params)
     device = jax.local_devices()[0]
     cache = None
     if device.platform == "cpu":
