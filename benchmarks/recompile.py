@@ -44,6 +44,7 @@ from benchmarks._common import (
     block,
     lenet_problem,
     machine_info,
+    round_robin,
     write_result,
 )
 from uswim_jax.experiment.units import STATIC, _evaluate_jit, _sweep_jit
@@ -174,6 +175,61 @@ def measure_driver(log, jitted, static, settings, repeats) -> dict:
     return r
 
 
+def sweep_against_evaluates(
+    static, key, params, x, y, device, order, counts, repeats
+) -> dict:
+    """The sweep's steady time against the same evaluations made one
+    ``evaluate`` call each (its K steps, then exhaustive and no write-verify),
+    timed in round robin in this run; the per-trial accuracies are compared."""
+    every = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
+    none = jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), bool), params)
+    masks = [
+        mask_from_order(order, params, count=jnp.int32(c), predicate=device.crossbar)
+        for c in counts
+    ] + [every, none]
+    sweep_fn = functools.partial(_sweep_jit, **static)
+    eval_fn = functools.partial(_evaluate_jit, **static)
+    timings, outs = round_robin(
+        {
+            "sweep": lambda: sweep_fn(
+                key, params, x, y, device, order, counts, None, None
+            ),
+            "evaluate per step": lambda: [
+                eval_fn(key, params, x, y, device, m).accuracies for m in masks
+            ],
+        },
+        max(repeats, 3),
+    )
+    c = outs["sweep"]
+    ours = np.concatenate(
+        [
+            np.asarray(c.accuracies),
+            np.asarray(c.reference)[None],
+            np.asarray(c.baseline)[None],
+        ]
+    )
+    same = bool(
+        np.array_equal(
+            ours, np.stack([np.asarray(a) for a in outs["evaluate per step"]])
+        )
+    )
+    ratio = (
+        timings["sweep"]["steady_s_min"] / timings["evaluate per step"]["steady_s_min"]
+    )
+    print(
+        f"sweep {timings['sweep']['steady_s_min']:.2f} s against {len(masks)} "
+        f"evaluate calls {timings['evaluate per step']['steady_s_min']:.2f} s "
+        f"(x{ratio:.2f}, round robin); per-trial accuracies identical: {same}",
+        flush=True,
+    )
+    return {
+        "evaluations": len(masks),
+        "timings": timings,
+        "sweep_over_evaluates": ratio,
+        "accuracies_identical": same,
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small variant")
@@ -238,6 +294,9 @@ def main(argv=None) -> dict:
         "sweep": measure_driver(log, _sweep_jit, static, sweep_settings, repeats),
         "evaluate": measure_driver(log, _evaluate_jit, static, eval_settings, repeats),
     }
+    paired = sweep_against_evaluates(
+        static, key, params, x, y, devices[0], order, budgets[0], repeats
+    )
     control = None
     if not args.no_control:
         control = {"sigmas": list(sigmas[:2]), "compile_s": [], "compiles": 0}
@@ -285,6 +344,7 @@ def main(argv=None) -> dict:
         "_cache_size()",
         "no_recompile": no_recompile,
         "drivers": drivers,
+        "sweep_vs_evaluates": paired,
         "control_static_sigma": control,
     }
     write_result(out, output)

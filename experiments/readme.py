@@ -542,6 +542,18 @@ def sweep_performance(folder: Path = ROOT / "benchmarks" / "results") -> str:
                 else "."
             )
         )
+        p = d.get("sweep_vs_evaluates")
+        if p:
+            t = p["timings"]
+            same = "identical" if p["accuracies_identical"] else "NOT identical"
+            lines.append(
+                f"- The same sweep against its {p['evaluations']} evaluations "
+                f"made one `evaluate` call each (the steps, exhaustive and no "
+                f"write-verify), in round robin in that run: "
+                f"{t['sweep']['steady_s_min']:.2f} s against "
+                f"{t['evaluate per step']['steady_s_min']:.2f} s "
+                f"(x{p['sweep_over_evaluates']:.2f}); per-trial accuracies {same}."
+            )
         lines.append("")
     lines.append(
         "From `python -m benchmarks.sweep_vs_serial`, `benchmarks.mc_scaling` "

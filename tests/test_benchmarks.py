@@ -201,6 +201,9 @@ def test_recompile_script(tmp_path):
     )
     assert out["no_recompile"]
     assert out["control_static_sigma"]["compiles"] == 2
+    paired = out["sweep_vs_evaluates"]
+    assert paired["accuracies_identical"] and paired["evaluations"] == 2 + 2
+    assert paired["sweep_over_evaluates"] > 0
 
 
 def test_per_leaf_baseline_draws_standard_normals_on_the_crossbar_only():
