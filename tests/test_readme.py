@@ -125,3 +125,25 @@ def test_cpu_performance_names_the_default_and_the_trials_that_differ(tmp_path):
     assert "differ from the default path's in `evaluate chunk=auto batch=None" in text
     assert "(2 trials, at most 0.0005)" in text
     assert "target 40 %: missed" in text
+
+
+def test_sweep_performance_reports_the_paired_sweep_and_says_when_it_differs(
+    tmp_path,
+):
+    import json
+    import shutil
+
+    src = readme.ROOT / "benchmarks" / "results" / "recompile.json"
+    shutil.copy(src, tmp_path / "recompile.json")
+    d = json.loads(src.read_text())
+    p = d["sweep_vs_evaluates"]
+    text = readme.sweep_performance(tmp_path)
+    assert f"(x{p['sweep_over_evaluates']:.2f}); per-trial accuracies identical" in text
+    p["accuracies_identical"] = False
+    p["sweep_over_evaluates"] = 1.5
+    (tmp_path / "recompile.json").write_text(json.dumps(d))
+    text = readme.sweep_performance(tmp_path)
+    assert "(x1.50); per-trial accuracies NOT identical" in text
+    del d["sweep_vs_evaluates"]  # a JSON from before the paired timing
+    (tmp_path / "recompile.json").write_text(json.dumps(d))
+    assert "round robin" not in readme.sweep_performance(tmp_path)
