@@ -283,6 +283,31 @@ def gpu_performance(
     return "\n".join(lines)
 
 
+def op_profile_line(d: dict) -> str:
+    """Where the time of one path goes, from ``benchmarks/op_profile.py``."""
+    groups = d["groups"]
+
+    def share(pred) -> float:
+        return 100 * sum(g["share"] for k, g in groups.items() if pred(k))
+
+    mm = share(lambda k: k.startswith("dot_general"))
+    patches = share(lambda k: k.startswith("dynamic_update_slice"))
+    chunk = share(lambda k: k.endswith("(per chunk)"))
+    rest = 100 - mm - patches - chunk
+    return (
+        f"- Where the time goes, `evaluate chunk={d['chunk_size']} "
+        f"batch={d['eval_batch_size']}` in XLA's profile of its own ops "
+        f"({d['steady_s_min']:.2f} s, {d['pct_of_matmul']:.1f} % of the matmul "
+        f"rate in that run): the matmuls take {mm:.0f} % of the op time and run "
+        f"at {d['matmul_op_gflops']:.0f} GFLOP/s "
+        f"({d['matmul_op_pct_of_matmul']:.0f} % of the matmul rate; LeNet's "
+        f"contractions are 9 to 784 long); writing the im2col patches "
+        f"{patches:.0f} %; padding, ReLU and pooling {rest:.0f} %; the noise draw "
+        f"and the params-only work, once per chunk of trials, {chunk:.0f} % "
+        "(`python -m benchmarks.op_profile`, `benchmarks/results/op_profile.json`)."
+    )
+
+
 def cpu_performance(
     path: Path = ROOT / "benchmarks" / "results" / "mc_throughput.json",
 ) -> str:
@@ -352,6 +377,9 @@ def cpu_performance(
             "steady time (`python -m benchmarks.noise_draw`, "
             "`benchmarks/results/noise_draw.json`)."
         )
+    prof = _load(path.parent / "op_profile.json")
+    if prof is not None:
+        lines.append(op_profile_line(prof))
     differ = [
         n for n, c in d["cases"].items() if c.get("trials_differing_from_default")
     ]

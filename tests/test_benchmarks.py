@@ -241,3 +241,42 @@ def test_noise_draw_script(tmp_path):
     assert set(saved["cases"]) == set(out["cases"])
     assert len(saved["cases"]) == 3
     assert 0 < saved["flat_draw_share_of_evaluate"]
+
+
+def test_op_profile_attributes_xla_op_time_to_jax_primitives():
+    """``benchmarks/op_profile``'s parsing on a tiny jitted loop: every op time
+    traced is attributed to the primitive at its root, the loop itself (which
+    contains the others) is left out, and the shares add up to one."""
+    from benchmarks import op_profile
+
+    a = jnp.ones((64, 64))
+
+    def body(i, x):
+        return jnp.tanh(x @ a)
+
+    # a traced trip count: XLA cannot unroll the loop
+    f = jax.jit(lambda x, n: jax.lax.fori_loop(0, n, body, x))
+    compiled = f.lower(a, 5).compile()
+    ops = op_profile.hlo_ops(compiled.as_text())
+    assert any(o["primitive"] == "dot_general" for o in ops.values())
+    assert any(o["opcode"] == "while" for o in ops.values())
+    res = op_profile.breakdown(ops, op_profile.profile(lambda: compiled(a, 5), 2), 2)
+    assert res["op_seconds"] > 0
+    assert all(r["opcode"] not in op_profile.CONTAINERS for r in res["ops"])
+    assert any(k.startswith("dot_general") for k in res["groups"])
+    assert sum(g["share"] for g in res["groups"].values()) == pytest.approx(1.0)
+    assert {r["calls"] for r in res["ops"] if r["primitive"] == "dot_general"} == {5}
+
+
+@pytest.mark.slow
+def test_op_profile_script(tmp_path):
+    from benchmarks import op_profile
+
+    out = op_profile.main(
+        ["--quick", "--images", "40", "--trials", "4", "--chunk", "2", "--batch", "20"]
+        + ["--output", str(tmp_path / "o.json")]
+    )
+    assert out["matmul_op_gflops"] > 0 and 0 < out["pct_of_matmul"] < 100
+    from experiments import readme
+
+    assert "im2col patches" in readme.op_profile_line(out)
