@@ -18,8 +18,9 @@ variant). In one process, side by side:
   forward pass is 0.56 GFLOP per image, so 100 trials of 2,000 images would take
   over half an hour on two cores.
 
-Each case is ``uswim_jax.evaluate`` as a user calls it (``chunk_size="auto"``,
-jitted once) with ``eval_batch_size`` given, against its own serial loop: a
+Each case is ``uswim_jax.evaluate`` as a user calls it (its defaults
+``chunk_size="auto"`` and ``eval_batch_size="auto"``, jitted once; the sizes
+they resolve to are recorded), against its own serial loop: a
 Python loop over trials of the same jitted single-trial noisy forward pass
 (``noisy_accuracy``; the loop is timed on a prefix of the trials and reported
 per trial). Steady-state times are the best of the rounds (round robin over the
@@ -48,7 +49,13 @@ import uswim_jax as uj
 from benchmarks._common import block, generated_images, machine_info, write_result
 from benchmarks.mc_throughput import matmul_gflops
 from uswim_jax.models import build_model
-from uswim_jax.montecarlo import auto_chunk_size, evaluate, noisy_accuracy, trial_keys
+from uswim_jax.montecarlo import (
+    auto_chunk_size,
+    auto_eval_batch_size,
+    evaluate,
+    noisy_accuracy,
+    trial_keys,
+)
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "byom.json")
 #: The case every LeNet is compared with (``x project``).
@@ -217,9 +224,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     q = args.quick
     repeats = args.repeats or (1 if q else 2)
-    lenet = (
-        (20, 200, 20, 4) if q else (100, 2000, 20, 20)
-    )  # trials, images, batch, serial
+    lenet = (20, 200, 4) if q else (100, 2000, 20)  # trials, images, serial trials
     cases = {
         "LeNet, plain lax": (lenet_lax, (28, 28, 1), "NHWC", lenet),
         "LeNet, flax.linen": (lenet_linen, (28, 28, 1), "NHWC", lenet),
@@ -230,19 +235,19 @@ def main(argv=None) -> dict:
             project("convnet"),
             (32, 32, 3),
             "NHWC",
-            (4, 40, 20, 2) if q else (10, 200, 20, 3),
+            (4, 40, 2) if q else (10, 200, 3),
         ),
         "ResNet-18 width 16, project": (
             project("resnet18", width=16),
             (32, 32, 3),
             "NHWC",
-            (4, 40, 20, 2) if q else (20, 400, 20, 3),
+            (4, 40, 2) if q else (20, 400, 3),
         ),
         "ResNet-18 width 64, project": (
             project("resnet18"),
             (32, 32, 3),
             "NHWC",
-            (2, 20, 20, 1) if q else (10, 100, 20, 2),
+            (2, 20, 1) if q else (10, 100, 2),
         ),
     }
     if args.only:
@@ -256,7 +261,7 @@ def main(argv=None) -> dict:
     print(f"float32 matmul 2048^3: {peaks[0]:.1f} GFLOP/s", flush=True)
     key = jax.random.key(42)
     runs = {}
-    for name, (build, shape, layout, (t, n, b, ts)) in cases.items():
+    for name, (build, shape, layout, (t, n, ts)) in cases.items():
         params, apply_fn, _ = build(jax.random.key(0))
         x, _ = generated_images(n, shape)
         x = jnp.asarray(x)
@@ -265,7 +270,7 @@ def main(argv=None) -> dict:
         flop_image = forward_flops(jax.make_jaxpr(apply_fn)(params, x[:1]).jaxpr)
         std = device_model.effective_std(params, None)
         ev = jax.jit(
-            lambda key, params, x, y, t=t, b=b, apply_fn=apply_fn: (
+            lambda key, params, x, y, t=t, apply_fn=apply_fn: (
                 evaluate(
                     key,
                     apply_fn,
@@ -275,7 +280,6 @@ def main(argv=None) -> dict:
                     device_model,
                     None,
                     t,
-                    eval_batch_size=b,
                 ).accuracies
             )
         )
@@ -290,6 +294,7 @@ def main(argv=None) -> dict:
         def serial(keys=keys, one=one, params=params, x=x, y=y):
             return jnp.stack([one(k, params, x, y) for k in keys])
 
+        b = auto_eval_batch_size(apply_fn, params, x, "auto")
         chunk = auto_chunk_size(apply_fn, params, x, t, b)
         runs[name] = {
             "evaluate": lambda ev=ev, params=params, x=x, y=y: ev(key, params, x, y),
@@ -299,7 +304,8 @@ def main(argv=None) -> dict:
                 "input_shape": list(shape),
                 "num_trials": t,
                 "num_images": n,
-                "eval_batch_size": b,
+                "eval_batch_size": "auto",
+                "auto_eval_batch_size": b,
                 "auto_chunk_size": chunk,
                 "serial_trials_timed": ts,
                 "flops_per_image": flop_image,

@@ -64,7 +64,7 @@ DEFAULT = "evaluate default (chunk=auto, batch=auto)"
 ALL_IMAGES = "evaluate chunk=auto batch=None (all images)"
 
 #: (chunk_size, eval_batch_size) of the grid cases; chunk 0 is "auto".
-FULL_GRID = ((0, 20), (0, 40), (5, 40), (2, 100), (10, 10))
+FULL_GRID = ((5, 20), (5, 40), (6, 40), (4, 32), (0, 40), (2, 100), (10, 10))
 #: ``chunk_size=None`` ``vmap``s every trial at once: about 17 GB for 100 trials
 #: of 2,000 images (OOM-killed on a 23 GB machine), so it runs at most this many
 #: trials; trial t is the same under any T, so its accuracies are a prefix.

@@ -444,8 +444,14 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
     flax.nnx, equinox) and the project's, from ``benchmarks/byom.py``."""
     d = json.loads(path.read_text())
     rounds = d["matmul_gflops_each_round"]
+    given = {str(c["eval_batch_size"]) for c in d["cases"].values()}
+    how = (
+        'its defaults (`chunk_size="auto"`, `eval_batch_size="auto"`)'
+        if given == {"auto"}
+        else f'`chunk_size="auto"` and `eval_batch_size={", ".join(sorted(given))}`'
+    )
     lines = [
-        f'`evaluate` with `chunk_size="auto"` on {d["cpu_count"]} CPU cores (JAX '
+        f"`evaluate` with {how} on {d['cpu_count']} CPU cores (JAX "
         f"{d['jax_version']}; load average {d['load_average_start'][0]:.1f} at the "
         f"start and {d['load_average_end'][0]:.1f} at the end from other jobs, so "
         "compare rows, not absolute times). Dense float32 matmul measured in the "
@@ -454,13 +460,15 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
         f'highest, {max(rounds):.0f}). "x serial" is against a Python loop '
         "over trials of the same jitted single-trial noisy forward pass.",
         "",
-        "| model | trials x images | trials/s | GFLOP/s | % of matmul | "
-        "x serial loop | compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | trials x images | per pass | trials/s | GFLOP/s | "
+        "% of matmul | x serial loop | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, c in d["cases"].items():
+        b = c.get("auto_eval_batch_size", c["eval_batch_size"])
         lines.append(
             f"| {name} | {c['num_trials']} x {c['num_images']:,} | "
+            f"{c['auto_chunk_size']} x {b or 'all'} | "
             f"{c['trials_per_s']:.1f} | {c['gflops']:.1f} | "
             f"{c['pct_of_matmul']:.1f} | {c['x_serial']:.2f} | "
             f"{c['compile_s']:.1f} |"

@@ -17,16 +17,23 @@ from uswim_jax._trialbatch import trial_batched
 
 #: ``chunk_size="auto"``: the share of the free memory the trials may take.
 AUTO_MEMORY_FRACTION = 0.5
-#: ``chunk_size="auto"`` on CPU: a chunk's working set for one image batch is
-#: kept within this share of the last-level cache. Calibrated on LeNet (im2col)
-#: with a 32 MiB L3 (2-core CPU): it picks 5 trials x 20 images, 4 x 40 and
-#: 2 x 100 (10 to 20 MiB of estimated working set), each as fast as the best
-#: chunk measured for its image batch; 20 x 10 or 25 x 16 ran slower.
-AUTO_CACHE_FRACTION = 0.6
+#: ``chunk_size="auto"`` and ``eval_batch_size="auto"`` on CPU: a chunk's
+#: working set for one image batch (its trials' peak activations, im2col
+#: patches included, and params) is kept within this share of the last-level
+#: cache. Calibrated on LeNet over 2,000 images with a 32 MiB L3 (2-core CPU),
+#: trial-batched, in one paired run: 4 trials x 40 images (24 MiB estimated)
+#: ran 57.9 trials/s, 6 x 40 56.5, 5 x 40 55.1, 2 x 40 51.4, 5 x 20 47.9.
+AUTO_CACHE_FRACTION = 0.8
 #: ``eval_batch_size="auto"`` on CPU: the image batch is the largest that lets
-#: this many trials' working sets fit the cache share above (5 trials x 20
-#: images on LeNet, the fastest LeNet setting of ``benchmarks/mc_throughput``).
-AUTO_BATCH_TRIALS = 5
+#: this many trials' working sets fit the cache share above (4 trials x 40
+#: images on LeNet, the fastest LeNet setting measured).
+AUTO_BATCH_TRIALS = 4
+#: ``eval_batch_size="auto"`` on CPU: the image batch is a multiple of this
+#: (the images are the minor axis of the trial-batched activations, so a
+#: multiple of the float32 vector width leaves no remainder loop). Measured on
+#: LeNet (4 trials): 24, 32, 40 and 48 images ran 53.0-58.2 trials/s, 20 and
+#: 25 images 47.7-47.9.
+AUTO_BATCH_MULTIPLE = 8
 #: ``eval_batch_size="auto"`` on CPU: never fewer images than this per forward
 #: pass (a model whose single trial overflows the cache, e.g. ResNet-18, still
 #: gets matmuls wide enough to run at speed).
@@ -93,6 +100,7 @@ def choose_eval_batch_size(
     *,
     trials: int = AUTO_BATCH_TRIALS,
     min_batch: int = AUTO_MIN_EVAL_BATCH,
+    multiple: int = AUTO_BATCH_MULTIPLE,
 ) -> int:
     """Images per forward pass: a pure function of the sizes.
 
@@ -100,29 +108,43 @@ def choose_eval_batch_size(
        cache_bytes``: ``trials`` trials' working sets in the cache, one trial's
        being ``fixed_bytes`` (its params and what does not grow with the images)
        plus ``image_bytes`` per image.
-    2. At least ``min_batch``, at most ``num_images``.
-    3. Even batches: the largest divisor of ``num_images`` in ``(b / 2, b]``
-       when there is one (no padded last batch), else ``b``.
+    2. At least ``min_batch``; all ``num_images`` when they fit (one pass).
+    3. Otherwise a multiple of ``multiple``: the largest one in ``(b / 2, b]``
+       that divides ``num_images`` when there is one (no padded last batch),
+       else the largest one up to ``b``.
 
     Examples:
-        >>> choose_eval_batch_size(2000, 2**17, 2**20, 19 * 2**20)  # LeNet-sized
-        20
-        >>> choose_eval_batch_size(2000, 2**20, 2**25, 19 * 2**20)  # too big
+        >>> choose_eval_batch_size(2000, 2**17, 2**20, 25 * 2**20)  # LeNet-sized
+        40
+        >>> choose_eval_batch_size(2000, 2**20, 2**25, 25 * 2**20)  # too big
         16
-        >>> choose_eval_batch_size(10, 2**10, 2**10, 19 * 2**20)  # all fit
+        >>> choose_eval_batch_size(1000, 2**17, 2**20, 25 * 2**20)  # 8 | 40 | 1000
+        40
+        >>> choose_eval_batch_size(999, 2**17, 2**20, 25 * 2**20)  # last padded
+        40
+        >>> choose_eval_batch_size(10, 2**10, 2**10, 25 * 2**20)  # all fit
         10
     """
-    if num_images < 1 or image_bytes < 1 or fixed_bytes < 0 or trials < 1:
+    if (
+        num_images < 1
+        or image_bytes < 1
+        or fixed_bytes < 0
+        or trials < 1
+        or multiple < 1
+    ):
         raise ValueError(
-            "num_images, image_bytes and trials must be positive and fixed_bytes "
-            f"non-negative, got {num_images}, {image_bytes}, {fixed_bytes}, {trials}"
+            "num_images, image_bytes, trials and multiple must be positive and "
+            f"fixed_bytes non-negative, got {num_images}, {image_bytes}, "
+            f"{trials}, {multiple} and {fixed_bytes}"
         )
-    b = (cache_bytes // trials - fixed_bytes) // image_bytes
-    b = int(min(num_images, max(min_batch, b)))
-    for d in range(b, b // 2, -1):
+    b = int(max(min_batch, (cache_bytes // trials - fixed_bytes) // image_bytes))
+    if b >= num_images:
+        return int(num_images)
+    top = max(multiple, b - b % multiple)
+    for d in range(top, b // 2, -multiple):
         if num_images % d == 0:
             return d
-    return b
+    return top
 
 
 # Per apply_fn (held weakly): {(param shapes, image shape, batch): bytes}.
@@ -165,7 +187,8 @@ def auto_eval_batch_size(
 ) -> int | None:
     """``eval_batch_size`` as :func:`uswim_jax.evaluate` runs it: an int or
     ``None`` (all images) as given; ``"auto"``: on CPU
-    :func:`choose_eval_batch_size` with this model's sizes (one trial's
+    :func:`choose_eval_batch_size` (a multiple of :data:`AUTO_BATCH_MULTIPLE`)
+    with this model's sizes (one trial's
     activations traced at 1 and 64 images, the difference per image, once per
     apply_fn and shapes; the cache share of :data:`AUTO_CACHE_FRACTION`); on
     accelerators ``None``.
