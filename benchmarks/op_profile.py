@@ -4,8 +4,8 @@ Run as ``python -m benchmarks.op_profile`` (``--quick`` for a small CI-sized
 variant; ``--chunk``, ``--batch``, ``--trials``, ``--images``, ``--output``).
 It jits :func:`uswim_jax.evaluate` on LeNet (the MNIST test images when present,
 else generated ones; fresh params) with the given chunk and image batch
-(default 5 trials x 40 images, the fastest LeNet setting of
-``benchmarks/mc_throughput``), times its steady state, then runs it twice more
+(default: ``evaluate``'s own, ``"auto"``; the sizes they resolve to are
+recorded), times its steady state, then runs it twice more
 under ``jax.profiler`` and sums the duration of every executed XLA op of the
 compiled program (loops and calls, which contain other ops, are left out).
 
@@ -41,6 +41,7 @@ import uswim_jax as uj
 from benchmarks._common import RESULTS_DIR, machine_info, write_result
 from benchmarks.mc_throughput import lenet_flops_per_image, matmul_gflops
 from uswim_jax.models import build_model
+from uswim_jax.montecarlo import auto_chunk_size, auto_eval_batch_size
 
 RESULTS = os.path.join(RESULTS_DIR, "op_profile.json")
 #: HLO ops that contain other ops (their time is their body's).
@@ -126,8 +127,12 @@ def breakdown(ops: dict, durations: dict, runs: int) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small CI variant")
-    parser.add_argument("--chunk", type=int, default=5, help="trials per chunk")
-    parser.add_argument("--batch", type=int, default=40, help="images per pass")
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="trials per chunk (0: auto)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="images per pass (0: auto)"
+    )
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
@@ -160,10 +165,12 @@ def main(argv=None) -> dict:
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     device = uj.UniformVariation(0.3, 0.03)
     key = jax.random.key(42)
+    batch = args.batch or auto_eval_batch_size(model.apply_fn, params, x, "auto")
+    chunk = args.chunk or auto_chunk_size(model.apply_fn, params, x, num_trials, batch)
     jitted = jax.jit(
         lambda k: uj.evaluate(
             k, model.apply_fn, params, x, y, device, None, num_trials,
-            chunk_size=args.chunk, eval_batch_size=args.batch,
+            chunk_size=chunk, eval_batch_size=batch,
         ).accuracies
     )  # fmt: skip
     compiled = jitted.lower(key).compile()
@@ -192,8 +199,9 @@ def main(argv=None) -> dict:
         "data": source,
         "num_trials": num_trials,
         "num_images": num_images,
-        "chunk_size": args.chunk,
-        "eval_batch_size": args.batch,
+        "chunk_size": chunk,
+        "eval_batch_size": batch,
+        "sizes": "given" if args.chunk and args.batch else "evaluate's auto choice",
         "steady_s_min": steady,
         "steady_s_median": float(np.median(times)),
         "profiled_runs": runs,
@@ -207,8 +215,8 @@ def main(argv=None) -> dict:
         "ops": res["ops"][:25],
     }
     print(
-        f"LeNet, {num_trials} trials x {num_images} images, chunk {args.chunk} x "
-        f"batch {args.batch}: steady {steady:.3f} s ({out['pct_of_matmul']:.1f} % of "
+        f"LeNet, {num_trials} trials x {num_images} images, chunk {chunk} x "
+        f"batch {batch}: steady {steady:.3f} s ({out['pct_of_matmul']:.1f} % of "
         f"the matmul rate {max(peak):.0f} GFLOP/s); ops {res['op_seconds']:.3f} s/run",
         flush=True,
     )

@@ -295,8 +295,14 @@ def op_profile_line(d: dict) -> str:
     chunk = share(lambda k: k.endswith("(per chunk)"))
     rest = 100 - mm - patches - chunk
     return (
-        f"- Where the time goes, `evaluate chunk={d['chunk_size']} "
-        f"batch={d['eval_batch_size']}` in XLA's profile of its own ops "
+        "- Where the time goes, `evaluate` with "
+        + (
+            f"its defaults ({d['chunk_size']} trials x {d['eval_batch_size']} images)"
+            if d.get("sizes") == "evaluate's auto choice"
+            else f"`chunk_size={d['chunk_size']}`, "
+            f"`eval_batch_size={d['eval_batch_size']}`"
+        )
+        + " in XLA's profile of its own ops "
         f"({d['steady_s_min']:.2f} s, {d['pct_of_matmul']:.1f} % of the matmul "
         f"rate in that run): the matmuls take {mm:.0f} % of the op time and run "
         f"at {d['matmul_op_gflops']:.0f} GFLOP/s "

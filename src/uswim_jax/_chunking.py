@@ -36,7 +36,8 @@ AUTO_BATCH_TRIALS = 4
 AUTO_BATCH_MULTIPLE = 8
 #: ``eval_batch_size="auto"`` on CPU: never fewer images than this per forward
 #: pass (a model whose single trial overflows the cache, e.g. ResNet-18, still
-#: gets matmuls wide enough to run at speed).
+#: gets matmuls wide enough to run at speed). Measured on ResNet-18 width 16
+#: (2 trials, 400 images, 32x32): 16, 20, 24, 32 and 40 images within 10 %.
 AUTO_MIN_EVAL_BATCH = 16
 _FALLBACK_FREE_BYTES = 4 * 2**30
 _FALLBACK_CACHE_BYTES = 32 * 2**20
