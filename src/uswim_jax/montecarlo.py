@@ -372,8 +372,9 @@ def evaluate(
         eval_batch_size: images per forward pass inside a trial; ``None``:
             all. ``"auto"`` (default): on CPU as many as let a few trials'
             working sets fit the cache, a multiple of 8
-            (:func:`auto_eval_batch_size`; 40 on LeNet), on accelerators all. The accuracies do not depend on it
-            beyond float rounding (the last batch is padded and masked).
+            (:func:`auto_eval_batch_size`; 40 on LeNet), on accelerators all.
+            The accuracies do not depend on it beyond float rounding (the last
+            batch is padded and masked).
         shard: split the trials over all local devices.
         device: deprecated name of ``device_model`` (a ``DeprecationWarning``;
             removed in the next release).
