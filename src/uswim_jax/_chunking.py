@@ -189,10 +189,9 @@ def auto_eval_batch_size(
     """``eval_batch_size`` as :func:`uswim_jax.evaluate` runs it: an int or
     ``None`` (all images) as given; ``"auto"``: on CPU
     :func:`choose_eval_batch_size` (a multiple of :data:`AUTO_BATCH_MULTIPLE`)
-    with this model's sizes (one trial's
-    activations traced at 1 and 64 images, the difference per image, once per
-    apply_fn and shapes; the cache share of :data:`AUTO_CACHE_FRACTION`); on
-    accelerators ``None``.
+    with this model's sizes (one trial's activations traced at 1 and 64
+    images, the difference per image, once per apply_fn and shapes; the cache
+    share of :data:`AUTO_CACHE_FRACTION`); on accelerators ``None``.
 
     Raises:
         ValueError: ``eval_batch_size`` not ``"auto"``, ``None`` or a positive
