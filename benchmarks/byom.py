@@ -50,8 +50,7 @@ from benchmarks._common import block, generated_images, machine_info, write_resu
 from benchmarks.mc_throughput import matmul_gflops
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
-    auto_chunk_size,
-    auto_eval_batch_size,
+    auto_sizes,
     evaluate,
     noisy_accuracy,
     trial_keys,
@@ -294,8 +293,7 @@ def main(argv=None) -> dict:
         def serial(keys=keys, one=one, params=params, x=x, y=y):
             return jnp.stack([one(k, params, x, y) for k in keys])
 
-        b = auto_eval_batch_size(apply_fn, params, x, "auto")
-        chunk = auto_chunk_size(apply_fn, params, x, t, b)
+        chunk, b = auto_sizes(apply_fn, params, x, t)
         runs[name] = {
             "evaluate": lambda ev=ev, params=params, x=x, y=y: ev(key, params, x, y),
             "serial": serial,

@@ -51,8 +51,7 @@ import uswim_jax as uj
 from benchmarks._common import write_result
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
-    auto_chunk_size,
-    auto_eval_batch_size,
+    auto_sizes,
     evaluate,
     noisy_accuracy,
     trial_keys,
@@ -182,14 +181,12 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         )
         return lambda: f(key, x, y)
 
-    b = auto_eval_batch_size(model.apply_fn, params, x, "auto")
+    c, b = auto_sizes(model.apply_fn, params, x, num_trials)
     cases[DEFAULT] = (
         ev(model.apply_fn, "auto", "auto"),
         {
             "chunk_size": "auto",
-            "auto_chunk_size": auto_chunk_size(
-                model.apply_fn, params, x, num_trials, b
-            ),
+            "auto_chunk_size": c,
             "eval_batch_size": "auto",
             "auto_eval_batch_size": b,
             "num_trials": num_trials,
@@ -199,7 +196,9 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         ev(model.apply_fn, "auto", None),
         {
             "chunk_size": "auto",
-            "auto_chunk_size": auto_chunk_size(model.apply_fn, params, x, num_trials),
+            "auto_chunk_size": auto_sizes(
+                model.apply_fn, params, x, num_trials, "auto", None
+            )[0],
             "eval_batch_size": None,
             "num_trials": num_trials,
         },
@@ -217,9 +216,9 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         chunk = cs or "auto"
         info = {"chunk_size": chunk, "eval_batch_size": bs}
         if chunk == "auto":
-            info["auto_chunk_size"] = auto_chunk_size(
-                model.apply_fn, params, x, num_trials, bs
-            )
+            info["auto_chunk_size"] = auto_sizes(
+                model.apply_fn, params, x, num_trials, "auto", bs
+            )[0]
         cases[f"evaluate chunk={chunk} batch={bs}"] = (
             ev(model.apply_fn, chunk, bs),
             {**info, "num_trials": num_trials},

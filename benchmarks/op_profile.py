@@ -41,7 +41,7 @@ import uswim_jax as uj
 from benchmarks._common import RESULTS_DIR, machine_info, write_result
 from benchmarks.mc_throughput import lenet_flops_per_image, matmul_gflops
 from uswim_jax.models import build_model
-from uswim_jax.montecarlo import auto_chunk_size, auto_eval_batch_size
+from uswim_jax.montecarlo import auto_sizes
 
 RESULTS = os.path.join(RESULTS_DIR, "op_profile.json")
 #: HLO ops that contain other ops (their time is their body's).
@@ -165,8 +165,14 @@ def main(argv=None) -> dict:
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     device = uj.UniformVariation(0.3, 0.03)
     key = jax.random.key(42)
-    batch = args.batch or auto_eval_batch_size(model.apply_fn, params, x, "auto")
-    chunk = args.chunk or auto_chunk_size(model.apply_fn, params, x, num_trials, batch)
+    chunk, batch = auto_sizes(
+        model.apply_fn,
+        params,
+        x,
+        num_trials,
+        args.chunk or "auto",
+        args.batch or "auto",
+    )
     jitted = jax.jit(
         lambda k: uj.evaluate(
             k, model.apply_fn, params, x, y, device, None, num_trials,

@@ -20,9 +20,11 @@ AUTO_MEMORY_FRACTION = 0.5
 #: ``chunk_size="auto"`` and ``eval_batch_size="auto"`` on CPU: a chunk's
 #: working set for one image batch (its trials' peak activations, im2col
 #: patches included, and params) is kept within this share of the last-level
-#: cache. Calibrated on LeNet over 2,000 images with a 32 MiB L3 (2-core CPU),
-#: trial-batched, in one paired run: 4 trials x 40 images (24 MiB estimated)
-#: ran 57.9 trials/s, 6 x 40 56.5, 5 x 40 55.1, 2 x 40 51.4, 5 x 20 47.9.
+#: cache. Calibrated on LeNet over 2,000 images with a 32 MiB L3 (2-core CPU):
+#: it picks 4 trials x 40 images (24 MiB estimated), the fastest LeNet setting
+#: of ``python -m benchmarks.mc_throughput`` (``benchmarks/results/
+#: mc_throughput.json``: 57.4 trials/s against 55.7 for 6 x 40, 54.7 for
+#: 5 x 40 and 45.3 for 5 x 20, the choice of the earlier 0.6).
 AUTO_CACHE_FRACTION = 0.8
 #: ``eval_batch_size="auto"`` on CPU: the image batch is the largest that lets
 #: this many trials' working sets fit the cache share above (4 trials x 40
@@ -30,14 +32,12 @@ AUTO_CACHE_FRACTION = 0.8
 AUTO_BATCH_TRIALS = 4
 #: ``eval_batch_size="auto"`` on CPU: the image batch is a multiple of this
 #: (the images are the minor axis of the trial-batched activations, so a
-#: multiple of the float32 vector width leaves no remainder loop). Measured on
-#: LeNet (4 trials): 24, 32, 40 and 48 images ran 53.0-58.2 trials/s, 20 and
-#: 25 images 47.7-47.9.
+#: multiple of the float32 vector width leaves no remainder loop; compare
+#: image batches with ``python -m benchmarks.mc_throughput --grid 4:24,4:25,...``).
 AUTO_BATCH_MULTIPLE = 8
 #: ``eval_batch_size="auto"`` on CPU: never fewer images than this per forward
 #: pass (a model whose single trial overflows the cache, e.g. ResNet-18, still
-#: gets matmuls wide enough to run at speed). Measured on ResNet-18 width 16
-#: (2 trials, 400 images, 32x32): 16, 20, 24, 32 and 40 images within 10 %.
+#: gets matmuls wide enough to run at speed).
 AUTO_MIN_EVAL_BATCH = 16
 _FALLBACK_FREE_BYTES = 4 * 2**30
 _FALLBACK_CACHE_BYTES = 32 * 2**20
@@ -224,6 +224,29 @@ def auto_eval_batch_size(
             f"got {eval_batch_size!r}"
         )
     return int(eval_batch_size)
+
+
+def auto_sizes(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    chunk_size: int | str | None = "auto",
+    eval_batch_size: int | str | None = "auto",
+    *,
+    shard: bool = False,
+) -> tuple[int | None, int | None]:
+    """``(chunk_size, eval_batch_size)`` as :func:`uswim_jax.evaluate`,
+    :func:`uswim_jax.sweep` and :func:`uswim_jax.program_chips` run them: the
+    image batch first (:func:`auto_eval_batch_size`), then, for
+    ``chunk_size="auto"``, the chunk for that batch (:func:`auto_chunk_size`);
+    other values pass through (the image batch validated)."""
+    eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        chunk_size = auto_chunk_size(
+            apply_fn, params, x, num_trials, eval_batch_size, shard=shard
+        )
+    return chunk_size, eval_batch_size
 
 
 def _free_memory_bytes(device: Any) -> int:

@@ -42,8 +42,7 @@ from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
 from uswim_jax.device import DEVICE_FIX, add_noise, noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
-    auto_chunk_size,
-    auto_eval_batch_size,
+    auto_sizes,
     noisy_accuracies,
     run_chunks,
     stack_noisy,
@@ -239,11 +238,9 @@ def program_chips(
     x_cal, y_cal = jnp.asarray(x_cal), jnp.asarray(y_cal)
     x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
     big = x_cal if x_cal.shape[0] >= x_test.shape[0] else x_test
-    eval_batch_size = auto_eval_batch_size(apply_fn, params, big, eval_batch_size)
-    if chunk_size == "auto":
-        chunk_size = auto_chunk_size(
-            apply_fn, params, big, num_trials, eval_batch_size, shard=shard
-        )
+    chunk_size, eval_batch_size = auto_sizes(
+        apply_fn, params, big, num_trials, chunk_size, eval_batch_size, shard=shard
+    )
     crossbar = device.crossbar
     keys = trial_keys(key, num_trials)
     std_w, std_v = device.std(params)

@@ -22,6 +22,7 @@ from uswim_jax._chunking import _free_memory_bytes as _free_memory_bytes
 from uswim_jax._chunking import _last_level_cache_bytes as _last_level_cache_bytes
 from uswim_jax._chunking import auto_chunk_size as auto_chunk_size
 from uswim_jax._chunking import auto_eval_batch_size as auto_eval_batch_size
+from uswim_jax._chunking import auto_sizes as auto_sizes
 from uswim_jax._chunking import choose_chunk_size as choose_chunk_size
 from uswim_jax._chunking import choose_eval_batch_size as choose_eval_batch_size
 from uswim_jax._jaxpr import _peak_bytes as _peak_bytes
@@ -73,6 +74,16 @@ def trial_keys(key: jax.Array, num_trials: int, start: int = 0) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
+def _hits(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Correct top-1 predictions of ``logits`` (``(..., N, classes)``) against
+    the labels ``y`` (``(N,)``; padded images carry ``-1``), summed over the
+    images; the predictions are cast to the labels' dtype (int64 ``argmax``
+    under ``jax_enable_x64`` against int32 labels)."""
+    pred = jnp.argmax(logits, axis=-1).astype(y.dtype)
+    y = jnp.reshape(y, (1,) * (pred.ndim - 1) + y.shape)
+    return jnp.sum(pred == y, axis=-1, dtype=jnp.int32)
+
+
 def correct_count(
     apply_fn: ApplyFn,
     params: Any,
@@ -86,8 +97,7 @@ def correct_count(
     (:func:`split_params_only`)."""
     n = x.shape[0]
     if batch_size is None or batch_size >= n:
-        pred = jnp.argmax(apply_fn(params, x), axis=-1)
-        return jnp.sum(pred.astype(y.dtype) == y, dtype=jnp.int32)
+        return _hits(apply_fn(params, x), y)
     nb = -(-n // batch_size)
     pad = nb * batch_size - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
@@ -99,8 +109,7 @@ def correct_count(
 
     def one(args):
         xi, yi = args
-        pred = jnp.argmax(apply(prepared, xi), axis=-1)
-        return jnp.sum(pred.astype(yi.dtype) == yi, dtype=jnp.int32)
+        return _hits(apply(prepared, xi), yi)
 
     return jnp.sum(jax.lax.map(one, (xb, yb)))
 
@@ -156,8 +165,7 @@ def trials_correct(
     )
     if batch_size is None or batch_size >= n:
         tb = trial_batched(apply_fn, template, x, batched)
-        pred = jnp.argmax(tb(stacked, x), axis=-1)
-        return jnp.sum(pred.astype(y.dtype) == y[None], axis=1, dtype=jnp.int32)
+        return _hits(tb(stacked, x), y)
     nb = -(-n // batch_size)
     pad = nb * batch_size - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
@@ -169,8 +177,7 @@ def trials_correct(
 
     def one(args):
         xi, yi = args
-        pred = jnp.argmax(tb.apply(prepared, xi), axis=-1)
-        return jnp.sum(pred.astype(yi.dtype) == yi[None], axis=1, dtype=jnp.int32)
+        return _hits(tb.apply(prepared, xi), yi)
 
     return jnp.sum(jax.lax.map(one, (xb, yb)), axis=0)
 
@@ -414,11 +421,9 @@ def evaluate(
     check_model_data(apply_fn, params, x, y)
     mask = verified_mask(params, verified)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
-    if chunk_size == "auto":
-        chunk_size = auto_chunk_size(
-            apply_fn, params, x, num_trials, eval_batch_size, shard=shard
-        )
+    chunk_size, eval_batch_size = auto_sizes(
+        apply_fn, params, x, num_trials, chunk_size, eval_batch_size, shard=shard
+    )
 
     if has_closed_form(device_model):
         std = device_model.effective_std(params, mask)

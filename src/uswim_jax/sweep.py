@@ -27,8 +27,7 @@ from uswim_jax.device import DEVICE_FIX, noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
-    auto_chunk_size,
-    auto_eval_batch_size,
+    auto_sizes,
     noisy_accuracies,
     programmed_trials,
     run_chunks,
@@ -224,11 +223,9 @@ def sweep(
         if len(c) and (c.min() < 0 or c.max() > n or np.any(np.diff(c) < 0)):
             raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
     x, y = jnp.asarray(x), jnp.asarray(y)
-    eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
-    if chunk_size == "auto":
-        chunk_size = auto_chunk_size(
-            apply_fn, params, x, num_trials, eval_batch_size, shard=shard
-        )
+    chunk_size, eval_batch_size = auto_sizes(
+        apply_fn, params, x, num_trials, chunk_size, eval_batch_size, shard=shard
+    )
     if not has_closed_form(device_model):
         return _programmed_sweep(
             key,
