@@ -8,6 +8,7 @@ drivers the benchmarks time are the pipeline's own (``_sweep_jit`` and
 ``benchmarks/run.py`` skips this module (its name starts with ``_``).
 """
 
+import argparse
 import json
 import os
 import platform
@@ -97,6 +98,34 @@ def lenet_problem(
         sources.setdefault("data", "generated images, seed 0")
     x, y = x[:num_images], y[:num_images]
     return model, params, jnp.asarray(x, jnp.float32), jnp.asarray(y), sources
+
+
+def case_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark over named cases: ``--quick`` (a small
+    CI variant), ``--repeats``, ``--only CASE`` (repeatable) and ``--output``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small CI variant")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="CASE",
+        help="run only this case (its full name; repeat for several)",
+    )
+    parser.add_argument("--output", default=None)
+    return parser
+
+
+def only_cases(parser: argparse.ArgumentParser, cases: dict, only: list) -> dict:
+    """``cases`` restricted to the names in ``only`` (all when empty); an
+    unknown name is a command-line error listing the cases."""
+    if not only:
+        return cases
+    unknown = set(only) - set(cases)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}; cases: {list(cases)}")
+    return {k: v for k, v in cases.items() if k in only}
 
 
 def block(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -32,7 +32,6 @@ extra columns an im2col path computes, not the noise). Per-trial accuracies of
 ``benchmarks/results/byom.json`` (``byom_quick.json`` with ``--quick``).
 """
 
-import argparse
 import math
 import os
 
@@ -46,7 +45,14 @@ from jax import lax
 from jax.extend import core as jcore
 
 import uswim_jax as uj
-from benchmarks._common import block, generated_images, machine_info, write_result
+from benchmarks._common import (
+    block,
+    case_parser,
+    generated_images,
+    machine_info,
+    only_cases,
+    write_result,
+)
 from benchmarks.mc_throughput import matmul_gflops
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
@@ -209,17 +215,7 @@ def forward_flops(jaxpr) -> int:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small CI variant")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="CASE",
-        help="run only this case (its full name; repeat for several)",
-    )
-    parser.add_argument("--output", default=None)
+    parser = case_parser(__doc__)
     args = parser.parse_args(argv)
     q = args.quick
     repeats = args.repeats or (1 if q else 2)
@@ -249,11 +245,7 @@ def main(argv=None) -> dict:
             (2, 20, 1) if q else (10, 100, 2),
         ),
     }
-    if args.only:
-        unknown = set(args.only) - set(cases)
-        if unknown:
-            parser.error(f"unknown case(s) {sorted(unknown)}; cases: {list(cases)}")
-        cases = {k: v for k, v in cases.items() if k in args.only}
+    cases = only_cases(parser, cases, args.only)
     info = machine_info()
     device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
     peaks = [matmul_gflops()]

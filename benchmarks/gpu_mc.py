@@ -114,7 +114,11 @@ def bench_model(name, input_shape, n_images, trials, chunk, repeats, serial_tria
         "tflops": serial_trials * flops / t / 1e12,
     }
     print(f"{name}: serial loop {serial_trials / t:9.1f} trials/s", flush=True)
-    for T in trials:
+    policies = [(T, "auto") for T in trials]
+    # the whole-model comparison of the paths at one size (measure's log holds
+    # the per-layer one)
+    policies += [(trials[len(trials) // 2], p) for p in ("im2col", "xla")]
+    for T, policy in policies:
         f = jax.jit(
             lambda k, p, T=T: (
                 evaluate(
@@ -130,9 +134,15 @@ def bench_model(name, input_shape, n_images, trials, chunk, repeats, serial_tria
                 ).accuracies
             )
         )
-        first, t = _time(lambda f=f: f(jax.random.key(3), params), repeats)
+        u.conv_path_log(clear=True)
+        with u.conv_paths(policy):  # read when f is first traced
+            first, t = _time(lambda f=f: f(jax.random.key(3), params), repeats)
+        log = u.conv_path_log(clear=True)
         r = {
             "trials": T,
+            "conv_policy": policy,
+            "conv_paths": log,
+            "measuring_s": sum(c.get("seconds", 0.0) for c in log),
             "chunk_size": min(chunk, T),
             "first_call_s": first,
             "steady_s": t,
@@ -141,7 +151,7 @@ def bench_model(name, input_shape, n_images, trials, chunk, repeats, serial_tria
         }
         out["runs"].append(r)
         print(
-            f"{name}: T={T:6d} chunk={r['chunk_size']:4d} "
+            f"{name}: T={T:6d} chunk={r['chunk_size']:4d} {policy:7s} "
             f"{r['trials_per_s']:10.1f} trials/s {r['tflops']:7.2f} TFLOP/s "
             f"(compile+first {first:.1f} s)",
             flush=True,
@@ -209,7 +219,10 @@ def main(argv=None) -> dict:
     )
     peak = result["matmul_tflops_f32_default_precision"]
     for m in result["models"]:
-        best = max(m["runs"], key=lambda r: r["tflops"])
+        best = max(
+            (r for r in m["runs"] if r["conv_policy"] == "auto"),
+            key=lambda r: r["tflops"],
+        )
         m["best_fraction_of_f32_matmul"] = best["tflops"] / peak
         m["speedup_over_serial"] = best["trials_per_s"] / m["serial"]["trials_per_s"]
     with open(args.out, "w") as f:

@@ -508,6 +508,67 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
     return "\n".join(lines)
 
 
+def conv_paths_performance(
+    path: Path = ROOT / "benchmarks" / "results" / "conv_paths.json",
+) -> str:
+    """How trial-batched convolutions run, per policy, from
+    ``benchmarks/conv_paths.py``."""
+    d = json.loads(path.read_text())
+    pols = d["policies"]
+    lines = [
+        "`evaluate` (its default sizes) under each `uswim_jax.conv_paths` policy on "
+        + (
+            f"{d['cpu_count']} CPU cores"
+            if d["backend"] == "cpu"
+            else f"one {d['device']}"
+        )
+        + f" (JAX {d['jax_version']}; load "
+        f"average {d['load_average_start'][0]:.1f} at the start and "
+        f"{d['load_average_end'][0]:.1f} at the end), trials/s, best of "
+        f"{d['repeats']} round-robin rounds. The default here is "
+        f"`{d['auto_policy']}`.",
+        "",
+        "| model | trials x images | per pass | "
+        + " | ".join(f"`{p}`" for p in pols)
+        + " | `measure` chose | measuring s |",
+        "|---|---:|---:|" + "---:|" * len(pols) + "---|---:|",
+    ]
+    differ = []
+    for name, c in d["cases"].items():
+        per = c["policies"]
+        best = max(per[p]["trials_per_s"] for p in pols)
+        cells = []
+        for p in pols:
+            v = f"{per[p]['trials_per_s']:.1f}"
+            cells.append(f"**{v}**" if per[p]["trials_per_s"] == best else v)
+        chose = ", ".join(
+            f"{k} {v}" for k, v in sorted(per["measure"]["paths"].items())
+        )
+        lines.append(
+            f"| {name} | {c['num_trials']} x {c['num_images']:,} | "
+            f"{c['auto_chunk_size']} x {c['auto_eval_batch_size'] or 'all'} | "
+            + " | ".join(cells)
+            + f" | {chose} | {c['measuring_s']:.1f} |"
+        )
+        differ += [
+            f"{name} ({p})" for p in pols if per[p]["trials_differing_from_rule"]
+        ]
+    ratios = [c["policies"]["measure"]["x_rule"] for c in d["cases"].values()]
+    lines += [
+        "",
+        f"- `measure` against `rule`: x{_span(ratios, '.2f')} (per model, steady "
+        "state; measuring is paid once per layer shape and process).",
+        "- Per-trial accuracies equal the rule's under every policy"
+        + (f" except {', '.join(differ)}." if differ else "."),
+        "",
+        "From `python -m benchmarks.conv_paths` (`benchmarks/results/conv_paths.json`"
+        ", which also holds each layer shape's path and, under `measure`, its "
+        "time along every path). Bold: the fastest policy of the row; "
+        '"`measure` chose" counts layer shapes per path.',
+    ]
+    return "\n".join(lines)
+
+
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -790,6 +851,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "fashion-results": fashion_results,
     "cpu-performance": cpu_performance,
     "byom-performance": byom_performance,
+    "conv-paths": conv_paths_performance,
     "sweep-performance": sweep_performance,
     "gpu-performance": gpu_performance,
     "mnist-results": mnist_results,

@@ -280,3 +280,24 @@ def test_op_profile_script(tmp_path):
     from experiments import readme
 
     assert "im2col patches" in readme.op_profile_line(out)
+
+
+def test_conv_paths_script(tmp_path):
+    """The conv-path benchmark runs every policy on a user's LeNet, records the
+    paths each layer took, and its README section reads the JSON."""
+    from benchmarks import conv_paths
+
+    out = conv_paths.main(
+        ["--quick", "--repeats", "1", "--only", "LeNet, plain lax"]
+        + ["--output", str(tmp_path / "c.json")]
+    )
+    case = out["cases"]["LeNet, plain lax"]
+    assert set(case["policies"]) == set(conv_paths.POLICIES)
+    for r in case["policies"].values():
+        assert r["trials_per_s"] > 0 and r["trials_differing_from_rule"] == 0
+        assert sum(r["paths"].values()) == 2  # two convolutions
+    assert all("ms" in layer for layer in case["policies"]["measure"]["layers"])
+    from experiments import readme
+
+    text = readme.conv_paths_performance(tmp_path / "c.json")
+    assert "| LeNet, plain lax | 8 x 80 |" in text

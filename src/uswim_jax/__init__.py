@@ -172,6 +172,8 @@ from uswim_jax.selection import (
 # --- Monte Carlo and sweep ---
 # isort: split
 from uswim_jax.montecarlo import MCStats as MCStats
+from uswim_jax.montecarlo import conv_path_log as conv_path_log
+from uswim_jax.montecarlo import conv_paths as conv_paths
 from uswim_jax.montecarlo import evaluate as evaluate
 from uswim_jax.sweep import MARGINS as MARGINS
 from uswim_jax.sweep import Curve as Curve
@@ -242,6 +244,8 @@ __all__ = [
     "swim_score",
     "uswim_score",
     "MCStats",
+    "conv_path_log",
+    "conv_paths",
     "evaluate",
     "MARGINS",
     "Curve",

@@ -172,7 +172,9 @@ def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
             lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)),
             params,
         )
-        tb = trial_batched(apply_fn, params, xb)
+        # sizes only: the rule's paths (no timing), kept out of conv_path_log
+        tb = trial_batched(apply_fn, params, xb, conv_path="rule")
+        tb.record = False
         known[shape_key] = _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
     return known[shape_key]
 

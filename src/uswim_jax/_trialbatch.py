@@ -47,9 +47,11 @@ the same sums in another order (float rounding differs at the last bits);
 everything else is the same primitives on the same values.
 """
 
+import contextlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -183,6 +185,10 @@ class TrialBatched:
         x: one input batch (array or ``jax.ShapeDtypeStruct``).
         batched: a pytree of bools like ``params`` (or ``None``: every leaf),
             True where the leaf carries a per-trial leading axis.
+        conv_patch_rows: the rule's threshold (:meth:`_per_trial_conv`;
+            ``None``: im2col for every rewritable convolution).
+        conv_path: ``"rule"``, ``"measure"`` or one of :data:`CONV_PATHS`
+            (:func:`conv_paths`).
     """
 
     def __init__(
@@ -192,6 +198,7 @@ class TrialBatched:
         x: Any,
         batched: Any = None,
         conv_patch_rows: int | None = None,
+        conv_path: str = "rule",
     ):
         closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, x)
         self.jaxpr, self.consts = closed.jaxpr, closed.consts
@@ -206,6 +213,19 @@ class TrialBatched:
         #: Convolutions with a per-trial input whose patch matrix has more rows
         #: than this run as one XLA convolution per trial (``None``: never).
         self.conv_patch_rows = conv_patch_rows
+        if conv_path not in ("rule", "measure", *CONV_PATHS):
+            raise ValueError(
+                f"conv_path must be 'rule', 'measure' or one of {CONV_PATHS}, "
+                f"got {conv_path!r}"
+            )
+        #: How convolutions with a per-trial kernel run: ``"rule"``
+        #: (:attr:`conv_patch_rows`), ``"measure"`` (the fastest candidate,
+        #: timed once per layer shape: :func:`conv_paths`) or one of
+        #: :data:`CONV_PATHS` for all of them.
+        self.conv_path = conv_path
+        #: Whether the convolutions' paths go to :func:`conv_path_log` (off for
+        #: traces that only estimate sizes).
+        self.record = True
         self._x_template = [
             jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in jax.tree.leaves(x)
         ]
@@ -344,6 +364,11 @@ class TrialBatched:
                 name,
                 f" ({why})" if why else "",
             )
+        return self._vmapped(eqn, ins)
+
+    @staticmethod
+    def _vmapped(eqn, ins) -> list:
+        """``eqn`` under ``jax.vmap``'s batching rule, in the logical layout."""
         vals = [_logical(a) for a in ins]
         axes = [0 if a.batched else None for a in ins]
         outs = jax.vmap(lambda *a: _bind(eqn, a), in_axes=axes)(*vals)
@@ -369,16 +394,19 @@ class TrialBatched:
                 return [out]
         ins = [_unrow(a) for a in ins]
         if name == "conv_general_dilated":
-            if ins[0].batched and ins[1].batched and self._per_trial_conv(eqn):
-                return [self._conv_each_trial(eqn, ins)]
-            if ins[1].batched and self._conv_rewritable(eqn):
+            if not ins[1].batched:  # a per-trial input, a shared kernel
+                return self._fallback(eqn, ins)
+            path = self._conv_path(eqn, ins)
+            if path == "im2col":
                 kmat = cache.get(key + "/kernel")
                 if kmat is None:
                     kmat = self._conv_kernel(eqn, ins[1])
                 return [self._conv(eqn, ins[0], kmat)]
-            if ins[1].batched:
+            if path == "per_trial":
+                return [self._conv_each_trial(eqn, ins)]
+            if not self._conv_rewritable(eqn):
                 return self._fallback(eqn, ins, "batch_group_count > 1")
-            return self._fallback(eqn, ins)
+            return self._vmapped(eqn, ins)
         if name in _ELEMENTWISE:
             return self._elementwise(eqn, ins)
         if name == "transpose" and len(ins) == 1:
@@ -654,13 +682,43 @@ class TrialBatched:
 
     # -- convolution -------------------------------------------------------------
 
-    def _per_trial_conv(self, eqn) -> bool:
-        """Whether a convolution with a per-trial input and kernel runs as one
-        XLA convolution per trial instead of im2col: where the patch matrix
-        (``W*C`` rows) is large, building it per trial costs more memory
-        traffic than the convolution (on CPU; measured in
-        ``benchmarks/byom.py``)."""
-        if self.conv_patch_rows is None:
+    def _conv_path(self, eqn, ins) -> str:
+        """How a convolution with a per-trial kernel runs (one of
+        :data:`CONV_PATHS`), by :attr:`conv_path`; recorded for
+        :func:`conv_path_log`."""
+        rewritable = self._conv_rewritable(eqn)
+        sig = _conv_signature(eqn, ins)
+        record = {"conv": _conv_description(eqn, ins), "policy": self.conv_path}
+        if self.conv_path in CONV_PATHS:
+            path = self.conv_path
+        elif self.conv_path == "measure" and jax.process_count() == 1:
+            t = ins[1].val.shape[0]
+            cands = [
+                c
+                for c in CONV_PATHS
+                if (c != "im2col" or rewritable)
+                and (c != "per_trial" or t <= MEASURE_PER_TRIAL_MAX)
+            ]
+            measured = _measure_conv(self, eqn, ins, sig, cands)
+            path = measured["path"]
+            record.update(measured)
+        else:  # the rule (also "measure" with several processes: see conv_paths)
+            record["policy"] = "rule"
+            path = "per_trial" if self._per_trial_conv(eqn, ins) else "im2col"
+        if path == "im2col" and not rewritable:
+            path = "xla"
+        record["path"] = path
+        if self.record:
+            _DECISIONS[sig] = record
+        return path
+
+    def _per_trial_conv(self, eqn, ins) -> bool:
+        """The rule: a convolution with a per-trial input and kernel runs as one
+        XLA convolution per trial instead of im2col where the patch matrix
+        (``W*C`` rows) has more rows than :attr:`conv_patch_rows`: building it
+        per trial then costs more memory traffic than the convolution (on
+        CPU; see :data:`CPU_CONV_PATCH_ROWS`)."""
+        if self.conv_patch_rows is None or not ins[0].batched:
             return False
         rhs = eqn.invars[1].aval.shape
         _, rhs_spec, _ = eqn.params["dimension_numbers"]
@@ -669,8 +727,12 @@ class TrialBatched:
 
     @staticmethod
     def _conv_each_trial(eqn, ins) -> _V:
+        """One XLA convolution per trial (a shared input is read by each)."""
         lhs, rhs = _logical(ins[0]), _logical(ins[1])
-        outs = [_bind(eqn, [lhs[t], rhs[t]])[0] for t in range(lhs.shape[0])]
+        outs = [
+            _bind(eqn, [lhs[t] if ins[0].batched else lhs, rhs[t]])[0]
+            for t in range(rhs.shape[0])
+        ]
         return _V(jnp.stack(outs), True)
 
     @staticmethod
@@ -880,12 +942,206 @@ def _flat_blocks(x, lead, ks, strides, rd, ld, pads, outs):
 #: (54 patch rows) is faster as im2col (16.5 against 12.8 trials/s per trial
 #: convs, 2,000 images), ResNet-18 width 16 (144 rows and up) as one XLA
 #: convolution per trial (8.0 against 2.9 trials/s all im2col, 2.0 mixed).
-#: Accelerators always use im2col.
 CPU_CONV_PATCH_ROWS = 128
+
+#: The ways a convolution with a per-trial kernel runs: ``"im2col"`` (the
+#: rewrite: patches times the stacked kernels), ``"per_trial"`` (one XLA
+#: convolution per trial) and ``"xla"`` (``jax.vmap``'s batching rule: one XLA
+#: convolution with the trials folded into its feature groups, or into its
+#: output features for a shared input). Earlier ones win measured ties.
+CONV_PATHS = ("im2col", "per_trial", "xla")
+
+#: Policies of :func:`conv_paths`.
+CONV_POLICIES = ("auto", "rule", "measure", *CONV_PATHS)
+
+#: A measured candidate within this fraction of the fastest wins when it comes
+#: earlier in :data:`CONV_PATHS` (timing noise then does not flip the choice).
+CONV_TIE = 0.03
+
+#: ``"measure"`` times ``"per_trial"`` only for chunks of up to this many
+#: trials: its program holds one convolution per trial, so its compile time
+#: grows with the chunk.
+MEASURE_PER_TRIAL_MAX = 16
+
+_policy = ["auto"]
+_MEASURED: dict = {}  # layer signature -> the measurement (see _measure_conv)
+_DECISIONS: dict = {}  # layer signature -> how it last ran (conv_path_log)
+
+
+@contextlib.contextmanager
+def conv_paths(policy: str):
+    """Within the block, how :func:`trial_batched` (so :func:`uswim_jax.evaluate`,
+    :func:`uswim_jax.sweep` and ``program_chips``) runs each convolution whose
+    kernel carries per-trial noise.
+
+    Policies (:data:`CONV_POLICIES`):
+
+    - ``"auto"`` (the default outside any block): ``"rule"`` on CPU,
+      ``"measure"`` on accelerators;
+    - ``"rule"``: im2col, except a per-trial input whose patch matrix has more
+      than :data:`CPU_CONV_PATCH_ROWS` rows runs as one XLA convolution per
+      trial (on CPU; on accelerators im2col throughout), from the CPU
+      measurements cited there;
+    - ``"measure"``: each layer shape (input and kernel shapes and layouts,
+      stride, padding, dilation, groups, trials, dtype) is timed once per
+      process on the running backend along every path of :data:`CONV_PATHS`
+      (random inputs of the real shapes; compiled ahead of time, one warm-up
+      call, the fastest of several calls), and runs along the fastest (ties
+      within :data:`CONV_TIE` go to the earlier path). It costs a compilation
+      per path and layer shape the first time. With several JAX processes it
+      is the rule, so that every process compiles the same program;
+    - ``"im2col"``, ``"per_trial"``, ``"xla"``: that path for every
+      convolution (``"im2col"`` where the rewrite applies, ``"xla"``
+      elsewhere).
+
+    The paths compute the same sums in other orders (the last float bits may
+    differ). :func:`conv_path_log` says which path each layer shape took and
+    why. The policy is read when a function is traced: a function that was
+    compiled before the block keeps its paths.
+
+        >>> with conv_paths("measure"):
+        ...     pass  # evaluate(...) here times its convolutions' paths
+    """
+    if policy not in CONV_POLICIES:
+        raise ValueError(
+            f"conv_paths policy must be one of {CONV_POLICIES}, got {policy!r}"
+        )
+    old, _policy[0] = _policy[0], policy
+    try:
+        yield
+    finally:
+        _policy[0] = old
+
+
+def conv_path_log(clear: bool = False) -> list[dict]:
+    """How each convolution layer shape with a per-trial kernel last ran in
+    this process: one dict per shape, ``"conv"`` (its shapes and params),
+    ``"policy"`` (``"rule"``, ``"measure"`` or the path it was given),
+    ``"path"`` and, where measured, ``"ms"`` (milliseconds per call of each
+    path) and ``"seconds"`` (what measuring it took, compilation included).
+    ``clear=True`` empties the log after reading it (the measurements stay
+    cached)."""
+    out = [dict(r) for r in _DECISIONS.values()]
+    if clear:
+        _DECISIONS.clear()
+    return out
+
+
+def _conv_signature(eqn, ins) -> str:
+    """What a convolution's timing depends on: the backend, the primitive's
+    params and its operands' physical shapes, layouts and dtypes."""
+    ops = [
+        (tuple(a.val.shape), str(a.val.dtype), a.batched, a.perm, a.rows) for a in ins
+    ]
+    params = sorted((k, repr(v)) for k, v in eqn.params.items())
+    return repr((jax.default_backend(), _device_kind(), params, ops))
+
+
+def _device_kind() -> str:
+    return str(getattr(jax.devices()[0], "device_kind", ""))
+
+
+def _conv_description(eqn, ins) -> str:
+    """A convolution in words, for :func:`conv_path_log`."""
+    p = eqn.params
+    lhs, rhs = (v.aval for v in eqn.invars[:2])
+    t = ins[1].val.shape[0]
+    parts = [
+        f"{t} trial{'s' if t != 1 else ''}",
+        f"input {'x'.join(map(str, lhs.shape))} {lhs.dtype}",
+        "shared" if not ins[0].batched else "per trial",
+        f"kernel {'x'.join(map(str, rhs.shape))}",
+        f"strides {tuple(p['window_strides'])}",
+        f"padding {tuple(tuple(q) for q in p['padding'])}",
+        "dims " + "/".join(map(str, map(tuple, p["dimension_numbers"]))),
+    ]
+    if any(d != 1 for d in p["lhs_dilation"] or ()):
+        parts.append(f"lhs dilation {tuple(p['lhs_dilation'])}")
+    if any(d != 1 for d in p["rhs_dilation"] or ()):
+        parts.append(f"rhs dilation {tuple(p['rhs_dilation'])}")
+    if p["feature_group_count"] != 1:
+        parts.append(f"feature groups {p['feature_group_count']}")
+    if p["batch_group_count"] != 1:
+        parts.append(f"batch groups {p['batch_group_count']}")
+    return ", ".join(parts)
+
+
+def _compiled(fn, *structs):
+    """``fn`` compiled ahead of time: calling it runs at once, even while
+    another function is being traced."""
+    return jax.jit(fn).lower(*structs).compile()
+
+
+def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
+    """Times ``eqn`` along each of ``cands`` on random operands of ``ins``'
+    shapes (once per ``sig`` and process) and returns ``{"path", "ms",
+    "seconds"}``."""
+    if sig in _MEASURED:
+        return _MEASURED[sig]
+    t0 = time.perf_counter()
+    lhs, rhs = ins
+    structs = [jax.ShapeDtypeStruct(a.val.shape, a.val.dtype) for a in ins]
+
+    def operands():
+        keys = jax.random.split(jax.random.key(0), len(structs))
+        return [
+            jax.random.normal(k, s.shape, s.dtype)
+            if jnp.issubdtype(s.dtype, jnp.inexact)
+            else jnp.ones(s.shape, s.dtype)
+            for k, s in zip(keys, structs, strict=True)
+        ]
+
+    if sum(nbytes_of(s.shape, s.dtype) for s in structs) <= 2**24:
+        rng = np.random.default_rng(0)  # small: no compilation
+        lv, rv = (rng.standard_normal(s.shape).astype(s.dtype) for s in structs)
+    else:  # drawn where they are used
+        lv, rv = _compiled(operands)()
+
+    def wrap(path):
+        def run(lval, second):
+            a = _V(lval, lhs.batched, lhs.perm, lhs.rows)
+            if path == "im2col":
+                return tb._conv(eqn, a, second).val
+            b = _V(second, True, rhs.perm, rhs.rows)
+            if path == "per_trial":
+                return tb._conv_each_trial(eqn, [a, b]).val
+            return tb._vmapped(eqn, [a, b])[0].val
+
+        return run
+
+    ms = {}
+    for path in cands:
+        second = rv
+        if path == "im2col":  # the kernel matrix is made once per chunk
+            kern = _compiled(
+                lambda r: tb._conv_kernel(eqn, _V(r, True, rhs.perm, rhs.rows)),
+                structs[1],
+            )
+            second = kern(rv)
+        run = _compiled(
+            wrap(path), structs[0], jax.ShapeDtypeStruct(second.shape, second.dtype)
+        )
+        jax.block_until_ready(run(lv, second))
+        best, spent, calls = math.inf, 0.0, 0
+        while calls < 3 or (spent < 0.2 and calls < 20):
+            s0 = time.perf_counter()
+            jax.block_until_ready(run(lv, second))
+            dt = time.perf_counter() - s0
+            best, spent, calls = min(best, dt), spent + dt, calls + 1
+        ms[path] = best * 1e3
+    fastest = min(ms.values())
+    path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
+    out = {"path": path, "ms": ms, "seconds": time.perf_counter() - t0}
+    _MEASURED[sig] = out
+    return out
 
 
 def trial_batched(
-    apply_fn: Callable, params: Any, x: Any, batched: Any = None
+    apply_fn: Callable,
+    params: Any,
+    x: Any,
+    batched: Any = None,
+    conv_path: str | None = None,
 ) -> TrialBatched:
     """``apply_fn`` for a stack of trials' params (see the module docstring).
 
@@ -893,7 +1149,14 @@ def trial_batched(
     ``tb.apply(tb.prepare(stacked), x)`` gives the outputs of every trial with a
     leading trial axis. ``params`` and ``x`` are one trial's params and one input
     batch (arrays or ``jax.ShapeDtypeStruct``); ``batched`` flags the leaves of
-    ``stacked`` that carry the trial axis (default: all).
+    ``stacked`` that carry the trial axis (default: all). Convolutions with a
+    per-trial kernel take the paths of the current :func:`conv_paths` policy,
+    or of ``conv_path`` when given (``"rule"``, ``"measure"`` or one of
+    :data:`CONV_PATHS`).
     """
-    rows = CPU_CONV_PATCH_ROWS if jax.default_backend() == "cpu" else None
-    return TrialBatched(apply_fn, params, x, batched, rows)
+    cpu = jax.default_backend() == "cpu"
+    policy = conv_path or _policy[0]
+    if policy == "auto":
+        policy = "rule" if cpu else "measure"
+    rows = CPU_CONV_PATCH_ROWS if cpu else None
+    return TrialBatched(apply_fn, params, x, batched, rows, policy)

@@ -30,6 +30,8 @@ from uswim_jax._jaxpr import forward_bytes as forward_bytes
 from uswim_jax._jaxpr import split_params_only as split_params_only
 from uswim_jax._protocol import has_closed_form, resolve_device_model
 from uswim_jax._tree import check_crossbar, crossbar_flags
+from uswim_jax._trialbatch import conv_path_log as conv_path_log
+from uswim_jax._trialbatch import conv_paths as conv_paths
 from uswim_jax._trialbatch import trial_batched
 from uswim_jax.device import (
     DEVICE_FIX,

@@ -1,0 +1,204 @@
+"""How trial-batched convolutions should run, measured per backend
+(``uswim_jax.conv_paths``).
+
+Run as ``python -m benchmarks.conv_paths`` (``--quick`` for a small CI-sized
+variant; it runs on any backend). For each model, side by side in one process,
+``uswim_jax.evaluate`` (its default sizes, jitted) under every policy:
+
+- ``rule``: the default on CPU (im2col, except per-trial inputs with more than
+  ``CPU_CONV_PATCH_ROWS`` patch rows: one XLA convolution per trial; on
+  accelerators im2col throughout);
+- ``measure``: the default on accelerators: each layer shape timed along every
+  path, the fastest taken;
+- ``im2col``, ``per_trial``, ``xla``: that path for every convolution
+  (``xla``: ``jax.vmap``'s batching rule, XLA's own batched convolution).
+
+Models: LeNet written with plain ``lax``, ``flax.linen``, ``flax.nnx`` and
+``equinox`` (``benchmarks.byom``'s), the project's ConvNet and ResNet-18
+(32x32x3; width 16 and 64). Steady times are the best of the rounds (round
+robin over every model and policy); compile seconds are first call minus the
+median steady call; "measuring s" is what ``measure`` spent timing the layer
+shapes (its first call, compilation included). The JSON records, per model and
+policy, the path each layer shape took (``conv_path_log``) and whether the
+per-trial accuracies equal the rule's. Writes
+``benchmarks/results/conv_paths.json`` (``conv_paths_quick.json`` with
+``--quick``).
+"""
+
+import collections
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import uswim_jax as uj
+from benchmarks._common import (
+    block,
+    case_parser,
+    generated_images,
+    machine_info,
+    only_cases,
+    write_result,
+)
+from benchmarks.byom import (
+    crossbar,
+    lenet_equinox,
+    lenet_lax,
+    lenet_linen,
+    lenet_nnx,
+    project,
+)
+from benchmarks.mc_throughput import matmul_gflops
+from uswim_jax import _trialbatch
+from uswim_jax.montecarlo import auto_sizes, evaluate
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "conv_paths.json")
+POLICIES = ("rule", "measure", *_trialbatch.CONV_PATHS)
+
+
+def cases(quick: bool) -> dict:
+    """name -> (builder, input shape, (trials, images))."""
+    lenet = (8, 80) if quick else (20, 400)
+    big = quick or jax.default_backend() == "cpu"
+    return {
+        "LeNet, plain lax": (lenet_lax, (28, 28, 1), lenet),
+        "LeNet, flax.linen": (lenet_linen, (28, 28, 1), lenet),
+        "LeNet, flax.nnx": (lenet_nnx, (28, 28, 1), lenet),
+        "LeNet, equinox": (lenet_equinox, (1, 28, 28), lenet),
+        "ConvNet, project": (
+            project("convnet"),
+            (32, 32, 3),
+            (4, 16) if quick else (6, 96) if big else (100, 2000),
+        ),
+        "ResNet-18 width 16, project": (
+            project("resnet18", width=16),
+            (32, 32, 3),
+            (4, 16) if quick else (8, 96) if big else (100, 2000),
+        ),
+        "ResNet-18 width 64, project": (
+            project("resnet18"),
+            (32, 32, 3),
+            (2, 8) if quick else (4, 32) if big else (100, 500),
+        ),
+    }
+
+
+def _paths(log: list[dict]) -> dict[str, int]:
+    """How many layer shapes took each path."""
+    return dict(collections.Counter(r["path"] for r in log))
+
+
+def main(argv=None) -> dict:
+    parser = case_parser(__doc__)
+    args = parser.parse_args(argv)
+    models = only_cases(parser, cases(args.quick), args.only)
+    q = args.quick
+    repeats = args.repeats or (1 if q else 3)
+    info = machine_info()
+    device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
+    peaks = [matmul_gflops()]
+    print(f"float32 matmul 2048^3: {peaks[0]:.1f} GFLOP/s", flush=True)
+    key = jax.random.key(42)
+    calls, meta = {}, {}
+    for name, (build, shape, (t, n)) in models.items():
+        params, apply_fn, _ = build(jax.random.key(0))
+        x = jnp.asarray(generated_images(n, shape)[0])
+        y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
+        chunk, b = auto_sizes(apply_fn, params, x, t)
+        meta[name] = {
+            "input_shape": list(shape),
+            "num_trials": t,
+            "num_images": n,
+            "auto_chunk_size": chunk,
+            "auto_eval_batch_size": b,
+        }
+        print(f"{name}: {t} trials x {n} images, chunk {chunk}, batch {b}", flush=True)
+        for policy in POLICIES:
+            ev = jax.jit(
+                lambda key, params, x, y, t=t, apply_fn=apply_fn: (
+                    evaluate(
+                        key, apply_fn, params, x, y, device_model, None, t
+                    ).accuracies
+                )
+            )
+
+            def call(ev=ev, policy=policy, params=params, x=x, y=y):
+                with uj.conv_paths(policy):  # read when ev is first traced
+                    return ev(key, params, x, y)
+
+            calls[(name, policy)] = call
+    # first calls one by one, each with its own log of the paths taken
+    logs, accs, firsts = {}, {}, {}
+    for k, call in calls.items():
+        uj.conv_path_log(clear=True)
+        out, firsts[k] = block(call)
+        logs[k], accs[k] = uj.conv_path_log(clear=True), np.asarray(out)
+        print(f"first call {' / '.join(k):44s} {firsts[k]:8.2f} s", flush=True)
+    times = {k: [] for k in calls}
+    for _ in range(repeats):  # round robin: load changes hit every case alike
+        for k, call in calls.items():
+            times[k].append(block(call)[1])
+        peaks.append(matmul_gflops())
+    table = {}
+    print(
+        f"\n{'case':30s} " + " ".join(f"{p:>10s}" for p in POLICIES) + "  measuring s"
+    )
+    for name, m in meta.items():
+        rule = accs[(name, "rule")]
+        per = {}
+        for policy in POLICIES:
+            ts = times[(name, policy)]
+            log = logs[(name, policy)]
+            diff = accs[(name, policy)] - rule
+            per[policy] = {
+                "trials_per_s": m["num_trials"] / min(ts),
+                "steady_s_min": min(ts),
+                "steady_s_median": float(np.median(ts)),
+                "first_call_s": firsts[(name, policy)],
+                "compile_s": max(firsts[(name, policy)] - float(np.median(ts)), 0.0),
+                "paths": _paths(log),
+                "layers": log,
+                "trials_differing_from_rule": int(np.sum(diff != 0)),
+                "max_abs_acc_diff_vs_rule": float(np.max(np.abs(diff))),
+            }
+        base = per["rule"]["trials_per_s"]
+        for p in per.values():
+            p["x_rule"] = p["trials_per_s"] / base
+        measuring = sum(r.get("seconds", 0.0) for r in per["measure"]["layers"])
+        fastest = max(POLICIES, key=lambda p: per[p]["trials_per_s"])
+        table[name] = {
+            **m,
+            "policies": per,
+            "measuring_s": measuring,
+            "fastest_policy": fastest,
+        }
+        print(
+            f"{name:30s} "
+            + " ".join(f"{per[p]['trials_per_s']:10.2f}" for p in POLICIES)
+            + f"  {measuring:10.1f}",
+            flush=True,
+        )
+    out = {
+        "benchmark": "conv_paths",
+        "quick": q,
+        **info,
+        "load_average_end": list(os.getloadavg()),
+        "repeats": repeats,
+        "policies": list(POLICIES),
+        "auto_policy": "rule" if jax.default_backend() == "cpu" else "measure",
+        "cpu_conv_patch_rows": _trialbatch.CPU_CONV_PATCH_ROWS,
+        "conv_tie": _trialbatch.CONV_TIE,
+        "device_model": "UniformVariation(sigma=0.3, sigma_verified=0.03)",
+        "data": "uniform-noise images, labels = noise-free predictions",
+        "matmul_gflops_each_round": peaks,
+        "cases": table,
+    }
+    write_result(
+        out, args.output or (RESULTS.replace(".json", "_quick.json") if q else RESULTS)
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()

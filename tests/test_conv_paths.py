@@ -1,0 +1,209 @@
+"""How trial-batched convolutions run (``uswim_jax.conv_paths``): every path
+gives the plain path's result, ``"measure"`` times every candidate once per
+layer shape and takes the fastest, the log says which path ran, and the
+policies behave as documented."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+from test_trialbatch import (
+    BUILDERS,
+    RTOL,
+    _conv_problem,
+    _crossbar,
+    _data,
+    _f64,
+    _plain,
+    conv_configs,
+)
+
+import uswim_jax as uj
+from uswim_jax import _trialbatch as tbm
+from uswim_jax.montecarlo import evaluate
+
+
+@pytest.fixture(autouse=True)
+def _fresh_measurements(monkeypatch):
+    """Each test measures afresh and leaves no record behind."""
+    monkeypatch.setattr(tbm, "_MEASURED", {})
+    monkeypatch.setattr(tbm, "_DECISIONS", {})
+
+
+def _conv_fn():
+    def f(p, xi):
+        return lax.conv_general_dilated(
+            xi, p, (2, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    return f
+
+
+@settings(max_examples=6, deadline=None)
+@given(conv_configs(), st.sampled_from(["measure", *tbm.CONV_PATHS]))
+def test_every_path_gives_the_plain_result(cfg, policy):
+    """Any rank, layout, stride, padding, dilation and grouping, shared or
+    per-trial input: each path (and the measured choice) equals ``vmap`` of
+    the model in float64."""
+    tbm._DECISIONS.clear()
+    with jax.enable_x64(True):
+        x, k, conv = _conv_problem(cfg)
+
+        def apply_fn(p, xi):
+            lhs = xi if cfg["shared_lhs"] else p["x"]
+            return jnp.sum(jnp.tanh(conv(lhs, p["k"])), axis=0)
+
+        if cfg["shared_lhs"]:
+            stacked, xi = {"k": k}, x[0]
+        else:
+            stacked, xi = {"k": k, "x": x}, jnp.zeros(())
+        want = _plain(apply_fn, stacked, xi)
+        one = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked
+        )
+        tb = tbm.TrialBatched(apply_fn, one, xi, None, None, policy)
+        got = jax.jit(tb)(stacked, xi)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL)
+    (record,) = tbm.conv_path_log()
+    assert record["policy"] == policy
+    if policy != "measure":
+        assert record["path"] == policy
+    else:
+        assert set(record["ms"]) == set(tbm.CONV_PATHS)
+        assert record["path"] in tbm.CONV_PATHS
+
+
+def test_measure_takes_the_fastest_once_per_shape(monkeypatch):
+    """Every candidate is timed; the chosen one is the first within
+    ``CONV_TIE`` of the fastest; a second trace of the same shapes, even of
+    another function, measures nothing."""
+    f = _conv_fn()
+    k = jax.random.normal(jax.random.key(0), (4, 3, 3, 2, 5))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
+    with uj.conv_paths("measure"):
+        got = jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
+    (record,) = uj.conv_path_log()
+    ms, fastest = record["ms"], min(record["ms"].values())
+    assert record["policy"] == "measure" and record["seconds"] > 0
+    assert all(v > 0 for v in ms.values())
+    first = next(c for c in tbm.CONV_PATHS if ms[c] <= fastest * (1 + tbm.CONV_TIE))
+    assert record["path"] == first
+    assert "4 trials" in record["conv"] and "shared" in record["conv"]
+
+    calls = []
+    monkeypatch.setattr(tbm, "_compiled", lambda *a: calls.append(a))
+
+    def g(p, xi):  # the same convolution inside another model
+        return 2.0 * f(p, xi)
+
+    with uj.conv_paths("measure"):
+        jax.jit(tbm.trial_batched(g, k[0], x))(k, x)
+    assert calls == []
+    assert uj.conv_path_log(clear=True)[0]["ms"] == ms
+    assert uj.conv_path_log() == []
+
+
+def test_per_trial_candidate_is_skipped_for_large_chunks():
+    """``"measure"`` leaves out ``"per_trial"`` above ``MEASURE_PER_TRIAL_MAX``
+    trials (its program grows with the chunk)."""
+    f = _conv_fn()
+    t = tbm.MEASURE_PER_TRIAL_MAX + 1
+    k = jnp.ones((t, 1, 1, 2, 3))
+    x = jnp.ones((2, 4, 4, 2))
+    with uj.conv_paths("measure"):
+        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    assert set(uj.conv_path_log()[0]["ms"]) == {"im2col", "xla"}
+
+
+def _evaluate_every_policy(kind, policies):
+    """Per-trial accuracies of ``evaluate`` (float64) on the LeNet written as
+    ``kind``, under the rule and each of ``policies``, and their logs."""
+    with jax.enable_x64(True):
+        params, apply_fn, layout = BUILDERS[kind](jax.random.key(0))
+        params = _f64(params)
+        x, _ = _data(layout, n=20)
+        y = jnp.argmax(apply_fn(params, x), axis=-1)
+        device = uj.UniformVariation(0.6, 0.06, crossbar=_crossbar)
+        out = {}
+        for policy in ("rule", *policies):
+            tbm._DECISIONS.clear()
+            with uj.conv_paths(policy):
+                accs = evaluate(
+                    jax.random.key(2),
+                    apply_fn,
+                    params,
+                    x,
+                    y,
+                    device,
+                    None,
+                    6,
+                    chunk_size=3,
+                    eval_batch_size=8,
+                ).accuracies
+            out[policy] = (np.asarray(accs), uj.conv_path_log())
+    want, log = out.pop("rule")
+    assert len(log) == 2 and {r["path"] for r in log} == {"im2col"}
+    assert len(set(want.tolist())) > 1  # the noise does something
+    for policy, (got, log) in out.items():
+        np.testing.assert_array_equal(got, want)
+        assert len(log) == 2 and all(r["policy"] == policy for r in log)
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_evaluate_measured_on_user_models(kind):
+    """``evaluate`` under ``"measure"`` on LeNets written with plain lax,
+    flax.linen, flax.nnx (BatchNorm in eval mode) and equinox (NCHW, vmapped
+    over images): the rule's per-trial accuracies, both convs measured."""
+    _evaluate_every_policy(kind, ["measure"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_evaluate_every_fixed_path_on_user_models(kind):
+    """The same for every fixed path."""
+    _evaluate_every_policy(kind, list(tbm.CONV_PATHS))
+
+
+def test_measure_with_several_processes_is_the_rule(monkeypatch):
+    """Processes could time differently and then compile different programs:
+    with several, ``"measure"`` runs the rule and says so."""
+    monkeypatch.setattr(tbm.jax, "process_count", lambda: 2)
+    f = _conv_fn()
+    k = jnp.ones((2, 3, 3, 2, 5))
+    x = jnp.ones((3, 8, 8, 2))
+    with uj.conv_paths("measure"):
+        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    (record,) = uj.conv_path_log()
+    assert record["policy"] == "rule" and "ms" not in record
+    assert tbm._MEASURED == {}
+
+
+def test_auto_policy_per_backend(monkeypatch):
+    """``"auto"``: the rule (with the CPU threshold) on CPU, measurement
+    elsewhere; a block sets the policy and restores it, on error too."""
+    f = _conv_fn()
+    k, x = jnp.ones((3, 3, 2, 5)), jnp.ones((3, 8, 8, 2))
+    tb = tbm.trial_batched(f, k, x)
+    assert (tb.conv_path, tb.conv_patch_rows) == ("rule", tbm.CPU_CONV_PATCH_ROWS)
+    monkeypatch.setattr(tbm.jax, "default_backend", lambda: "gpu")
+    tb = tbm.trial_batched(f, k, x)
+    assert (tb.conv_path, tb.conv_patch_rows) == ("measure", None)
+    with pytest.raises(RuntimeError), uj.conv_paths("xla"):
+        assert tbm.trial_batched(f, k, x).conv_path == "xla"
+        raise RuntimeError
+    assert tbm._policy[0] == "auto"
+
+
+def test_bad_policy_is_a_clear_error():
+    with pytest.raises(ValueError, match="conv_paths policy must be one of"):
+        with uj.conv_paths("fastest"):
+            pass
+    f = _conv_fn()
+    with pytest.raises(ValueError, match="conv_path must be"):
+        tbm.TrialBatched(
+            f, jnp.ones((3, 3, 2, 5)), jnp.ones((3, 8, 8, 2)), None, None, "gpu"
+        )
