@@ -8,8 +8,10 @@ variant; it runs on any backend). For each model, side by side in one process,
 - ``rule``: the default on CPU (im2col, except per-trial inputs with more than
   ``CPU_CONV_PATCH_ROWS`` patch rows: one XLA convolution per trial; on
   accelerators im2col throughout);
-- ``measure``: the default on accelerators: each layer shape timed along every
-  path, the fastest taken;
+- ``measure``: the default on accelerators: the whole forward pass timed under
+  the rule, each fixed path and ``layers``, the fastest taken;
+- ``layers``: each layer shape timed along every path, the fastest taken
+  (greedy: one layer at a time);
 - ``im2col``, ``per_trial``, ``xla``: that path for every convolution
   (``xla``: ``jax.vmap``'s batching rule, XLA's own batched convolution).
 
@@ -17,8 +19,9 @@ Models: LeNet written with plain ``lax``, ``flax.linen``, ``flax.nnx`` and
 ``equinox`` (``benchmarks.byom``'s), the project's ConvNet and ResNet-18
 (32x32x3; width 16 and 64). Steady times are the best of the rounds (round
 robin over every model and policy); compile seconds are first call minus the
-median steady call; "measuring s" is what ``measure`` spent timing the layer
-shapes (its first call, compilation included). The JSON records, per model and
+median steady call; "measuring s" is what ``measure`` spent timing the
+candidates and what ``layers`` spent timing the layer shapes (in their first
+calls, compilation included). The JSON records, per model and
 policy, the path each layer shape took (``conv_path_log``) and whether the
 per-trial accuracies equal the rule's. Writes
 ``benchmarks/results/conv_paths.json`` (``conv_paths_quick.json`` with
@@ -54,7 +57,7 @@ from uswim_jax import _trialbatch
 from uswim_jax.montecarlo import auto_sizes, evaluate
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "conv_paths.json")
-POLICIES = ("rule", "measure", *_trialbatch.CONV_PATHS)
+POLICIES = ("rule", "measure", "layers", *_trialbatch.CONV_PATHS)
 
 
 def cases(quick: bool) -> dict:
@@ -86,7 +89,19 @@ def cases(quick: bool) -> dict:
 
 def _paths(log: list[dict]) -> dict[str, int]:
     """How many layer shapes took each path."""
-    return dict(collections.Counter(r["path"] for r in log))
+    return dict(collections.Counter(r["path"] for r in log if "conv" in r))
+
+
+def _chosen(log: list[dict]) -> str | None:
+    """The policy ``measure`` chose (``None`` where it did not run)."""
+    return next((r["path"] for r in log if "model" in r), None)
+
+
+def _measuring_s(log: list[dict]) -> float:
+    """Seconds spent timing: the model records' where there are any (they
+    include the layers they timed), else the layer records'."""
+    models = [r["seconds"] for r in log if "model" in r]
+    return sum(models) if models else sum(r.get("seconds", 0.0) for r in log)
 
 
 def main(argv=None) -> dict:
@@ -142,7 +157,9 @@ def main(argv=None) -> dict:
         peaks.append(matmul_gflops())
     table = {}
     print(
-        f"\n{'case':30s} " + " ".join(f"{p:>10s}" for p in POLICIES) + "  measuring s"
+        f"\n{'case':30s} "
+        + " ".join(f"{p:>10s}" for p in POLICIES)
+        + "  measuring s  measure chose"
     )
     for name, m in meta.items():
         rule = accs[(name, "rule")]
@@ -158,6 +175,8 @@ def main(argv=None) -> dict:
                 "first_call_s": firsts[(name, policy)],
                 "compile_s": max(firsts[(name, policy)] - float(np.median(ts)), 0.0),
                 "paths": _paths(log),
+                "chosen": _chosen(log),
+                "measuring_s": _measuring_s(log),
                 "layers": log,
                 "trials_differing_from_rule": int(np.sum(diff != 0)),
                 "max_abs_acc_diff_vs_rule": float(np.max(np.abs(diff))),
@@ -165,7 +184,7 @@ def main(argv=None) -> dict:
         base = per["rule"]["trials_per_s"]
         for p in per.values():
             p["x_rule"] = p["trials_per_s"] / base
-        measuring = sum(r.get("seconds", 0.0) for r in per["measure"]["layers"])
+        measuring = per["measure"]["measuring_s"]
         fastest = max(POLICIES, key=lambda p: per[p]["trials_per_s"])
         table[name] = {
             **m,
@@ -176,7 +195,7 @@ def main(argv=None) -> dict:
         print(
             f"{name:30s} "
             + " ".join(f"{per[p]['trials_per_s']:10.2f}" for p in POLICIES)
-            + f"  {measuring:10.1f}",
+            + f"  {measuring:10.1f}  {per['measure']['chosen']}",
             flush=True,
         )
     out = {

@@ -530,8 +530,8 @@ def conv_paths_performance(
         "",
         "| model | trials x images | per pass | "
         + " | ".join(f"`{p}`" for p in pols)
-        + " | `measure` chose | measuring s |",
-        "|---|---:|---:|" + "---:|" * len(pols) + "---|---:|",
+        + " | `measure` chose | measuring s | `layers` chose |",
+        "|---|---:|---:|" + "---:|" * len(pols) + "---|---:|---|",
     ]
     differ = []
     for name, c in d["cases"].items():
@@ -541,14 +541,15 @@ def conv_paths_performance(
         for p in pols:
             v = f"{per[p]['trials_per_s']:.1f}"
             cells.append(f"**{v}**" if per[p]["trials_per_s"] == best else v)
-        chose = ", ".join(
-            f"{k} {v}" for k, v in sorted(per["measure"]["paths"].items())
+        layers = ", ".join(
+            f"{k} {v}" for k, v in sorted(per["layers"]["paths"].items())
         )
         lines.append(
             f"| {name} | {c['num_trials']} x {c['num_images']:,} | "
             f"{c['auto_chunk_size']} x {c['auto_eval_batch_size'] or 'all'} | "
             + " | ".join(cells)
-            + f" | {chose} | {c['measuring_s']:.1f} |"
+            + f" | `{per['measure']['chosen']}` | {c['measuring_s']:.1f} | "
+            f"{layers} |"
         )
         differ += [
             f"{name} ({p})" for p in pols if per[p]["trials_differing_from_rule"]
@@ -557,14 +558,17 @@ def conv_paths_performance(
     lines += [
         "",
         f"- `measure` against `rule`: x{_span(ratios, '.2f')} (per model, steady "
-        "state; measuring is paid once per layer shape and process).",
+        "state; measuring is paid once per model, shapes and process: "
+        '"measuring s").',
         "- Per-trial accuracies equal the rule's under every policy"
         + (f" except {', '.join(differ)}." if differ else "."),
         "",
         "From `python -m benchmarks.conv_paths` (`benchmarks/results/conv_paths.json`"
-        ", which also holds each layer shape's path and, under `measure`, its "
-        "time along every path). Bold: the fastest policy of the row; "
-        '"`measure` chose" counts layer shapes per path.',
+        ", which also holds each layer shape's path, `measure`'s time per "
+        "forward pass under each candidate and, under `layers`, each layer "
+        "shape's time along every path). Bold: the fastest policy of the row; "
+        '"`measure` chose" is the candidate it ran; "`layers` chose" counts '
+        "layer shapes per path.",
     ]
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from _toy import mlp_apply, toy_problem
 import uswim_jax as u
 from benchmarks import mc_scaling, recompile, sweep_vs_serial
 from benchmarks._common import linear_fit, round_robin
+from uswim_jax import _trialbatch
 from uswim_jax.sweep import counts_for_fractions
 
 DEVICE = u.UniformVariation(0.6, 0.06)
@@ -296,7 +297,11 @@ def test_conv_paths_script(tmp_path):
     for r in case["policies"].values():
         assert r["trials_per_s"] > 0 and r["trials_differing_from_rule"] == 0
         assert sum(r["paths"].values()) == 2  # two convolutions
-    assert all("ms" in layer for layer in case["policies"]["measure"]["layers"])
+    layers = case["policies"]["layers"]["layers"]
+    assert all("ms" in layer for layer in layers)  # each layer shape timed
+    measure = case["policies"]["measure"]
+    assert measure["chosen"] in _trialbatch.MEASURE_CANDIDATES
+    assert measure["measuring_s"] > 0
     from experiments import readme
 
     text = readme.conv_paths_performance(tmp_path / "c.json")

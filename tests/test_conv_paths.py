@@ -1,7 +1,8 @@
 """How trial-batched convolutions run (``uswim_jax.conv_paths``): every path
-gives the plain path's result, ``"measure"`` times every candidate once per
-layer shape and takes the fastest, the log says which path ran, and the
-policies behave as documented."""
+gives the plain path's result, ``"layers"`` times every path once per layer
+shape and ``"measure"`` every candidate policy once per model, each takes the
+fastest, the log says which path ran, and the policies behave as
+documented."""
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +26,16 @@ import uswim_jax as uj
 from uswim_jax import _trialbatch as tbm
 from uswim_jax.montecarlo import evaluate
 
+#: The rule is a candidate of "measure" only where it differs from im2col
+#: (``trial_batched`` sets the patch-row threshold on CPU).
+_RULE = {"rule"} if jax.default_backend() == "cpu" else set()
+
 
 @pytest.fixture(autouse=True)
 def _fresh_measurements(monkeypatch):
     """Each test measures afresh and leaves no record behind."""
     monkeypatch.setattr(tbm, "_MEASURED", {})
+    monkeypatch.setattr(tbm, "_MEASURED_MODELS", {})
     monkeypatch.setattr(tbm, "_DECISIONS", {})
 
 
@@ -43,7 +49,7 @@ def _conv_fn():
 
 
 @settings(max_examples=6, deadline=None)
-@given(conv_configs(), st.sampled_from(["measure", *tbm.CONV_PATHS]))
+@given(conv_configs(), st.sampled_from(["measure", "layers", *tbm.CONV_PATHS]))
 def test_every_path_gives_the_plain_result(cfg, policy):
     """Any rank, layout, stride, padding, dilation and grouping, shared or
     per-trial input: each path (and the measured choice) equals ``vmap`` of
@@ -67,28 +73,33 @@ def test_every_path_gives_the_plain_result(cfg, policy):
         tb = tbm.TrialBatched(apply_fn, one, xi, None, None, policy)
         got = jax.jit(tb)(stacked, xi)
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL)
-    (record,) = tbm.conv_path_log()
-    assert record["policy"] == policy
-    if policy != "measure":
-        assert record["path"] == policy
+    log = tbm.conv_path_log()
+    layers = [r for r in log if "conv" in r]
+    models = [r for r in log if "model" in r]
+    assert len(layers) == 1
+    if policy == "measure":  # one model-level choice, then its layer record
+        (model,) = models
+        assert model["path"] == layers[0]["policy"]
+        assert set(model["ms"]) == {"im2col", "per_trial", "xla", "layers"}
+    elif policy == "layers":
+        assert set(layers[0]["ms"]) == set(tbm.CONV_PATHS)
     else:
-        assert set(record["ms"]) == set(tbm.CONV_PATHS)
-        assert record["path"] in tbm.CONV_PATHS
+        assert not models and layers[0]["path"] == policy
 
 
-def test_measure_takes_the_fastest_once_per_shape(monkeypatch):
-    """Every candidate is timed; the chosen one is the first within
+def test_layers_take_the_fastest_once_per_shape(monkeypatch):
+    """``"layers"``: every path is timed; the chosen one is the first within
     ``CONV_TIE`` of the fastest; a second trace of the same shapes, even of
     another function, measures nothing."""
     f = _conv_fn()
     k = jax.random.normal(jax.random.key(0), (4, 3, 3, 2, 5))
     x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
-    with uj.conv_paths("measure"):
+    with uj.conv_paths("layers"):
         got = jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
     np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
     (record,) = uj.conv_path_log()
     ms, fastest = record["ms"], min(record["ms"].values())
-    assert record["policy"] == "measure" and record["seconds"] > 0
+    assert record["policy"] == "layers" and record["seconds"] > 0
     assert all(v > 0 for v in ms.values())
     first = next(c for c in tbm.CONV_PATHS if ms[c] <= fastest * (1 + tbm.CONV_TIE))
     assert record["path"] == first
@@ -100,7 +111,7 @@ def test_measure_takes_the_fastest_once_per_shape(monkeypatch):
     def g(p, xi):  # the same convolution inside another model
         return 2.0 * f(p, xi)
 
-    with uj.conv_paths("measure"):
+    with uj.conv_paths("layers"):
         jax.jit(tbm.trial_batched(g, k[0], x))(k, x)
     assert calls == []
     assert uj.conv_path_log(clear=True)[0]["ms"] == ms
@@ -108,15 +119,47 @@ def test_measure_takes_the_fastest_once_per_shape(monkeypatch):
 
 
 def test_per_trial_candidate_is_skipped_for_large_chunks():
-    """``"measure"`` leaves out ``"per_trial"`` above ``MEASURE_PER_TRIAL_MAX``
-    trials (its program grows with the chunk)."""
+    """``"measure"`` and ``"layers"`` leave out ``"per_trial"`` above
+    ``MEASURE_PER_TRIAL_MAX`` trials (its program grows with the chunk)."""
     f = _conv_fn()
     t = tbm.MEASURE_PER_TRIAL_MAX + 1
     k = jnp.ones((t, 1, 1, 2, 3))
     x = jnp.ones((2, 4, 4, 2))
     with uj.conv_paths("measure"):
         jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
-    assert set(uj.conv_path_log()[0]["ms"]) == {"im2col", "xla"}
+    (model,) = [r for r in uj.conv_path_log() if "model" in r]
+    assert set(model["ms"]) == {"im2col", "xla", "layers"} | _RULE
+    with uj.conv_paths("layers"):
+        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    (layer,) = [r for r in uj.conv_path_log() if "conv" in r]
+    assert set(layer["ms"]) == {"im2col", "xla"}
+
+
+def test_measure_times_the_whole_forward_pass_once(monkeypatch):
+    """``"measure"``: every candidate policy is timed on the whole forward
+    pass, the first within ``CONV_TIE`` of the fastest runs (its layer record
+    says so, and the output equals the plain path's); the same model and
+    shapes again measure nothing."""
+    f = _conv_fn()
+    k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
+    with uj.conv_paths("measure"):
+        got = jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
+    log = uj.conv_path_log(clear=True)
+    (model,) = [r for r in log if "model" in r]
+    (layer,) = [r for r in log if "conv" in r]
+    ms = model["ms"]
+    assert list(ms) == [c for c in tbm.MEASURE_CANDIDATES if c != "rule" or _RULE]
+    fastest = min(ms.values())
+    assert model["path"] == next(c for c in ms if ms[c] <= fastest * (1 + tbm.CONV_TIE))
+    assert layer["policy"] == model["path"] and model["seconds"] > 0
+    assert "1 convolutions, 3 trials, input 6x8x8x2" == model["model"]
+    calls = []
+    monkeypatch.setattr(tbm, "_compiled", lambda *a: calls.append(a))
+    with uj.conv_paths("measure"):
+        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    assert calls == [] and [r["ms"] for r in uj.conv_path_log() if "model" in r] == [ms]
 
 
 def _evaluate_every_policy(kind, policies):
@@ -150,7 +193,13 @@ def _evaluate_every_policy(kind, policies):
     assert len(set(want.tolist())) > 1  # the noise does something
     for policy, (got, log) in out.items():
         np.testing.assert_array_equal(got, want)
-        assert len(log) == 2 and all(r["policy"] == policy for r in log)
+        layers = [r for r in log if "conv" in r]
+        models = [r for r in log if "model" in r]
+        assert len(layers) == 2
+        if policy == "measure":
+            assert len(models) == 1
+            policy = models[0]["path"]
+        assert all(r["policy"] == policy for r in layers)
 
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
@@ -164,22 +213,23 @@ def test_evaluate_measured_on_user_models(kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_evaluate_every_fixed_path_on_user_models(kind):
-    """The same for every fixed path."""
-    _evaluate_every_policy(kind, list(tbm.CONV_PATHS))
+    """The same for ``"layers"`` and every fixed path."""
+    _evaluate_every_policy(kind, ["layers", *tbm.CONV_PATHS])
 
 
-def test_measure_with_several_processes_is_the_rule(monkeypatch):
+@pytest.mark.parametrize("policy", ["measure", "layers"])
+def test_timing_with_several_processes_is_the_rule(monkeypatch, policy):
     """Processes could time differently and then compile different programs:
-    with several, ``"measure"`` runs the rule and says so."""
+    with several, ``"measure"`` and ``"layers"`` run the rule and say so."""
     monkeypatch.setattr(tbm.jax, "process_count", lambda: 2)
     f = _conv_fn()
     k = jnp.ones((2, 3, 3, 2, 5))
     x = jnp.ones((3, 8, 8, 2))
-    with uj.conv_paths("measure"):
+    with uj.conv_paths(policy):
         jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
     (record,) = uj.conv_path_log()
     assert record["policy"] == "rule" and "ms" not in record
-    assert tbm._MEASURED == {}
+    assert tbm._MEASURED == {} and tbm._MEASURED_MODELS == {}
 
 
 def test_auto_policy_per_backend(monkeypatch):

@@ -42,12 +42,18 @@ values carry the trial axis:
   does not cover (``batch_group_count > 1``). Each primitive that takes the
   ``vmap`` route is named once per trace in a ``logging.debug`` line.
 
+Whether a convolution with a per-trial kernel takes the rewrite (``"im2col"``),
+one XLA convolution per trial (``"per_trial"``) or ``vmap``'s rule (``"xla"``)
+is the :func:`conv_paths` policy: a rule on CPU, each layer shape timed along
+every path on accelerators; :func:`conv_path_log` records the paths taken.
+
 The rewritten convolutions and the dense layers on the trunk layout compute
 the same sums in another order (float rounding differs at the last bits);
 everything else is the same primitives on the same values.
 """
 
 import contextlib
+import copy
 import itertools
 import logging
 import math
@@ -213,16 +219,18 @@ class TrialBatched:
         #: Convolutions with a per-trial input whose patch matrix has more rows
         #: than this run as one XLA convolution per trial (``None``: never).
         self.conv_patch_rows = conv_patch_rows
-        if conv_path not in ("rule", "measure", *CONV_PATHS):
+        if conv_path not in CONV_POLICIES[1:]:
             raise ValueError(
-                f"conv_path must be 'rule', 'measure' or one of {CONV_PATHS}, "
-                f"got {conv_path!r}"
+                f"conv_path must be one of {CONV_POLICIES[1:]}, got {conv_path!r}"
             )
         #: How convolutions with a per-trial kernel run: ``"rule"``
-        #: (:attr:`conv_patch_rows`), ``"measure"`` (the fastest candidate,
-        #: timed once per layer shape: :func:`conv_paths`) or one of
-        #: :data:`CONV_PATHS` for all of them.
+        #: (:attr:`conv_patch_rows`), ``"layers"`` (each layer shape's fastest
+        #: path), ``"measure"`` (the fastest of those policies and the fixed
+        #: paths, timed on the whole forward pass) or one of
+        #: :data:`CONV_PATHS` for all of them (:func:`conv_paths`).
         self.conv_path = conv_path
+        #: The policy in effect (``"measure"``'s choice, made in :meth:`prepare`).
+        self._active = None if conv_path == "measure" else conv_path
         #: Whether the convolutions' paths go to :func:`conv_path_log` (off for
         #: traces that only estimate sizes).
         self.record = True
@@ -247,9 +255,14 @@ class TrialBatched:
             raise ValueError(
                 f"batched leaves disagree on the number of trials: {sorted(ts)}"
             )
+        t = next(iter(ts)) if ts else None
+        if self.conv_path == "measure":
+            active = _measure_model(self, leaves, t)
+            if active != self._active:
+                self._active, self._dots = active, None
         if self._dots is None:
             self._discover_layouts(leaves)
-        cache: dict = {"num_trials": ts.pop() if ts else None}
+        cache: dict = {"num_trials": t}
         ins = [_V(a, b) for a, b in zip(leaves, self.batched, strict=True)]
         n_x = len(self.jaxpr.invars) - self.n_params
         self._run(self.jaxpr, self.consts, ins + [None] * n_x, "", cache, prepare=True)
@@ -688,10 +701,11 @@ class TrialBatched:
         :func:`conv_path_log`."""
         rewritable = self._conv_rewritable(eqn)
         sig = _conv_signature(eqn, ins)
-        record = {"conv": _conv_description(eqn, ins), "policy": self.conv_path}
-        if self.conv_path in CONV_PATHS:
-            path = self.conv_path
-        elif self.conv_path == "measure" and jax.process_count() == 1:
+        policy = self._active or "rule"
+        record = {"conv": _conv_description(eqn, ins), "policy": policy}
+        if policy in CONV_PATHS:
+            path = policy
+        elif policy == "layers" and jax.process_count() == 1:
             t = ins[1].val.shape[0]
             cands = [
                 c
@@ -702,7 +716,7 @@ class TrialBatched:
             measured = _measure_conv(self, eqn, ins, sig, cands)
             path = measured["path"]
             record.update(measured)
-        else:  # the rule (also "measure" with several processes: see conv_paths)
+        else:  # the rule (also "layers" with several processes: see conv_paths)
             record["policy"] = "rule"
             path = "per_trial" if self._per_trial_conv(eqn, ins) else "im2col"
         if path == "im2col" and not rewritable:
@@ -952,7 +966,11 @@ CPU_CONV_PATCH_ROWS = 128
 CONV_PATHS = ("im2col", "per_trial", "xla")
 
 #: Policies of :func:`conv_paths`.
-CONV_POLICIES = ("auto", "rule", "measure", *CONV_PATHS)
+CONV_POLICIES = ("auto", "rule", "measure", "layers", *CONV_PATHS)
+
+#: What ``"measure"`` times on the whole forward pass, in the order that wins
+#: ties (the rule only where it differs from im2col: on CPU).
+MEASURE_CANDIDATES = ("rule", "im2col", "per_trial", "xla", "layers")
 
 #: A measured candidate within this fraction of the fastest wins when it comes
 #: earlier in :data:`CONV_PATHS` (timing noise then does not flip the choice).
@@ -965,6 +983,7 @@ MEASURE_PER_TRIAL_MAX = 16
 
 _policy = ["auto"]
 _MEASURED: dict = {}  # layer signature -> the measurement (see _measure_conv)
+_MEASURED_MODELS: dict = {}  # model signature -> the measurement (_measure_model)
 _DECISIONS: dict = {}  # layer signature -> how it last ran (conv_path_log)
 
 
@@ -982,14 +1001,22 @@ def conv_paths(policy: str):
       than :data:`CPU_CONV_PATCH_ROWS` rows runs as one XLA convolution per
       trial (on CPU; on accelerators im2col throughout), from the CPU
       measurements cited there;
-    - ``"measure"``: each layer shape (input and kernel shapes and layouts,
+    - ``"layers"``: each layer shape (input and kernel shapes and layouts,
       stride, padding, dilation, groups, trials, dtype) is timed once per
       process on the running backend along every path of :data:`CONV_PATHS`
       (random inputs of the real shapes; compiled ahead of time, one warm-up
       call, the fastest of several calls), and runs along the fastest (ties
-      within :data:`CONV_TIE` go to the earlier path). It costs a compilation
-      per path and layer shape the first time. With several JAX processes it
-      is the rule, so that every process compiles the same program;
+      within :data:`CONV_TIE` go to the earlier path). Greedy: a layer is timed
+      with its input in the layout the layers before it left, so it misses a
+      choice that pays off only in the next layer's layout;
+    - ``"measure"``: the whole trial-batched forward pass (one image batch,
+      the chunk's trials, operands filled with 0.5) is timed once per model,
+      shapes and process under each of :data:`MEASURE_CANDIDATES` (the rule,
+      each fixed path, ``"layers"``), and the fastest runs (ties within
+      :data:`CONV_TIE` go to the earlier one). It costs a compilation of the
+      forward pass per candidate, plus ``"layers"``' own, the first time;
+    - with several JAX processes ``"measure"`` and ``"layers"`` are the rule,
+      so that every process compiles the same program;
     - ``"im2col"``, ``"per_trial"``, ``"xla"``: that path for every
       convolution (``"im2col"`` where the rewrite applies, ``"xla"``
       elsewhere).
@@ -1016,11 +1043,14 @@ def conv_paths(policy: str):
 def conv_path_log(clear: bool = False) -> list[dict]:
     """How each convolution layer shape with a per-trial kernel last ran in
     this process: one dict per shape, ``"conv"`` (its shapes and params),
-    ``"policy"`` (``"rule"``, ``"measure"`` or the path it was given),
-    ``"path"`` and, where measured, ``"ms"`` (milliseconds per call of each
-    path) and ``"seconds"`` (what measuring it took, compilation included).
-    ``clear=True`` empties the log after reading it (the measurements stay
-    cached)."""
+    ``"policy"`` (``"rule"``, ``"layers"`` or the path it was given),
+    ``"path"`` and, where timed (``"layers"``), ``"ms"`` (milliseconds per
+    call of each path) and ``"seconds"`` (what timing it took, compilation
+    included). Each ``"measure"`` choice adds one dict with ``"model"`` (the
+    model's shapes) in place of ``"conv"``, ``"policy": "measure"``,
+    ``"path"`` (the policy it chose), ``"ms"`` (per forward pass, per
+    candidate) and ``"seconds"``. ``clear=True`` empties the log after reading
+    it (the measurements stay cached)."""
     out = [dict(r) for r in _DECISIONS.values()]
     if clear:
         _DECISIONS.clear()
@@ -1073,29 +1103,14 @@ def _compiled(fn, *structs):
 
 
 def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
-    """Times ``eqn`` along each of ``cands`` on random operands of ``ins``'
-    shapes (once per ``sig`` and process) and returns ``{"path", "ms",
-    "seconds"}``."""
+    """Times ``eqn`` along each of ``cands`` on operands of ``ins``' shapes
+    (once per ``sig`` and process) and returns ``{"path", "ms", "seconds"}``."""
     if sig in _MEASURED:
         return _MEASURED[sig]
     t0 = time.perf_counter()
     lhs, rhs = ins
     structs = [jax.ShapeDtypeStruct(a.val.shape, a.val.dtype) for a in ins]
-
-    def operands():
-        keys = jax.random.split(jax.random.key(0), len(structs))
-        return [
-            jax.random.normal(k, s.shape, s.dtype)
-            if jnp.issubdtype(s.dtype, jnp.inexact)
-            else jnp.ones(s.shape, s.dtype)
-            for k, s in zip(keys, structs, strict=True)
-        ]
-
-    if sum(nbytes_of(s.shape, s.dtype) for s in structs) <= 2**24:
-        rng = np.random.default_rng(0)  # small: no compilation
-        lv, rv = (rng.standard_normal(s.shape).astype(s.dtype) for s in structs)
-    else:  # drawn where they are used
-        lv, rv = _compiled(operands)()
+    lv, rv = _fill(structs)  # timing does not depend on the values
 
     def wrap(path):
         def run(lval, second):
@@ -1121,19 +1136,92 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
         run = _compiled(
             wrap(path), structs[0], jax.ShapeDtypeStruct(second.shape, second.dtype)
         )
-        jax.block_until_ready(run(lv, second))
-        best, spent, calls = math.inf, 0.0, 0
-        while calls < 3 or (spent < 0.2 and calls < 20):
-            s0 = time.perf_counter()
-            jax.block_until_ready(run(lv, second))
-            dt = time.perf_counter() - s0
-            best, spent, calls = min(best, dt), spent + dt, calls + 1
-        ms[path] = best * 1e3
+        ms[path] = 1e3 * _time_call(run, lv, second)
     fastest = min(ms.values())
     path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
     out = {"path": path, "ms": ms, "seconds": time.perf_counter() - t0}
     _MEASURED[sig] = out
     return out
+
+
+def _fill(structs) -> list:
+    """Arrays of ``structs``' shapes and dtypes filled with 0.5 (0 for
+    integers), made where they are used."""
+
+    def make():
+        return [jnp.full(s.shape, 0.5).astype(s.dtype) for s in structs]
+
+    return _compiled(make)()
+
+
+def _time_call(run, *args) -> float:
+    """Seconds of the fastest of at least 3 calls (up to 20 within 0.2 s),
+    after one warm-up call."""
+    jax.block_until_ready(run(*args))
+    best, spent, calls = math.inf, 0.0, 0
+    while calls < 3 or (spent < 0.2 and calls < 20):
+        s0 = time.perf_counter()
+        jax.block_until_ready(run(*args))
+        dt = time.perf_counter() - s0
+        best, spent, calls = min(best, dt), spent + dt, calls + 1
+    return best
+
+
+def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
+    """``"measure"``: the candidate policy whose whole forward pass (one image
+    batch, ``t`` trials) runs fastest, timed once per model signature and
+    process (:func:`conv_paths`)."""
+    if jax.process_count() > 1:
+        return "rule"
+    structs = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]
+    n_conv = str(tb.jaxpr).count("conv_general_dilated")
+    sig = repr(
+        (
+            jax.default_backend(),
+            _device_kind(),
+            str(tb.jaxpr),
+            [(s.shape, str(s.dtype)) for s in structs],
+            tb.batched,
+            [(s.shape, str(s.dtype)) for s in tb._x_template],
+            tb.conv_patch_rows,
+        )
+    )
+    if sig not in _MEASURED_MODELS:
+        t0 = time.perf_counter()
+        cands = [
+            c
+            for c in MEASURE_CANDIDATES
+            if (c != "rule" or tb.conv_patch_rows is not None)
+            and (c != "per_trial" or (t or 1) <= MEASURE_PER_TRIAL_MAX)
+        ]
+        args = _fill(structs + tb._x_template)
+        ms = {}
+        for c in cands:
+            cand = copy.copy(tb)
+            cand.conv_path = cand._active = c
+            cand._dots, cand._logged, cand.record = None, set(), False
+
+            def run(ps, xs, cand=cand):
+                stacked = jax.tree.unflatten(tb.param_tree, ps)
+                return cand.apply(cand.prepare(stacked), xs, t)
+
+            n = len(structs)
+            compiled = _compiled(run, structs, tb._x_template)
+            ms[c] = 1e3 * _time_call(compiled, args[:n], args[n:])
+        fastest = min(ms.values())
+        path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
+        x_shape = "x".join(map(str, tb._x_template[0].shape)) if tb._x_template else ""
+        _MEASURED_MODELS[sig] = {
+            "model": f"{n_conv} convolutions, {t} trials, input {x_shape}",
+            "policy": "measure",
+            "path": path,
+            "ms": ms,
+            "seconds": time.perf_counter() - t0,
+        }
+    record = _MEASURED_MODELS[sig]
+    if tb.record:
+        _DECISIONS["model:" + sig] = dict(record)
+    return record["path"]
 
 
 def trial_batched(
