@@ -544,22 +544,31 @@ def conv_paths_performance(
         layers = ", ".join(
             f"{k} {v}" for k, v in sorted(per["layers"]["paths"].items())
         )
+        measuring = (
+            "reused"
+            if per["measure"].get("measurement_reused")
+            else f"{c['measuring_s']:.1f}"
+        )
         lines.append(
             f"| {name} | {c['num_trials']} x {c['num_images']:,} | "
             f"{c['auto_chunk_size']} x {c['auto_eval_batch_size'] or 'all'} | "
             + " | ".join(cells)
-            + f" | `{per['measure']['chosen']}` | {c['measuring_s']:.1f} | "
+            + f" | `{per['measure']['chosen']}` | {measuring} | "
             f"{layers} |"
         )
         differ += [
             f"{name} ({p})" for p in pols if per[p]["trials_differing_from_rule"]
         ]
     ratios = [c["policies"]["measure"]["x_rule"] for c in d["cases"].values()]
+    greedy = [c["policies"]["layers"]["x_rule"] for c in d["cases"].values()]
     lines += [
         "",
         f"- `measure` against `rule`: x{_span(ratios, '.2f')} (per model, steady "
         "state; measuring is paid once per model, shapes and process: "
-        '"measuring s").',
+        '"measuring s", "reused" where an earlier row traced to the same '
+        "program).",
+        f"- `layers` (each layer shape timed alone) against `rule`: "
+        f"x{_span(greedy, '.2f')}.",
         "- Per-trial accuracies equal the rule's under every policy"
         + (f" except {', '.join(differ)}." if differ else "."),
         "",

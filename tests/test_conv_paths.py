@@ -139,7 +139,7 @@ def test_measure_times_the_whole_forward_pass_once(monkeypatch):
     """``"measure"``: every candidate policy is timed on the whole forward
     pass, the first within ``CONV_TIE`` of the fastest runs (its layer record
     says so, and the output equals the plain path's); the same model and
-    shapes again measure nothing."""
+    shapes again measure nothing, and the log says the measurement is reused."""
     f = _conv_fn()
     k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
     x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
@@ -159,7 +159,9 @@ def test_measure_times_the_whole_forward_pass_once(monkeypatch):
     monkeypatch.setattr(tbm, "_compiled", lambda *a: calls.append(a))
     with uj.conv_paths("measure"):
         jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
-    assert calls == [] and [r["ms"] for r in uj.conv_path_log() if "model" in r] == [ms]
+    (again,) = [r for r in uj.conv_path_log() if "model" in r]
+    assert calls == [] and again["ms"] == ms
+    assert (model["reused"], again["reused"]) == (False, True)
 
 
 def _evaluate_every_policy(kind, policies):

@@ -715,7 +715,7 @@ class TrialBatched:
             ]
             measured = _measure_conv(self, eqn, ins, sig, cands)
             path = measured["path"]
-            record.update(measured)
+            record.update(_logged_measurement(measured))
         else:  # the rule (also "layers" with several processes: see conv_paths)
             record["policy"] = "rule"
             path = "per_trial" if self._per_trial_conv(eqn, ins) else "im2col"
@@ -985,6 +985,7 @@ _policy = ["auto"]
 _MEASURED: dict = {}  # layer signature -> the measurement (see _measure_conv)
 _MEASURED_MODELS: dict = {}  # model signature -> the measurement (_measure_model)
 _DECISIONS: dict = {}  # layer signature -> how it last ran (conv_path_log)
+_CLEARS = [0]  # how often conv_path_log was cleared (which measurements are new)
 
 
 @contextlib.contextmanager
@@ -1049,11 +1050,15 @@ def conv_path_log(clear: bool = False) -> list[dict]:
     included). Each ``"measure"`` choice adds one dict with ``"model"`` (the
     model's shapes) in place of ``"conv"``, ``"policy": "measure"``,
     ``"path"`` (the policy it chose), ``"ms"`` (per forward pass, per
-    candidate) and ``"seconds"``. ``clear=True`` empties the log after reading
-    it (the measurements stay cached)."""
+    candidate) and ``"seconds"``. Timed records also say ``"reused"``: the
+    measurement was made before the log was last cleared (by an earlier
+    trace with the same shapes), so its ``"seconds"`` were spent then.
+    ``clear=True`` empties the log after reading it (the measurements stay
+    cached)."""
     out = [dict(r) for r in _DECISIONS.values()]
     if clear:
         _DECISIONS.clear()
+        _CLEARS[0] += 1
     return out
 
 
@@ -1140,7 +1145,17 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
     fastest = min(ms.values())
     path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
     out = {"path": path, "ms": ms, "seconds": time.perf_counter() - t0}
+    out["clears"] = _CLEARS[0]
     _MEASURED[sig] = out
+    return out
+
+
+def _logged_measurement(m: dict) -> dict:
+    """A measurement as :func:`conv_path_log` shows it: ``"reused"`` when it
+    was made before the log was last cleared (its ``"seconds"`` were spent
+    then)."""
+    out = {k: v for k, v in m.items() if k != "clears"}
+    out["reused"] = m["clears"] != _CLEARS[0]
     return out
 
 
@@ -1217,10 +1232,11 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
             "path": path,
             "ms": ms,
             "seconds": time.perf_counter() - t0,
+            "clears": _CLEARS[0],
         }
     record = _MEASURED_MODELS[sig]
     if tb.record:
-        _DECISIONS["model:" + sig] = dict(record)
+        _DECISIONS["model:" + sig] = _logged_measurement(record)
     return record["path"]
 
 
