@@ -508,6 +508,22 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
     return "\n".join(lines)
 
 
+def _conv_noise(cases: dict) -> float:
+    """The largest relative spread of trials/s between policies that ran the
+    same path in every layer shape (one program, so the spread is noise)."""
+    worst = 0.0
+    for c in cases.values():
+        groups: dict = {}
+        for r in c["policies"].values():
+            sig = tuple(
+                sorted((x["conv"], x["path"]) for x in r["layers"] if "conv" in x)
+            )
+            groups.setdefault(sig, []).append(r["trials_per_s"])
+        for v in groups.values():
+            worst = max(worst, max(v) / min(v) - 1)
+    return worst
+
+
 def conv_paths_performance(
     path: Path = ROOT / "benchmarks" / "results" / "conv_paths.json",
 ) -> str:
@@ -569,6 +585,9 @@ def conv_paths_performance(
         "program).",
         f"- `layers` (each layer shape timed alone) against `rule`: "
         f"x{_span(greedy, '.2f')}.",
+        "- Policies that ran the same path in every layer shape run one program; "
+        f"their trials/s differ by up to {100 * _conv_noise(d['cases']):.0f} % "
+        "in this run, the noise to read the other differences against.",
         "- Per-trial accuracies equal the rule's under every policy"
         + (f" except {', '.join(differ)}." if differ else "."),
         "",
