@@ -146,6 +146,11 @@ def test_two_fresh_runs_and_a_rerun_are_byte_identical(tmp_path, tmp_path_factor
         32,
     )
     assert len(m["config_hash"]) == 12
+    # How the convolutions ran: the CPU's rule, recorded per layer shape.
+    assert m["conv_path_policy"] == "rule"
+    paths = json.loads((fresh / "run_info.json").read_text())["conv_paths"]
+    assert paths and all(r["policy"] == "rule" for r in paths)
+    assert {r["path"] for r in paths} <= {"im2col", "per_trial"}
 
 
 @pytest.mark.slow

@@ -1041,6 +1041,16 @@ def conv_paths(policy: str):
         _policy[0] = old
 
 
+def conv_policy(policy: str | None = None) -> str:
+    """The policy :func:`trial_batched` runs under: ``policy``, else the
+    innermost :func:`conv_paths` block's, with ``"auto"`` resolved for the
+    running backend (``"rule"`` on CPU, ``"measure"`` elsewhere)."""
+    policy = policy or _policy[0]
+    if policy == "auto":
+        return "rule" if jax.default_backend() == "cpu" else "measure"
+    return policy
+
+
 def conv_path_log(clear: bool = False) -> list[dict]:
     """How each convolution layer shape with a per-trial kernel last ran in
     this process: one dict per shape, ``"conv"`` (its shapes and params),
@@ -1258,9 +1268,5 @@ def trial_batched(
     or of ``conv_path`` when given (``"rule"``, ``"measure"`` or one of
     :data:`CONV_PATHS`).
     """
-    cpu = jax.default_backend() == "cpu"
-    policy = conv_path or _policy[0]
-    if policy == "auto":
-        policy = "rule" if cpu else "measure"
-    rows = CPU_CONV_PATCH_ROWS if cpu else None
-    return TrialBatched(apply_fn, params, x, batched, rows, policy)
+    rows = CPU_CONV_PATCH_ROWS if jax.default_backend() == "cpu" else None
+    return TrialBatched(apply_fn, params, x, batched, rows, conv_policy(conv_path))

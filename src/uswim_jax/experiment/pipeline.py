@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax import _distributed
+from uswim_jax._trialbatch import conv_path_log
 from uswim_jax.data import Dataset
 from uswim_jax.experiment import units
 from uswim_jax.experiment.config import ExperimentConfig, _methods_for
@@ -218,6 +219,8 @@ def _run_info(store, model, params, clean, test_data, config, y, start):
         "dataset_source": test_data.source,
         "num_test": int(len(y)),
         "settings": [s.name for s in config.settings()],
+        # how each convolution layer shape with per-trial noise last ran
+        "conv_paths": conv_path_log(),
         "seconds_this_invocation": seconds,
         "seconds_total": seconds
         + float(old.get("seconds_total", old.get("seconds_this_invocation", 0.0))),

@@ -49,6 +49,7 @@ from uswim_jax._io import (
     npz_bytes,
     remove_stale_temp_files,
 )
+from uswim_jax._trialbatch import conv_policy
 from uswim_jax.sweep import Curve
 
 T = TypeVar("T")
@@ -154,7 +155,8 @@ def _version(dist: str) -> str | None:
 def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
     """What is needed to reproduce a run: package versions, the hash of the
     package's source (:func:`source_hash`), backend, the threefry setting,
-    seed, git commit, plus ``extra`` (e.g. the dataset name and source)."""
+    the convolution-path policy (:func:`uswim_jax.conv_paths`), seed, git
+    commit, plus ``extra`` (e.g. the dataset name and source)."""
     packages = {
         d: _version(d)
         for d in (
@@ -177,6 +179,9 @@ def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
         "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        # how trial-batched convolutions run; not a resume key: like the chunk
+        # sizes, the paths change only the float32 summation order
+        "conv_path_policy": conv_policy(),
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "seed": seed,
         "git_commit": git_commit(),
