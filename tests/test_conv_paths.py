@@ -200,23 +200,30 @@ def _evaluate_every_policy(kind, policies):
         assert len(layers) == 2
         if policy == "measure":
             assert len(models) == 1
+            assert list(models[0]["ms"]) == [
+                c for c in tbm.MEASURE_CANDIDATES if c != "rule" or _RULE
+            ]
             policy = models[0]["path"]
         assert all(r["policy"] == policy for r in layers)
 
 
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
-def test_evaluate_measured_on_user_models(kind):
+def test_evaluate_measured_on_user_models(kind, monkeypatch):
     """``evaluate`` under ``"measure"`` on LeNets written with plain lax,
     flax.linen, flax.nnx (BatchNorm in eval mode) and equinox (NCHW, vmapped
-    over images): the rule's per-trial accuracies, both convs measured."""
+    over images): the rule's per-trial accuracies, the candidate it chose
+    named in the log (two candidates here, to keep the compilations few; the
+    slow test below times all of them)."""
+    monkeypatch.setattr(tbm, "MEASURE_CANDIDATES", ("rule", "xla"))
     _evaluate_every_policy(kind, ["measure"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
-def test_evaluate_every_fixed_path_on_user_models(kind):
-    """The same for ``"layers"`` and every fixed path."""
-    _evaluate_every_policy(kind, ["layers", *tbm.CONV_PATHS])
+def test_evaluate_every_policy_on_user_models(kind):
+    """The same for ``"measure"`` with every candidate, ``"layers"`` and every
+    fixed path."""
+    _evaluate_every_policy(kind, ["measure", "layers", *tbm.CONV_PATHS])
 
 
 @pytest.mark.parametrize("policy", ["measure", "layers"])
