@@ -99,7 +99,7 @@ def _chosen(log: list[dict]) -> str | None:
     return next((r["path"] for r in log if "model" in r), None)
 
 
-def _measuring_s(log: list[dict]) -> float:
+def measuring_seconds(log: list[dict]) -> float:
     """Seconds this call spent timing: the model records' where there are any
     (they include the layers they timed), else the layer records'; a
     measurement reused from an earlier case (the same program and shapes)
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
                 "compile_s": max(firsts[(name, policy)] - float(np.median(ts)), 0.0),
                 "paths": _paths(log),
                 "chosen": _chosen(log),
-                "measuring_s": _measuring_s(log),
+                "measuring_s": measuring_seconds(log),
                 "measurement_reused": _reused(log),
                 "layers": log,
                 "trials_differing_from_rule": int(np.sum(diff != 0)),

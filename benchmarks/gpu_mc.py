@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as u
+from benchmarks.conv_paths import measuring_seconds
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import evaluate
 
@@ -142,7 +143,7 @@ def bench_model(name, input_shape, n_images, trials, chunk, repeats, serial_tria
             "trials": T,
             "conv_policy": policy,
             "conv_paths": log,
-            "measuring_s": sum(c.get("seconds", 0.0) for c in log),
+            "measuring_s": measuring_seconds(log),
             "chunk_size": min(chunk, T),
             "first_call_s": first,
             "steady_s": t,
