@@ -44,8 +44,10 @@ values carry the trial axis:
 
 Whether a convolution with a per-trial kernel takes the rewrite (``"im2col"``),
 one XLA convolution per trial (``"per_trial"``) or ``vmap``'s rule (``"xla"``)
-is the :func:`conv_paths` policy: a rule on CPU, each layer shape timed along
-every path on accelerators; :func:`conv_path_log` records the paths taken.
+is the :func:`conv_paths` policy: a rule on CPU, on accelerators the whole
+forward pass timed under each candidate (the rule, each path, every layer
+shape's fastest path) and the fastest taken; :func:`conv_path_log` records the
+paths taken.
 
 The rewritten convolutions and the dense layers on the trunk layout compute
 the same sums in another order (float rounding differs at the last bits);
