@@ -186,6 +186,16 @@ def linear_fit(xs, ts) -> dict[str, float]:
     }
 
 
+def measuring_seconds(log: list[dict]) -> float:
+    """Seconds a call spent timing convolution paths, from its
+    ``uswim_jax.conv_path_log``: the model records' where there are any (they
+    include the layers they timed), else the layer records'; a measurement
+    reused from an earlier call (the same program and shapes) costs nothing
+    here."""
+    timed = [r for r in log if "model" in r] or [r for r in log if "ms" in r]
+    return sum(r["seconds"] for r in timed if not r["reused"])
+
+
 def write_result(out: dict, path: str) -> None:
     """Writes a benchmark's JSON (keys in insertion order, which the README
     tables follow) atomically, creating the folder, and says where."""

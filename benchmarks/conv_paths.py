@@ -43,6 +43,7 @@ from benchmarks._common import (
     case_parser,
     generated_images,
     machine_info,
+    measuring_seconds,
     only_cases,
     write_result,
 )
@@ -97,15 +98,6 @@ def _paths(log: list[dict]) -> dict[str, int]:
 def _chosen(log: list[dict]) -> str | None:
     """The policy ``measure`` chose (``None`` where it did not run)."""
     return next((r["path"] for r in log if "model" in r), None)
-
-
-def measuring_seconds(log: list[dict]) -> float:
-    """Seconds this call spent timing: the model records' where there are any
-    (they include the layers they timed), else the layer records'; a
-    measurement reused from an earlier case (the same program and shapes)
-    costs nothing here."""
-    timed = [r for r in log if "model" in r] or [r for r in log if "ms" in r]
-    return sum(r["seconds"] for r in timed if not r["reused"])
 
 
 def _reused(log: list[dict]) -> bool:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as u
-from benchmarks.conv_paths import measuring_seconds
+from benchmarks._common import measuring_seconds
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import evaluate
 

@@ -39,6 +39,18 @@ def _fresh_measurements(monkeypatch):
     monkeypatch.setattr(tbm, "_DECISIONS", {})
 
 
+def _traced(policy, f, k, x):
+    """``f`` trial-batched over the kernels ``k`` under ``policy``, on ``x``."""
+    with uj.conv_paths(policy):
+        return jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+
+
+def _first_within_tie(ms: dict, order) -> str:
+    """The first of ``order`` within ``CONV_TIE`` of the fastest of ``ms``."""
+    fastest = min(ms.values())
+    return next(c for c in order if ms[c] <= fastest * (1 + tbm.CONV_TIE))
+
+
 def _conv_fn():
     def f(p, xi):
         return lax.conv_general_dilated(
@@ -94,15 +106,13 @@ def test_layers_take_the_fastest_once_per_shape(monkeypatch):
     f = _conv_fn()
     k = jax.random.normal(jax.random.key(0), (4, 3, 3, 2, 5))
     x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
-    with uj.conv_paths("layers"):
-        got = jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    got = _traced("layers", f, k, x)
     np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
     (record,) = uj.conv_path_log()
-    ms, fastest = record["ms"], min(record["ms"].values())
+    ms = record["ms"]
     assert record["policy"] == "layers" and record["seconds"] > 0
     assert all(v > 0 for v in ms.values())
-    first = next(c for c in tbm.CONV_PATHS if ms[c] <= fastest * (1 + tbm.CONV_TIE))
-    assert record["path"] == first
+    assert record["path"] == _first_within_tie(ms, tbm.CONV_PATHS)
     assert "4 trials" in record["conv"] and "shared" in record["conv"]
 
     calls = []
@@ -111,8 +121,7 @@ def test_layers_take_the_fastest_once_per_shape(monkeypatch):
     def g(p, xi):  # the same convolution inside another model
         return 2.0 * f(p, xi)
 
-    with uj.conv_paths("layers"):
-        jax.jit(tbm.trial_batched(g, k[0], x))(k, x)
+    _traced("layers", g, k, x)
     assert calls == []
     assert uj.conv_path_log(clear=True)[0]["ms"] == ms
     assert uj.conv_path_log() == []
@@ -125,12 +134,10 @@ def test_per_trial_candidate_is_skipped_for_large_chunks():
     t = tbm.MEASURE_PER_TRIAL_MAX + 1
     k = jnp.ones((t, 1, 1, 2, 3))
     x = jnp.ones((2, 4, 4, 2))
-    with uj.conv_paths("measure"):
-        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    _traced("measure", f, k, x)
     (model,) = [r for r in uj.conv_path_log() if "model" in r]
     assert set(model["ms"]) == {"im2col", "xla", "layers"} | _RULE
-    with uj.conv_paths("layers"):
-        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    _traced("layers", f, k, x)
     (layer,) = [r for r in uj.conv_path_log() if "conv" in r]
     assert set(layer["ms"]) == {"im2col", "xla"}
 
@@ -143,22 +150,19 @@ def test_measure_times_the_whole_forward_pass_once(monkeypatch):
     f = _conv_fn()
     k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
     x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
-    with uj.conv_paths("measure"):
-        got = jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    got = _traced("measure", f, k, x)
     np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
     log = uj.conv_path_log(clear=True)
     (model,) = [r for r in log if "model" in r]
     (layer,) = [r for r in log if "conv" in r]
     ms = model["ms"]
     assert list(ms) == [c for c in tbm.MEASURE_CANDIDATES if c != "rule" or _RULE]
-    fastest = min(ms.values())
-    assert model["path"] == next(c for c in ms if ms[c] <= fastest * (1 + tbm.CONV_TIE))
+    assert model["path"] == _first_within_tie(ms, ms)
     assert layer["policy"] == model["path"] and model["seconds"] > 0
     assert "1 convolutions, 3 trials, input 6x8x8x2" == model["model"]
     calls = []
     monkeypatch.setattr(tbm, "_compiled", lambda *a: calls.append(a))
-    with uj.conv_paths("measure"):
-        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    _traced("measure", f, k, x)
     (again,) = [r for r in uj.conv_path_log() if "model" in r]
     assert calls == [] and again["ms"] == ms
     assert (model["reused"], again["reused"]) == (False, True)
@@ -234,8 +238,7 @@ def test_timing_with_several_processes_is_the_rule(monkeypatch, policy):
     f = _conv_fn()
     k = jnp.ones((2, 3, 3, 2, 5))
     x = jnp.ones((3, 8, 8, 2))
-    with uj.conv_paths(policy):
-        jax.jit(tbm.trial_batched(f, k[0], x))(k, x)
+    _traced(policy, f, k, x)
     (record,) = uj.conv_path_log()
     assert record["policy"] == "rule" and "ms" not in record
     assert tbm._MEASURED == {} and tbm._MEASURED_MODELS == {}

@@ -56,6 +56,7 @@ everything else is the same primitives on the same values.
 
 import contextlib
 import copy
+import hashlib
 import itertools
 import logging
 import math
@@ -233,6 +234,9 @@ class TrialBatched:
         self.conv_path = conv_path
         #: The policy in effect (``"measure"``'s choice, made in :meth:`prepare`).
         self._active = None if conv_path == "measure" else conv_path
+        #: ``"measure"``'s key for the program: its text's hash, its number of
+        #: convolutions (made once, when first measured).
+        self._model_key = None
         #: Whether the convolutions' paths go to :func:`conv_path_log` (off for
         #: traces that only estimate sizes).
         self.record = True
@@ -1201,12 +1205,18 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
     if jax.process_count() > 1:
         return "rule"
     structs = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]
-    n_conv = str(tb.jaxpr).count("conv_general_dilated")
+    if tb._model_key is None:  # the program's text, printed once per instance
+        text = str(tb.jaxpr)
+        tb._model_key = (
+            hashlib.sha256(text.encode()).hexdigest(),
+            text.count("conv_general_dilated"),
+        )
+    digest, n_conv = tb._model_key
     sig = repr(
         (
             jax.default_backend(),
             _device_kind(),
-            str(tb.jaxpr),
+            digest,
             [(s.shape, str(s.dtype)) for s in structs],
             tb.batched,
             [(s.shape, str(s.dtype)) for s in tb._x_template],
@@ -1222,6 +1232,7 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
             and (c != "per_trial" or (t or 1) <= MEASURE_PER_TRIAL_MAX)
         ]
         args = _fill(structs + tb._x_template)
+        n = len(structs)
         ms = {}
         for c in cands:
             cand = copy.copy(tb)
@@ -1232,7 +1243,6 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
                 stacked = jax.tree.unflatten(tb.param_tree, ps)
                 return cand.apply(cand.prepare(stacked), xs, t)
 
-            n = len(structs)
             compiled = _compiled(run, structs, tb._x_template)
             ms[c] = 1e3 * _time_call(compiled, args[:n], args[n:])
         fastest = min(ms.values())
