@@ -24,7 +24,10 @@ s" is what ``measure`` spent timing the candidates and what ``layers`` spent
 timing the layer shapes (in their first calls, compilation included;
 ``measure`` times ``layers`` as one of its candidates, so ``layers`` reuses
 those timings, and a model that traces to the same program as an earlier one
-reuses its measurement). The JSON records, per model and policy, the path each
+reuses its measurement). On an accelerator the sizes are larger (LeNet 1,000
+trials x 2,000 images, ConvNet and ResNet-18 width 16 100 x 2,000, width 64
+100 x 500), and ``per_trial`` is left out where a chunk holds more than
+``MEASURE_PER_TRIAL_MAX`` trials. The JSON records, per model and policy, the path each
 layer shape took (``conv_path_log``) and whether the per-trial accuracies equal
 the rule's. Writes ``benchmarks/results/conv_paths.json``
 (``conv_paths_quick.json`` with ``--quick``).
@@ -65,8 +68,8 @@ POLICIES = ("rule", "measure", "layers", *_trialbatch.CONV_PATHS)
 
 def cases(quick: bool) -> dict:
     """name -> (builder, input shape, (trials, images))."""
-    lenet = (8, 80) if quick else (20, 400)
     big = quick or jax.default_backend() == "cpu"
+    lenet = (8, 80) if quick else (20, 400) if big else (1000, 2000)
     return {
         "LeNet, plain lax": (lenet_lax, (28, 28, 1), lenet),
         "LeNet, flax.linen": (lenet_linen, (28, 28, 1), lenet),
@@ -88,6 +91,16 @@ def cases(quick: bool) -> dict:
             (2, 8) if quick else (4, 32) if big else (100, 500),
         ),
     }
+
+
+def _policies(chunk: int) -> list[str]:
+    """The policies timed for a model evaluated in chunks of ``chunk`` trials:
+    all of them, except ``per_trial`` on an accelerator for chunks of more than
+    ``MEASURE_PER_TRIAL_MAX`` trials (one convolution per trial and layer is
+    minutes of compilation there, and ``measure`` leaves it out too)."""
+    if jax.default_backend() != "cpu" and chunk > _trialbatch.MEASURE_PER_TRIAL_MAX:
+        return [p for p in POLICIES if p != "per_trial"]
+    return list(POLICIES)
 
 
 def _paths(log: list[dict]) -> dict[str, int]:
@@ -128,9 +141,10 @@ def main(argv=None) -> dict:
             "num_images": n,
             "auto_chunk_size": chunk,
             "auto_eval_batch_size": b,
+            "policies": _policies(chunk),
         }
         print(f"{name}: {t} trials x {n} images, chunk {chunk}, batch {b}", flush=True)
-        for policy in POLICIES:
+        for policy in meta[name]["policies"]:
             ev = jax.jit(
                 lambda key, params, x, y, t=t, apply_fn=apply_fn: (
                     evaluate(
@@ -169,7 +183,7 @@ def main(argv=None) -> dict:
     for name, m in meta.items():
         rule = accs[(name, "rule")]
         per = {}
-        for policy in POLICIES:
+        for policy in m["policies"]:
             ts = times[(name, policy)]
             log = logs[(name, policy)]
             diff = accs[(name, policy)] - rule
@@ -191,7 +205,7 @@ def main(argv=None) -> dict:
         for p in per.values():
             p["x_rule"] = p["trials_per_s"] / base
         measuring = per["measure"]["measuring_s"]
-        fastest = max(POLICIES, key=lambda p: per[p]["trials_per_s"])
+        fastest = max(per, key=lambda p: per[p]["trials_per_s"])
         table[name] = {
             **m,
             "policies": per,
@@ -200,7 +214,10 @@ def main(argv=None) -> dict:
         }
         print(
             f"{name:30s} "
-            + " ".join(f"{per[p]['trials_per_s']:10.2f}" for p in POLICIES)
+            + " ".join(
+                f"{per[p]['trials_per_s']:10.2f}" if p in per else f"{'-':>10s}"
+                for p in POLICIES
+            )
             + f"  {measuring:10.1f}  {per['measure']['chosen']}",
             flush=True,
         )

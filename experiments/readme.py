@@ -267,20 +267,73 @@ def gpu_performance(
         "serial loop trials/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for m in d["models"]:
-        for r in m["runs"]:
-            lines.append(
-                f"| {m['model']} | {m['images']} | {r['trials']} | "
-                f"{r['trials_per_s']:.0f} | {r['tflops']:.1f} | "
-                f"{100 * r['tflops'] / peak:.1f} | "
-                f"{m['serial']['trials_per_s']:.0f} |"
-            )
+    if not any("conv_policy" in r for m in d["models"] for r in m["runs"]):
+        for m in d["models"]:  # a run from before the conv-path policies
+            for r in m["runs"]:
+                lines.append(
+                    f"| {m['model']} | {m['images']} | {r['trials']} | "
+                    f"{r['trials_per_s']:.0f} | {r['tflops']:.1f} | "
+                    f"{100 * r['tflops'] / peak:.1f} | "
+                    f"{m['serial']['trials_per_s']:.0f} |"
+                )
+    else:
+        lines[0] += f" Memory bandwidth {d['memory_gbs']:.0f} GB/s (`x + 1`)."
+        lines[2:] = [
+            "| model | images | trials | conv paths | trials/s | TFLOP/s | "
+            "% of f32 matmul | % of memory roofline | x serial loop |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for m in d["models"]:
+            roof = m["memory_roofline_trials_per_s"]
+            for r in m["runs"]:
+                chose = next((x["path"] for x in r["conv_paths"] if "model" in x), None)
+                paths = f"`{r['conv_policy']}`" + (
+                    f" (chose `{chose}`)" if chose else ""
+                )
+                lines.append(
+                    f"| {m['model']} | {m['images']} | {r['trials']} | {paths} | "
+                    f"{r['trials_per_s']:.0f} | {r['tflops']:.1f} | "
+                    f"{100 * r['tflops'] / peak:.1f} | "
+                    f"{100 * r['trials_per_s'] / roof:.0f} | "
+                    f"{r['trials_per_s'] / m['serial']['trials_per_s']:.2f} |"
+                )
+        lines += ["", *gpu_targets(d)]
     lines += [
         "",
         "From `python -m benchmarks.gpu_mc` (FLOPs: matmuls and "
         "convolutions of the forward pass, counted from its jaxpr).",
     ]
     return "\n".join(lines)
+
+
+def gpu_targets(d: dict) -> list[str]:
+    """The accelerator targets of the fast-path issue against a ``gpu_mc`` run:
+    every LeNet at 4x the 5,850 trials/s measured before the trial-batching
+    transformation, ResNet-18 at 55 % of the float32 matmul rate."""
+    out = []
+    for m in d["models"]:
+        best = max(
+            (r for r in m["runs"] if r["conv_policy"] == "auto"),
+            key=lambda r: r["trials_per_s"],
+        )
+        if m["model"].startswith("lenet"):
+            got, want = best["trials_per_s"], 4 * 5850
+            roof = m["memory_roofline_trials_per_s"]
+            out.append(
+                f"- {m['model']}: {got:,.0f} trials/s at {best['trials']} trials "
+                f"(target {want:,}: {'met' if got >= want else 'missed'}); "
+                f"{100 * got / roof:.0f} % of its memory roofline "
+                f"({roof:,.0f} trials/s: {m['boundary_bytes_per_trial'] / 1e6:.0f} "
+                "MB of matmul and convolution outputs per trial, written and "
+                "read once)."
+            )
+        elif m["model"].startswith("resnet"):
+            got = 100 * m["best_fraction_of_f32_matmul"]
+            out.append(
+                f"- {m['model']}: {got:.1f} % of the f32 matmul rate "
+                f"(target 55 %: {'met' if got >= 55 else 'missed'})."
+            )
+    return out
 
 
 def op_profile_line(d: dict) -> str:
@@ -401,6 +454,22 @@ def cpu_performance(
             f"{100 * draw['flat_draw_share_of_evaluate']:.0f} % of `evaluate`'s "
             "steady time (`python -m benchmarks.noise_draw`, "
             "`benchmarks/results/noise_draw.json`)."
+        )
+    dc = _load(path.parent / "draw_compile.json")
+    if dc is not None:
+        cases = dc["cases"]
+        lines.append(
+            "- Device noise drawn flat (one `jax.random.normal` over a device "
+            "array, reshaped; the same numbers as a draw of the array's shape) "
+            "compiles one programmed chip per trial key in "
+            + ", ".join(
+                f"{c['flat_over_shaped_compile']:.2f}x the time ({n}: "
+                f"{c['flat']['compile_s_median']:.1f} s against "
+                f"{c['shaped']['compile_s_median']:.1f} s)"
+                for n, c in cases.items()
+            )
+            + " on LeNet (`python -m benchmarks.draw_compile`, "
+            "`benchmarks/results/draw_compile.json`)."
         )
     prof = _load(path.parent / "op_profile.json")
     if prof is not None:

@@ -244,6 +244,40 @@ def test_noise_draw_script(tmp_path):
     assert 0 < saved["flat_draw_share_of_evaluate"]
 
 
+def test_draw_compile_script(tmp_path):
+    from benchmarks import draw_compile
+
+    out = draw_compile.main(["--quick", "--output", str(tmp_path / "d.json")])
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert set(saved["cases"]) == set(out["cases"]) == {"pulse"}
+    case = saved["cases"]["pulse"]
+    for style in draw_compile.STYLES:
+        assert case[style]["compile_s_median"] > 0
+    # the same draws: the chips agree to float32 rounding
+    assert case["chips_max_abs_diff"] < 1e-5
+    # the shaped baseline is undone after its case
+    assert draw_compile._random.normal.__module__ == "uswim_jax._random"
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_on_cpu(tmp_path):
+    """The prepared accelerator benchmark runs end to end at tiny sizes: every
+    model (the project's LeNet and ResNet-18, the four user-written LeNets),
+    its memory roofline, and the README section renders from its JSON."""
+    from benchmarks import gpu_mc
+    from experiments import readme
+
+    path = tmp_path / "g.json"
+    out = gpu_mc.main(["--smoke", "--out", str(path)])
+    names = [m["model"] for m in out["models"]]
+    assert names[0] == "lenet" and names[-1] == "resnet18" and len(names) == 6
+    for m in out["models"]:
+        assert m["memory_roofline_trials_per_s"] > 0
+        assert {r["conv_policy"] for r in m["runs"]} >= {"auto"}
+    text = readme.gpu_performance(path)
+    assert "% of memory roofline" in text and "target 55 %" in text
+
+
 def test_op_profile_attributes_xla_op_time_to_jax_primitives():
     """``benchmarks/op_profile``'s parsing on a tiny jitted loop: every op time
     traced is attributed to the primitive at its root, the loop itself (which

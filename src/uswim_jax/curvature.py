@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from uswim_jax import _obd
+from uswim_jax import _obd, _random
 from uswim_jax._checks import (
     check_finite_tree,
     check_labels,
@@ -536,7 +536,7 @@ def hutchinson_diagonal(
     def sample(k: jax.Array) -> list:
         ks = jax.random.split(k, max(len(fl), 1))
         z = [
-            jax.random.rademacher(kk, np.shape(x), dtype=jnp.result_type(x))
+            _random.rademacher(kk, np.shape(x), jnp.result_type(x))
             for kk, x in zip(ks, fl, strict=False)
         ]
         _, hz = jax.jvp(grad_f, (fl,), (z,))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from uswim_jax import _random
 from uswim_jax._checks import check_finite_tree
 from uswim_jax._protocol import Programmed
 from uswim_jax._tree import (
@@ -251,8 +252,8 @@ def program_init(
     verify = verify if verify.dtype == jnp.bool_ else verify != 0
     write_key, read_key = jax.random.split(key)
     shape = verify.shape
-    error = _param(model.sigma, dtype) * jax.random.normal(write_key, shape, dtype)
-    measured = error + _param(model.read_sigma, dtype) * jax.random.normal(
+    error = _param(model.sigma, dtype) * _random.normal(write_key, shape, dtype)
+    measured = error + _param(model.read_sigma, dtype) * _random.normal(
         read_key, shape, dtype
     )
     return ProgramState(
@@ -295,8 +296,8 @@ def program_step(
     active = program_active(state, model)
     pulse_key, read_key = jax.random.split(key)
     shape = state.error.shape
-    z_pulse = jax.random.normal(pulse_key, shape, dtype)
-    z_read = jax.random.normal(read_key, shape, dtype)
+    z_pulse = _random.normal(pulse_key, shape, dtype)
+    z_read = _random.normal(read_key, shape, dtype)
     delta = -_param(model.step, dtype) * state.measured
     new_error = state.error + delta * (1 + _param(model.pulse_sigma, dtype) * z_pulse)
     new_measured = new_error + _param(model.read_sigma, dtype) * z_read

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _random
 from uswim_jax._checks import (
     check_finite_tree,
     check_fraction,
@@ -344,7 +345,7 @@ def random_score(
     def draw(w: jax.Array, k: jax.Array) -> jax.Array:
         dtype = jnp.result_type(w)
         dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
-        return jax.random.uniform(k, np.shape(w), dtype=dtype)
+        return _random.uniform(k, np.shape(w), dtype)
 
     return map_crossbar(draw, params, keys, predicate=predicate, otherwise=_zeros_like)
 

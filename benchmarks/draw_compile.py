@@ -1,0 +1,157 @@
+"""What drawing device noise flat saves in compile time (``uswim_jax._random``).
+
+Run as ``python -m benchmarks.draw_compile`` (``--quick``: the pulse model
+only, one round; ``--repeats``, ``--output``). On the project's LeNet (fresh
+params; 10 % of the weights verified by magnitude), for each device model
+(``ConductanceDevice`` with the ``pcm`` and ``rram`` presets read at 1 h, and
+``PulseModel``), it compiles one programmed chip per trial key,
+``jit(vmap(program_with_cost))`` over 4 keys, two ways, alternating in rounds
+(a fresh function each time, so nothing is cached between them):
+
+- ``flat``: what the library draws: every ``jax.random.normal`` /
+  ``uniform`` of a device array drawn as one flat vector and reshaped;
+- ``shaped``: the same draws made with the array's own shape (``_random``'s
+  functions replaced by JAX's for the case), the layout before.
+
+The draws are the same numbers (``tests/test_random.py``); the chips may
+differ in the last float bit, because XLA fuses the two programs differently
+(the largest difference is recorded). It reports each case's median and
+spread of compile seconds (tracing and lowering apart) and ``flat``'s median
+over ``shaped``'s. Results go to
+``benchmarks/results/draw_compile.json`` (``draw_compile_quick.json`` with
+``--quick``).
+"""
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+import uswim_jax as uj
+from benchmarks._common import RESULTS_DIR, machine_info, write_result
+from uswim_jax import _random
+from uswim_jax.devices import ConductanceDevice, device_preset
+from uswim_jax.models import build_model
+
+STYLES = ("flat", "shaped")
+
+
+@contextlib.contextmanager
+def shaped_draws():
+    """Within the block, ``uswim_jax._random`` draws with the array's shape."""
+    saved = {n: getattr(_random, n) for n in ("normal", "uniform", "bernoulli")}
+    _random.normal = lambda key, shape, dtype=float: jax.random.normal(
+        key, shape, dtype
+    )
+    _random.uniform = lambda key, shape, dtype=float, minval=0.0, maxval=1.0: (
+        jax.random.uniform(key, shape, dtype, minval, maxval)
+    )
+    _random.bernoulli = lambda key, p, shape: jax.random.bernoulli(key, p, shape)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(_random, n, f)
+
+
+def devices(quick: bool) -> dict:
+    out = {"pulse": uj.PulseModel(sigma=0.3)}
+    if not quick:
+        out["pcm"] = ConductanceDevice(device_preset("pcm"), t=3600.0)
+        out["rram"] = ConductanceDevice(device_preset("rram"), t=3600.0)
+    return out
+
+
+def compile_once(dev, params, mask, keys, style: str) -> tuple[dict, object]:
+    """Seconds to trace and lower, and to compile, a fresh program, and its
+    chips."""
+
+    def chips(ks):
+        return jax.vmap(lambda k: dev.program_with_cost(k, params, mask).params)(ks)
+
+    ctx = shaped_draws() if style == "shaped" else contextlib.nullcontext()
+    with ctx:
+        t0 = time.perf_counter()
+        lowered = jax.jit(chips).lower(keys)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+    return {"lower_s": t1 - t0, "compile_s": t2 - t1}, compiled(keys)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--output", default=None)
+    args = p.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 5)
+    name = "draw_compile_quick.json" if args.quick else "draw_compile.json"
+    output = args.output or os.path.join(RESULTS_DIR, name)
+
+    model = build_model("lenet", input_shape=(28, 28, 1))
+    params = model.init(jax.random.key(0))
+    order = uj.global_order(uj.magnitude_score(params))
+    mask = uj.mask_from_order(order, params, count=int(order.shape[0]) // 10)
+    keys = jax.random.split(jax.random.key(1), 4)
+    cases = {}
+    for dname, dev in devices(args.quick).items():
+        times = {s: [] for s in STYLES}
+        chips = {}
+        for r in range(repeats):  # alternate, the order flipped every round
+            for style in STYLES if r % 2 == 0 else STYLES[::-1]:
+                t, chips[style] = compile_once(dev, params, mask, keys, style)
+                times[style].append(t)
+                print(
+                    f"{dname:6s} {style:7s} lower {t['lower_s']:6.2f} s  "
+                    f"compile {t['compile_s']:6.2f} s",
+                    flush=True,
+                )
+        diff = max(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
+            for a, b in zip(
+                jax.tree.leaves(chips["flat"]),
+                jax.tree.leaves(chips["shaped"]),
+                strict=True,
+            )
+        )
+        per = {}
+        for style, ts in times.items():
+            c = [t["compile_s"] for t in ts]
+            per[style] = {
+                "compile_s": c,
+                "compile_s_median": statistics.median(c),
+                "lower_s_median": statistics.median(t["lower_s"] for t in ts),
+            }
+        cases[dname] = {
+            **per,
+            "chips_max_abs_diff": diff,
+            "flat_over_shaped_compile": per["flat"]["compile_s_median"]
+            / per["shaped"]["compile_s_median"],
+        }
+        print(
+            f"{dname}: flat / shaped compile "
+            f"{cases[dname]['flat_over_shaped_compile']:.2f}x, chips differ by "
+            f"at most {diff:.1e}",
+            flush=True,
+        )
+    result = {
+        "benchmark": "draw_compile",
+        "quick": args.quick,
+        **machine_info(),
+        "load_average_end": list(os.getloadavg()),
+        "model": "lenet (project), fresh params, 10 % verified by magnitude",
+        "trial_keys": int(keys.shape[0]),
+        "repeats": repeats,
+        "cases": cases,
+    }
+    write_result(result, output)
+    return result
+
+
+if __name__ == "__main__":
+    main()
