@@ -1,23 +1,27 @@
-"""What drawing device noise flat saves in compile time (``uswim_jax._random``).
+"""What drawing noise flat saves in compile time (``uswim_jax._random``).
 
 Run as ``python -m benchmarks.draw_compile`` (``--quick``: the pulse model
-only, one round; ``--repeats``, ``--output``). On the project's LeNet (fresh
-params; 10 % of the weights verified by magnitude), for each device model
-(``ConductanceDevice`` with the ``pcm`` and ``rram`` presets read at 1 h, and
-``PulseModel``), it compiles one programmed chip per trial key,
-``jit(vmap(program_with_cost))`` over 4 keys, two ways, alternating in rounds
-(a fresh function each time, so nothing is cached between them):
+only, one round; ``--repeats``, ``--output``). Each case is compiled over 4
+trial keys (``jit(vmap(...))``), two ways, alternating in rounds (a fresh
+function each time, so nothing is cached between them):
+
+- ``pulse``: one ``PulseModel`` chip per key, ``program_with_cost`` on the
+  project's LeNet (fresh params; 10 % of the weights verified by magnitude);
+- ``normal 3x3x4x8``: one normal draw of a conv kernel's shape per key.
+
+The two ways:
 
 - ``flat``: what the library draws: every ``jax.random.normal`` /
-  ``uniform`` of a device array drawn as one flat vector and reshaped;
+  ``uniform`` of an array drawn as one flat vector and reshaped;
 - ``shaped``: the same draws made with the array's own shape (``_random``'s
   functions replaced by JAX's for the case), the layout before.
 
-The draws are the same numbers (``tests/test_random.py``); the chips may
-differ in the last float bit, because XLA fuses the two programs differently
-(the largest difference is recorded). It reports each case's median and
-spread of compile seconds (tracing and lowering apart) and ``flat``'s median
-over ``shaped``'s. Results go to
+The draws are the same numbers (``tests/test_random.py``); the outputs are
+compared, and the largest difference is recorded (XLA may fuse the two
+programs differently, which can move a last float bit: it did for the
+conductance presets, which therefore still draw shaped, see docs/device.md).
+It reports each case's median and spread of compile seconds (tracing and
+lowering apart) and ``flat``'s median over ``shaped``'s. Results go to
 ``benchmarks/results/draw_compile.json`` (``draw_compile_quick.json`` with
 ``--quick``).
 """
@@ -34,7 +38,6 @@ import numpy as np
 import uswim_jax as uj
 from benchmarks._common import RESULTS_DIR, machine_info, write_result
 from uswim_jax import _random
-from uswim_jax.devices import ConductanceDevice, device_preset
 from uswim_jax.models import build_model
 
 STYLES = ("flat", "shaped")
@@ -43,14 +46,13 @@ STYLES = ("flat", "shaped")
 @contextlib.contextmanager
 def shaped_draws():
     """Within the block, ``uswim_jax._random`` draws with the array's shape."""
-    saved = {n: getattr(_random, n) for n in ("normal", "uniform", "bernoulli")}
+    saved = {n: getattr(_random, n) for n in ("normal", "uniform")}
     _random.normal = lambda key, shape, dtype=float: jax.random.normal(
         key, shape, dtype
     )
     _random.uniform = lambda key, shape, dtype=float, minval=0.0, maxval=1.0: (
         jax.random.uniform(key, shape, dtype, minval, maxval)
     )
-    _random.bernoulli = lambda key, p, shape: jax.random.bernoulli(key, p, shape)
     try:
         yield
     finally:
@@ -58,25 +60,22 @@ def shaped_draws():
             setattr(_random, n, f)
 
 
-def devices(quick: bool) -> dict:
-    out = {"pulse": uj.PulseModel(sigma=0.3)}
+def cases(quick: bool, params, mask) -> dict:
+    """name -> a function of one key, compiled vmapped over the keys."""
+    pulse = uj.PulseModel(sigma=0.3)
+    out = {"pulse": lambda k: pulse.program_with_cost(k, params, mask).params}
     if not quick:
-        out["pcm"] = ConductanceDevice(device_preset("pcm"), t=3600.0)
-        out["rram"] = ConductanceDevice(device_preset("rram"), t=3600.0)
+        out["normal 3x3x4x8"] = lambda k: _random.normal(k, (3, 3, 4, 8))
     return out
 
 
-def compile_once(dev, params, mask, keys, style: str) -> tuple[dict, object]:
-    """Seconds to trace and lower, and to compile, a fresh program, and its
-    chips."""
-
-    def chips(ks):
-        return jax.vmap(lambda k: dev.program_with_cost(k, params, mask).params)(ks)
-
+def compile_once(fn, keys, style: str) -> tuple[dict, object]:
+    """Seconds to trace and lower, and to compile, ``vmap(fn)`` afresh, and its
+    output on ``keys``."""
     ctx = shaped_draws() if style == "shaped" else contextlib.nullcontext()
     with ctx:
         t0 = time.perf_counter()
-        lowered = jax.jit(chips).lower(keys)
+        lowered = jax.jit(jax.vmap(fn)).lower(keys)
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
@@ -98,24 +97,24 @@ def main(argv=None) -> dict:
     order = uj.global_order(uj.magnitude_score(params))
     mask = uj.mask_from_order(order, params, count=int(order.shape[0]) // 10)
     keys = jax.random.split(jax.random.key(1), 4)
-    cases = {}
-    for dname, dev in devices(args.quick).items():
+    table = {}
+    for dname, fn in cases(args.quick, params, mask).items():
         times = {s: [] for s in STYLES}
-        chips = {}
+        outs = {}
         for r in range(repeats):  # alternate, the order flipped every round
             for style in STYLES if r % 2 == 0 else STYLES[::-1]:
-                t, chips[style] = compile_once(dev, params, mask, keys, style)
+                t, outs[style] = compile_once(fn, keys, style)
                 times[style].append(t)
                 print(
-                    f"{dname:6s} {style:7s} lower {t['lower_s']:6.2f} s  "
+                    f"{dname:14s} {style:7s} lower {t['lower_s']:6.2f} s  "
                     f"compile {t['compile_s']:6.2f} s",
                     flush=True,
                 )
         diff = max(
             float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
             for a, b in zip(
-                jax.tree.leaves(chips["flat"]),
-                jax.tree.leaves(chips["shaped"]),
+                jax.tree.leaves(outs["flat"]),
+                jax.tree.leaves(outs["shaped"]),
                 strict=True,
             )
         )
@@ -127,15 +126,15 @@ def main(argv=None) -> dict:
                 "compile_s_median": statistics.median(c),
                 "lower_s_median": statistics.median(t["lower_s"] for t in ts),
             }
-        cases[dname] = {
+        table[dname] = {
             **per,
-            "chips_max_abs_diff": diff,
+            "max_abs_diff": diff,
             "flat_over_shaped_compile": per["flat"]["compile_s_median"]
             / per["shaped"]["compile_s_median"],
         }
         print(
             f"{dname}: flat / shaped compile "
-            f"{cases[dname]['flat_over_shaped_compile']:.2f}x, chips differ by "
+            f"{table[dname]['flat_over_shaped_compile']:.2f}x, outputs differ by "
             f"at most {diff:.1e}",
             flush=True,
         )
@@ -147,7 +146,7 @@ def main(argv=None) -> dict:
         "model": "lenet (project), fresh params, 10 % verified by magnitude",
         "trial_keys": int(keys.shape[0]),
         "repeats": repeats,
-        "cases": cases,
+        "cases": table,
     }
     write_result(result, output)
     return result

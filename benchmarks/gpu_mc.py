@@ -83,11 +83,6 @@ def _matmul_flops(jaxpr) -> float:
     return total
 
 
-def forward_flops(apply_fn, params, x) -> float:
-    """Matmul and convolution FLOPs of one forward pass."""
-    return _matmul_flops(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
-
-
 def _boundary_bytes(jaxpr) -> float:
     """Bytes of every matmul and convolution output in a jaxpr (nested jaxprs
     included), written once and read once: what must cross memory when

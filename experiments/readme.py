@@ -459,16 +459,17 @@ def cpu_performance(
     if dc is not None:
         cases = dc["cases"]
         lines.append(
-            "- Device noise drawn flat (one `jax.random.normal` over a device "
-            "array, reshaped; the same numbers as a draw of the array's shape) "
-            "compiles one programmed chip per trial key in "
+            "- Noise drawn flat (one `jax.random.normal` over an array, "
+            "reshaped; the same numbers as a draw of the array's shape) "
+            "compiles, vmapped over 4 trial keys, in "
             + ", ".join(
                 f"{c['flat_over_shaped_compile']:.2f}x the time ({n}: "
                 f"{c['flat']['compile_s_median']:.1f} s against "
                 f"{c['shaped']['compile_s_median']:.1f} s)"
                 for n, c in cases.items()
             )
-            + " on LeNet (`python -m benchmarks.draw_compile`, "
+            + " (pulse: one `PulseModel` chip of LeNet; `python -m "
+            "benchmarks.draw_compile`, "
             "`benchmarks/results/draw_compile.json`)."
         )
     prof = _load(path.parent / "op_profile.json")

@@ -21,10 +21,6 @@ def _pairs(shape, dtype):
             lambda k: _random.uniform(k, shape, dtype, -2.0, 3.0),
             lambda k: jax.random.uniform(k, shape, dtype, -2.0, 3.0),
         ),
-        "bernoulli": (
-            lambda k: _random.bernoulli(k, 0.3, shape),
-            lambda k: jax.random.bernoulli(k, 0.3, shape),
-        ),
         "rademacher": (
             lambda k: _random.rademacher(k, shape, dtype),
             lambda k: jax.random.rademacher(k, shape, dtype),
