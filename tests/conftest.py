@@ -1,6 +1,6 @@
-"""Strict JAX settings for the whole suite, key fixtures, a dataset stub for
-the command line, and a fresh Python process for what must not share this
-one's JAX state."""
+"""Key fixtures, a dataset stub for the command line, and a fresh Python
+process for what must not share this one's JAX state. The JAX settings every
+test runs under are in the repository's top-level ``conftest.py``."""
 
 import itertools
 import os
@@ -9,9 +9,6 @@ import sys
 
 import jax
 import pytest
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture

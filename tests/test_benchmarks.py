@@ -244,6 +244,7 @@ def test_noise_draw_script(tmp_path):
     assert 0 < saved["flat_draw_share_of_evaluate"]
 
 
+@pytest.mark.full_opt  # it times compiling, as users compile
 def test_draw_compile_script(tmp_path):
     from benchmarks import draw_compile
 

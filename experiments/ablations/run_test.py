@@ -109,6 +109,7 @@ def _check_pair(tmp_path, out, a, b, head):
     return ha, hb
 
 
+@pytest.mark.full_opt  # its pulse variant's write-verify loops run long
 def test_ablations_end_to_end(tmp_path):
     config = _tiny_config(
         (
