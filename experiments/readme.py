@@ -967,8 +967,11 @@ SECTIONS: dict[str, Callable[[], str]] = {
 
 
 def render(text: str) -> str:
-    """``text`` with every known section regenerated."""
-    for name, fn in SECTIONS.items():
+    """``text`` with every known section regenerated (the results sections
+    here, their readings in ``experiments.readings``)."""
+    from experiments.readings import SECTIONS as READINGS
+
+    for name, fn in {**SECTIONS, **READINGS}.items():
         begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
         if begin not in text:
             continue

@@ -1,12 +1,12 @@
 """The README's result sections are generated from the committed results files
 (``python -m experiments.readme``), not typed."""
 
-from experiments import readme
+from experiments import readings, readme
 
 
 def test_readme_sections_match_the_results_files():
     text = readme.README.read_text()
-    for name in readme.SECTIONS:
+    for name in {**readme.SECTIONS, **readings.SECTIONS}:
         assert f"<!-- BEGIN {name} -->" in text, name
     assert readme.render(text) == text, (
         "README.md is stale: run `python -m experiments.readme`"
@@ -54,6 +54,17 @@ def test_per_chip_section_reads_each_models_per_chip_csv(tmp_path):
     assert [r.split(" | ")[1] for r in table] == ["0.210", "0.110"]
     assert "batch size, uswim: 0.5 %: 12.0 checks" in text
     assert "1 %: 7.0 checks" in text and "overshoot +0.010 NWC" in text
+    # The reading under the table computes its numbers from the same CSV.
+    reading = readings.per_chip_reading(folder)
+    assert "SWIM's mean chip costs 0.21 NWC" in reading
+    assert "Every order stops most chips" in reading
+    assert "buys SWIM 0.00 points" in reading  # test_mean == fixed_test_mean
+    assert "checks from 12 (0.5 % batches) to 7 (1 %)" in reading
+    stuck = dict(rows[-1], method="random", never_reached=100.0)
+    csv.append(",".join(str(stuck[c]) for c in COLUMNS))
+    (folder / "lenet" / "per_chip.csv").write_text("\n".join(csv) + "\n")
+    reading = readings.per_chip_reading(folder)
+    assert "never stop a chip early" in reading and "random on 100 %" in reading
 
 
 def test_byom_targets_name_the_cases_that_miss_them():
@@ -147,3 +158,54 @@ def test_sweep_performance_reports_the_paired_sweep_and_says_when_it_differs(
     del d["sweep_vs_evaluates"]  # a JSON from before the paired timing
     (tmp_path / "recompile.json").write_text(json.dumps(d))
     assert "round robin" not in readme.sweep_performance(tmp_path)
+
+
+def _study_folder(tmp_path):
+    """A study folder as experiments.deep writes it: one run per dataset
+    (``speedups.csv`` at two margins), the diagonal check and the budget split."""
+    import json
+
+    from experiments.deep.run import GGN, OBD_SAME
+
+    folder = tmp_path / "study"
+    speed = {"swim": (9.0, 1.2), "eloss-obd": (9.5, 2.0), "eloss-ggn": (9.9, 2.4)}
+    speed |= {"magnitude": (3.0, 1.0), "random": (1.5, 1.0)}
+    for i, dataset in enumerate(("mnist-10k", "fashion_mnist")):
+        run = folder / dataset / "run"
+        run.mkdir(parents=True)
+        (run / "run_info.json").write_text(json.dumps({"dataset": dataset}))
+        lines = ["setting,method,margin_pp,speedup"]
+        for m, (low, high) in speed.items():
+            for s, v in (("uniform sigma=0.05", low), ("uniform sigma=0.3", high)):
+                lines += [f"{s},{m},0.5,{v + i / 10}", f"{s},{m},1.0,99"]
+        (run / "speedups.csv").write_text("\n".join(lines) + "\n")
+    rows = ["dataset,a,b,layer,n,spearman,top1%"]
+    rows += [
+        f"{d},{OBD_SAME},{GGN},overall,9,{r},0.5" for d, r in (("a", 0.8), ("b", 0.9))
+    ]
+    rows += [f"a,{OBD_SAME},{GGN},Conv_0,9,0.1,0.1"]  # a layer, not overall
+    (folder / "diagonal.csv").write_text("\n".join(rows) + "\n")
+    budget = ["dataset,setting,method,layer,group,size,verified"]
+    budget += [
+        "a,uniform sigma=0.05,swim,l0,embed,10,6",
+        "a,uniform sigma=0.05,swim,l1,mlp,70,3",
+        "a,uniform sigma=0.05,swim,l2,head,20,1",
+        "a,uniform sigma=0.05,random,l0,embed,10,10",
+    ]
+    (folder / "budget.csv").write_text("\n".join(budget) + "\n")
+    return folder
+
+
+def test_study_readings_compute_their_numbers(tmp_path):
+    folder = _study_folder(tmp_path)
+    text = readings.deep_reading(folder)
+    assert "At sigma = 0.05" in text and "9.0–10.0x of the 10x ceiling" in text
+    assert "1.2–1.3x for SWIM, 2.0–2.5x for the expected-loss" in text
+    assert "within 0.4x of the exact GGN" in text  # |9.5 - 9.9| at sigma 0.05
+    assert "Spearman correlation is 0.80–0.90" in text
+    text = readings.vit_reading(folder)
+    assert "10.0x against 3.1x on fashion_mnist" in text
+    assert "reaches 2.5x, the one-pass diagonal's 2.1x" in text
+    assert "60 % of its verified weights in the embed (10.0 % of the weights)" in text
+    assert "30 % in the mlp (70.0 % of the weights)" in text
+    assert readings.deep_reading(tmp_path / "absent").startswith("Not run yet")

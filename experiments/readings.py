@@ -1,0 +1,258 @@
+"""The README's readings: the sentences under a results table that say what it
+shows. Every number in them is computed here from the same committed results
+files as the table, so ``python -m experiments.readme --check`` fails when a
+rerun moves one; a qualitative word that a rerun could make false (which orders
+never stop early, which score leads) is computed too.
+
+Each function returns the text of one ``<!-- BEGIN name -->`` section of the
+README (``SECTIONS``), or a line saying what to run when its results are absent.
+"""
+
+import json
+from pathlib import Path
+
+from experiments.readme import ROOT, _not_run, _read_csv
+
+CURVATURE = ("swim", "eloss-obd", "eloss-ggn")
+
+
+def _span(values, fmt: str = ".2f", unit: str = "") -> str:
+    """``a–b`` over ``values`` (one number when they round alike)."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return f"{lo}{unit}" if lo == hi else f"{lo}–{hi}{unit}"
+
+
+def _names(methods) -> str:
+    m = sorted(methods)
+    return m[0] if len(m) == 1 else ", ".join(m[:-1]) + " and " + m[-1]
+
+
+def per_chip_reading(
+    folder: Path = ROOT / "results" / "reproduce-mnist",
+    command: str = "make reproduce-mnist",
+) -> str:
+    """What the per-chip study shows, at the 1 % batch (else the finest), for
+    SWIM against the fixed budget, from each model's ``per_chip.csv``."""
+    info = json.loads((folder / "run_info.json").read_text())
+    models = [
+        m
+        for m in info.get("models", [])
+        if (folder / m["name"] / "per_chip.csv").is_file()
+    ]
+    if not models:
+        return f"Not run yet: `{command}` writes each model's `per_chip.csv`."
+    from uswim_jax.experiment.config import load_config
+
+    rows, budgets = {}, set()
+    for m in models:
+        rows[m["label"]] = [
+            {k: (v if k == "method" else float(v)) for k, v in r.items()}
+            for r in _read_csv(folder / m["name"] / "per_chip.csv")
+        ]
+        budgets.add(load_config(folder / m["name"]).per_chip.budget)
+    batches = sorted({r["batch_fraction"] for rs in rows.values() for r in rs})
+    shown = 0.01 if 0.01 in batches else batches[0]
+
+    def at(method, batch=shown):
+        return [
+            r
+            for rs in rows.values()
+            for r in rs
+            if r["method"] == method and r["batch_fraction"] == batch
+        ]
+
+    swim = at("swim")
+    never = {
+        m: [r["never_reached"] for r in at(m)]
+        for m in sorted({r["method"] for rs in rows.values() for r in rs})
+    }
+    stuck = {m: v for m, v in never.items() if min(v) >= 90}
+    ceiling = max(r["cycles_max"] for rs in rows.values() for r in rs)
+    gains = [r["test_mean"] - r["fixed_test_mean"] for r in swim]
+    best = max(
+        ((label, r) for label, rs in rows.items() for r in rs),
+        key=lambda lr: (
+            lr[1]["test_mean"] - lr[1]["fixed_test_mean"]
+            if lr[1]["method"] == "swim" and lr[1]["batch_fraction"] == shown
+            else -1e9
+        ),
+    )
+    finest, coarsest = batches[0], batches[-1]
+    stuck_text = "; ".join(
+        f"{m} on {_span(v, '.0f', ' %')}" for m, v in sorted(stuck.items())
+    )
+    return "\n".join(
+        [
+            f"Per chip (batches of {100 * shown:g} %), SWIM's mean chip costs "
+            f"{_span([r['cycles_mean'] for r in swim])} NWC, its 95th percentile "
+            f"{_span([r['cycles_p95'] for r in swim])} ({ceiling:.2f} is the "
+            f"{_span([100 * b for b in budgets], 'g', ' %')} budget), and "
+            f"{_span(never['swim'], '.0f', ' %')} of the chips never get within "
+            "the margin by then. "
+            + (
+                f"The orders that almost never stop a chip early (at least 90 % "
+                f"of the chips reach the budget) are {_names(stuck)}: {stuck_text}. "
+                if stuck
+                else "Every order stops most chips before the budget. "
+            )
+            + f"Stopping per chip buys SWIM "
+            f"{_span(gains)} points of test accuracy over the fixed budget of the "
+            f"same mean cost (at most on the {best[0]}: "
+            f"{best[1]['test_mean']:.2f} % against "
+            f"{best[1]['fixed_test_mean']:.2f} %). Coarser batches cost up to "
+            f"{max(r['overshoot'] for rs in rows.values() for r in rs):.2f} NWC "
+            f"of overshoot while cutting SWIM's checks from "
+            f"{_span([r['checks_mean'] for r in at('swim', finest)], '.0f')} "
+            f"({100 * finest:g} % batches) to "
+            f"{_span([r['checks_mean'] for r in at('swim', coarsest)], '.0f')} "
+            f"({100 * coarsest:g} %) per chip. The checks run on training images "
+            "the models were trained on.",
+        ]
+    )
+
+
+def _speedups(folder: Path) -> dict[str, dict[tuple[str, str], float]]:
+    """Speedup (plain writes counted) at a 0.5 pp margin per dataset, keyed by
+    (setting, method), from each ``*/run/speedups.csv`` of a study folder."""
+    out = {}
+    for run_dir in sorted(folder.glob("*/run")):
+        dataset = json.loads((run_dir / "run_info.json").read_text())["dataset"]
+        out[dataset] = {
+            (r["setting"], r["method"]): float(r["speedup"])
+            for r in _read_csv(run_dir / "speedups.csv")
+            if float(r["margin_pp"]) == 0.5
+        }
+    return out
+
+
+def _diagonal(folder: Path) -> dict[str, dict[str, float]]:
+    """Overall agreement of the one-pass diagonal (the GGN's images) with the
+    exact GGN diagonal, per dataset."""
+    from experiments.deep.run import GGN, OBD_SAME
+
+    return {
+        r["dataset"]: {k: float(v) for k, v in r.items() if k[:3] in ("spe", "top")}
+        for r in _read_csv(folder / "diagonal.csv")
+        if (r["a"], r["b"], r["layer"]) == (OBD_SAME, GGN, "overall")
+    }
+
+
+def _all(sp, setting, methods) -> list[float]:
+    return [d[(setting, m)] for d in sp.values() for m in methods if (setting, m) in d]
+
+
+def deep_reading(folder: Path = ROOT / "results" / "deep") -> str:
+    """What the ResNet-18 study shows: the speedups at the lowest and highest
+    uniform sigma, and how close the one-pass diagonal's score comes to the
+    exact GGN diagonal's."""
+    missing = _not_run(folder, "make reproduce-deep")
+    if missing:
+        return missing
+    sp, diag = _speedups(folder), _diagonal(folder)
+    sigmas = sorted(
+        {float(s.split("=")[1]) for d in sp.values() for s, _ in d if "uniform" in s}
+    )
+    lo, hi = (f"uniform sigma={s:g}" for s in (sigmas[0], sigmas[-1]))
+    gap = max(
+        abs(d[(s, "eloss-obd")] - d[(s, "eloss-ggn")])
+        for d in sp.values()
+        for s, m in d
+        if m == "eloss-obd" and (s, "eloss-ggn") in d
+    )
+    return (
+        f"At sigma = {sigmas[0]:g}, SWIM and the expected-loss scores are within "
+        f"0.5 pp with almost nothing verified: "
+        f"{_span(_all(sp, lo, CURVATURE), '.1f', 'x')} of the 10x ceiling. At "
+        f"sigma = {sigmas[-1]:g} the gain fades as the unverified network "
+        f"collapses: {_span(_all(sp, hi, ['swim']), '.1f', 'x')} for SWIM, "
+        f"{_span(_all(sp, hi, ['eloss-obd', 'eloss-ggn']), '.1f', 'x')} for the "
+        f"expected-loss scores. The one-pass diagonal's expected-loss score is "
+        f"within {gap:.1f}x of the exact GGN diagonal's at every setting (0.5 pp "
+        f"margin, plain writes counted), and their overall Spearman correlation "
+        f"is {_span([d['spearman'] for d in diag.values()])} (top-1 % overlap "
+        f"{_span([d['top1%'] for d in diag.values()])})."
+    )
+
+
+def vit_reading(folder: Path = ROOT / "results" / "vit") -> str:
+    """What the ViT study shows: curvature against magnitude and random at the
+    lowest uniform sigma, how the exact diagonal's score compares at the
+    highest, and where SWIM's budget goes, from the study's CSVs."""
+    missing = _not_run(folder, "make reproduce-vit")
+    if missing:
+        return missing
+    sp, diag = _speedups(folder), _diagonal(folder)
+    deep = (
+        _diagonal(ROOT / "results" / "deep")
+        if (ROOT / "results" / "deep").is_dir()
+        else {}
+    )
+    sigmas = sorted(
+        {float(s.split("=")[1]) for d in sp.values() for s, _ in d if "uniform" in s}
+    )
+    lo, hi = (f"uniform sigma={s:g}" for s in (sigmas[0], sigmas[-1]))
+    parts = []
+    for dataset, d in sp.items():
+        cur = max(d.get((lo, m), 0.0) for m in CURVATURE)
+        base = max(d.get((lo, m), 0.0) for m in ("magnitude", "random"))
+        parts.append(f"{cur:.1f}x against {base:.1f}x on {dataset}")
+    lines = [
+        f"At sigma = {sigmas[0]:g}, the best of SWIM and the expected-loss scores "
+        f"against the best of magnitude and random: {'; '.join(parts)}."
+    ]
+    for dataset, d in sp.items():
+        obd, ggn = d.get((hi, "eloss-obd")), d.get((hi, "eloss-ggn"))
+        if obd is not None and ggn is not None:
+            lines.append(
+                f"At sigma = {sigmas[-1]:g} on {dataset}, the exact diagonal's "
+                f"expected-loss score reaches {ggn:.1f}x, the one-pass "
+                f"diagonal's {obd:.1f}x."
+            )
+    agree = (
+        f"The one-pass diagonal agrees with the exact GGN diagonal with Spearman "
+        f"{_span([v['spearman'] for v in diag.values()])} and top-1 % overlap "
+        f"{_span([v['top1%'] for v in diag.values()])}"
+    )
+    if deep:
+        agree += (
+            f" (on the ResNet-18: {_span([v['spearman'] for v in deep.values()])} "
+            f"and {_span([v['top1%'] for v in deep.values()])})"
+        )
+    lines.append(agree + ".")
+    budget = [
+        r
+        for r in _read_csv(folder / "budget.csv")
+        if r["method"] == "swim" and r["setting"] == lo
+    ]
+    for dataset in sorted({r["dataset"] for r in budget}):
+        rows = [r for r in budget if r["dataset"] == dataset]
+        verified = sum(float(r["verified"]) for r in rows)
+        size = sum(float(r["size"]) for r in rows)
+        groups = {}
+        for r in rows:
+            g = groups.setdefault(r["group"], [0.0, 0.0])
+            g[0] += float(r["verified"])
+            g[1] += float(r["size"])
+        top = sorted(groups.items(), key=lambda kv: -kv[1][0])[:2]
+        lines.append(
+            f"Where SWIM's budget goes at sigma = {sigmas[0]:g} on {dataset}: "
+            + ", ".join(
+                f"{100 * v / verified:.0f} % "
+                + ("of its verified weights " if i == 0 else "")
+                + f"in the {g} ({100 * n / size:.1f} % of the weights)"
+                for i, (g, (v, n)) in enumerate(top)
+            )
+            + "."
+        )
+    lines.append(
+        f"Source: `results/{folder.name}/` (`speedups.csv` of each run, "
+        "`diagonal.csv`, `budget.csv`), from `make reproduce-vit`."
+    )
+    return " ".join(lines[:-1]) + "\n\n" + lines[-1]
+
+
+SECTIONS = {
+    "per-chip-reading": per_chip_reading,
+    "deep-reading": deep_reading,
+    "vit-reading": vit_reading,
+}
