@@ -11,15 +11,9 @@ README (``SECTIONS``), or a line saying what to run when its results are absent.
 import json
 from pathlib import Path
 
-from experiments.readme import ROOT, _not_run, _read_csv
+from experiments.readme import ROOT, _not_run, _read_csv, _span
 
 CURVATURE = ("swim", "eloss-obd", "eloss-ggn")
-
-
-def _span(values, fmt: str = ".2f", unit: str = "") -> str:
-    """``a–b`` over ``values`` (one number when they round alike)."""
-    lo, hi = format(min(values), fmt), format(max(values), fmt)
-    return f"{lo}{unit}" if lo == hi else f"{lo}–{hi}{unit}"
 
 
 def _names(methods) -> str:

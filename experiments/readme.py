@@ -501,9 +501,11 @@ def cpu_performance(
     return "\n".join(lines)
 
 
-def _span(values, fmt: str) -> str:
-    lo, hi = min(values), max(values)
-    return format(lo, fmt) if lo == hi else f"{lo:{fmt}}–{hi:{fmt}}"
+def _span(values, fmt: str = ".2f", unit: str = "") -> str:
+    """``lo–hi`` of ``values`` formatted with ``fmt`` (one number when both
+    ends format alike), then ``unit``."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return f"{lo}{unit}" if lo == hi else f"{lo}–{hi}{unit}"
 
 
 def _byom_targets(cases: dict) -> list[str]:
