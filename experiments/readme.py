@@ -874,6 +874,14 @@ def _not_run(folder: Path, command: str) -> str | None:
     return f"Not run yet: `{command}` writes `results/{folder.name}/`."
 
 
+def scan_rows(folder: Path) -> list[dict]:
+    """The rows of a scan's ``scan.csv``, numbers as floats."""
+    return [
+        {k: (v if k in ("dataset", "basis") else float(v)) for k, v in r.items()}
+        for r in _read_csv(folder / "scan.csv")
+    ]
+
+
 def uswim_scan_results(folder: Path = ROOT / "results" / "uswim-scan") -> str:
     """U-SWIM over SWIM across the s x sigma scan: the 7x verdict per dataset,
     from ``make reproduce-uswim-scan`` (docs/studies.md, part 4)."""
@@ -883,11 +891,7 @@ def uswim_scan_results(folder: Path = ROOT / "results" / "uswim-scan") -> str:
         return missing
     from experiments.uswim_scan.run import claim_line, verdict_lines
 
-    rows = []
-    for r in _read_csv(folder / "scan.csv"):
-        rows.append(
-            {k: (v if k in ("dataset", "basis") else float(v)) for k, v in r.items()}
-        )
+    rows = scan_rows(folder)
     return "\n".join(
         [
             claim_line(rows),

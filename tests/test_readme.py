@@ -209,3 +209,27 @@ def test_study_readings_compute_their_numbers(tmp_path):
     assert "60 % of its verified weights in the embed (10.0 % of the weights)" in text
     assert "30 % in the mlp (70.0 % of the weights)" in text
     assert readings.deep_reading(tmp_path / "absent").startswith("Not run yet")
+
+
+def test_scan_reading_computes_its_numbers(tmp_path):
+    from experiments.uswim_scan.run import COLUMNS
+
+    folder = tmp_path / "uswim-scan"
+    folder.mkdir()
+    lines = [",".join(COLUMNS)]
+    for ds, ratios in (("a", (1.1, 1.5)), ("b", (1.0, 2.0))):
+        for s, ratio in zip((2.0, 5.0), ratios, strict=True):
+            for basis, low, high in (("nwc", 0.9, 3.0), ("nwc_v", 0.5, 9.0)):
+                r = dict.fromkeys(COLUMNS, 0.5)
+                r.update(dataset=ds, s=s, sigma=0.2, margin_pp=0.5, basis=basis)
+                r.update(ratio=ratio, ratio_low=low * ratio, ratio_high=high * ratio)
+                r.update(swim=0.3, uswim=0.3 / ratio)
+                lines.append(",".join(str(r[c]) for c in COLUMNS))
+    (folder / "scan.csv").write_text("\n".join(lines) + "\n")
+    text = readings.scan_reading(folder)
+    assert "a 1.10x (s=2), 1.50x (s=5); b 1.00x (s=2), 2.00x (s=5)" in text
+    assert "grows with s on every dataset, most on b" in text
+    assert "at or below 2.00x, so the abstract's 7x is not in this scan" in text
+    # the widest range: NWC-v (high/low 18 against 3.3), U-SWIM the cheaper
+    assert "(NWC-v at 0.5 pp, a, s=2, sigma=0.2)" in text
+    assert "U-SWIM needs 27.3 % of exhaustive write-verify's verify cycles" in text
