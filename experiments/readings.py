@@ -301,9 +301,126 @@ def scan_reading(folder: Path = ROOT / "results" / "uswim-scan") -> str:
     )
 
 
+_TIMES = {1.0: "1 s", 3600.0: "1 h", 86400.0: "1 day", 2592000.0: "1 month"}
+
+
+def devices_reading(folder: Path = ROOT / "results" / "reproduce-devices") -> str:
+    """What the measured-device run shows: the loop's cost of exhaustive
+    write-verify and the ceiling it sets, PCM's drift with and without
+    compensation, and which score is best where verifying is needed."""
+    missing = _not_run(folder, "make reproduce-devices")
+    if missing:
+        return missing
+    import statistics
+
+    from experiments.devices.run import verifying_needed
+
+    rows = [
+        {
+            k: (
+                float(v)
+                if k not in ("model", "preset", "compensation", "method")
+                else v
+            )
+            for k, v in r.items()
+        }
+        for r in _read_csv(folder / "devices_speedups.csv")
+    ]
+    costs = _read_csv(folder / "devices_cost.csv")
+    presets = list(dict.fromkeys(c["preset"] for c in costs))
+    writes = {
+        p: [float(c["writes_per_device"]) for c in costs if c["preset"] == p]
+        for p in presets
+    }
+    ratio = {
+        p: statistics.median(
+            r["speedup_loop"] / r["speedup_assumed10"]
+            for r in rows
+            if r["preset"] == p and r["speedup_assumed10"] > 0
+        )
+        for p in presets
+    }
+    out = [
+        "- Priced by the verify loop, exhaustive write-verify costs "
+        + ", ".join(f"{_span(writes[p])} writes per device on {p}" for p in presets)
+        + ", not 10, so no selective scheme can save more than about "
+        + " or ".join(f"{max(writes[p]):.1f}x ({p})" for p in presets)
+        + ": the loop-priced speedups are a median "
+        + " and ".join(f"{ratio[p]:.2f}x ({p})" for p in presets)
+        + " of the same accuracies priced at 10 cycles per verify (every margin)."
+    ]
+    ends = {}
+    for r in rows:
+        if r["margin_pp"] == 0.5:
+            ends[(r["model"], r["preset"], r["t_s"], r["compensation"])] = r
+    times = sorted({k[2] for k in ends})
+    first, last = times[0], times[-1]
+    for model in dict.fromkeys(k[0] for k in ends):
+        if (model, "pcm", first, "False") not in ends:
+            continue
+        at = {
+            (t, c): ends[(model, "pcm", t, c)]
+            for t in times
+            for c in ("False", "True")
+            if (model, "pcm", t, c) in ends
+        }
+        free = all(
+            not verifying_needed(r["none_mean"], r["exhaustive_mean"], 0.5)
+            for (t, c), r in at.items()
+            if c == "True"
+        )
+        out.append(
+            f"- PCM's drift on {model}, exhaustively verified: "
+            f"{at[(first, 'False')]['exhaustive_mean']:.1f} % at "
+            f"{_TIMES.get(first, f'{first:g} s')} and "
+            f"{at[(last, 'False')]['exhaustive_mean']:.1f} % at "
+            f"{_TIMES.get(last, f'{last:g} s')} without compensation, "
+            f"{at[(last, 'True')]['exhaustive_mean']:.1f} % with per-layer drift "
+            "compensation"
+            + (
+                "; with it, verifying nothing is within 0.5 pp at every time."
+                if free
+                else "."
+            )
+        )
+    winners = {}  # cell -> the scores with the best loop-priced speedup
+    for k, r0 in ends.items():
+        if verifying_needed(r0["none_mean"], r0["exhaustive_mean"], 0.5):
+            cell = [
+                r
+                for r in rows
+                if r["margin_pp"] == 0.5
+                and (r["model"], r["preset"], r["t_s"], r["compensation"]) == k
+            ]
+            top = max(r["speedup_loop"] for r in cell)
+            winners[k] = {r["method"] for r in cell if r["speedup_loop"] == top}
+    count = {}
+    for ms in winners.values():
+        for m in ms:
+            count[m] = count.get(m, 0) + 1
+    curvature = sum(1 for ms in winners.values() if ms - {"magnitude", "random"})
+    line = (
+        f"- Where verifying is needed ({len(winners)} of {len(ends)} cells at "
+        f"0.5 pp), a curvature-based score is best in {curvature}; per score "
+        "(ties counted for each): "
+        + ", ".join(f"{m} {n}" for m, n in sorted(count.items(), key=lambda kv: -kv[1]))
+        + "."
+    )
+    mag = sorted({(k[0], k[1], k[2]) for k, ms in winners.items() if "magnitude" in ms})
+    if mag:
+        line += (
+            " Magnitude is best on "
+            + "; ".join(f"{m} {p} at {_TIMES.get(t, f'{t:g} s')}" for m, p, t in mag)
+            + "."
+        )
+    out.append(line)
+    return "\n".join(out)
+
+
 SECTIONS = {
     "per-chip-reading": per_chip_reading,
     "deep-reading": deep_reading,
     "vit-reading": vit_reading,
     "uswim-scan-reading": scan_reading,
+    "devices-reading": devices_reading,
 }

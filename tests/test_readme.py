@@ -233,3 +233,37 @@ def test_scan_reading_computes_its_numbers(tmp_path):
     # the widest range: NWC-v (high/low 18 against 3.3), U-SWIM the cheaper
     assert "(NWC-v at 0.5 pp, a, s=2, sigma=0.2)" in text
     assert "U-SWIM needs 27.3 % of exhaustive write-verify's verify cycles" in text
+
+
+def test_devices_reading_computes_its_numbers(tmp_path):
+    folder = tmp_path / "reproduce-devices"
+    folder.mkdir()
+    (folder / "devices_cost.csv").write_text(
+        "model,preset,writes_per_device\nm,pcm,2.0\nm,rram,3.04\n"
+    )
+    head = "model,preset,t_s,compensation,method,margin_pp,none_mean,exhaustive_mean"
+    lines = [head + ",speedup_loop,speedup_assumed10"]
+    for preset, loop in (("pcm", 0.2), ("rram", 0.5)):
+        for t, drop in ((1, 0.0), (3600, 4.0)):
+            for comp in ("False", "True"):
+                ex = 98.0 - (drop / 4 if comp == "True" else drop)
+                none = ex - (0.2 if comp == "True" else 2.0)  # comp: within 0.5 pp
+                for method, speed in (("magnitude", 4.0), ("swim", 5.0 + t / 3600)):
+                    if preset == "rram" and t == 3600:
+                        speed = 6.0 if method == "magnitude" else 5.0
+                    for g in (0.5, 1.0):
+                        lines.append(
+                            f"m,{preset},{t},{comp},{method},{g},{none},{ex},"
+                            f"{loop * speed},{speed}"
+                        )
+    (folder / "devices_speedups.csv").write_text("\n".join(lines) + "\n")
+    text = readings.devices_reading(folder)
+    assert "costs 2.00 writes per device on pcm, 3.04 writes per device on rram" in text
+    assert "more than about 2.0x (pcm) or 3.0x (rram)" in text
+    assert "a median 0.20x (pcm) and 0.50x (rram)" in text
+    assert "98.0 % at 1 s and 94.0 % at 1 h without compensation, 97.0 % with" in text
+    assert "verifying nothing is within 0.5 pp at every time" in text
+    # needed: the 4 uncompensated cells; swim best in 3, magnitude in rram at 1 h
+    assert "(4 of 8 cells at 0.5 pp), a curvature-based score is best in 3" in text
+    assert "swim 3, magnitude 1" in text
+    assert "Magnitude is best on m rram at 1 h." in text
