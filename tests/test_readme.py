@@ -267,3 +267,64 @@ def test_devices_reading_computes_its_numbers(tmp_path):
     assert "(4 of 8 cells at 0.5 pp), a curvature-based score is best in 3" in text
     assert "swim 3, magnitude 1" in text
     assert "Magnitude is best on m rram at 1 h." in text
+
+
+def test_papers_reading_computes_its_numbers(tmp_path):
+    import json
+
+    def folder(name, dataset, clean, speed):
+        root = tmp_path / name
+        sub = root / "m"
+        sub.mkdir(parents=True)
+        (root / "run_info.json").write_text(
+            json.dumps({"models": [{"name": "m", "label": "LeNet"}]})
+        )
+        info = {"dataset": dataset, "clean_accuracy": clean, "num_weights": 1000}
+        (sub / "run_info.json").write_text(json.dumps(info))
+        cfg = {"config": {"experiment": {"hutchinson_probes": 8}}}
+        (sub / "config.json").write_text(json.dumps(cfg))
+        (sub / "references.csv").write_text(
+            "setting,none_mean\nuniform sigma=0.2,70\nuniform sigma=0.3,45\n"
+            "state s=2 sigma=0.3,50\n"
+        )
+        lines = ["setting,method,margin_pp,speedup,speedup_v,nwc_v"]
+        for setting, methods in speed.items():
+            for method, (sp, v) in methods.items():
+                for g in (0.5, 1.0):
+                    lines.append(f"{setting},{method},{g},{sp},{v},{1 / v}")
+        (sub / "speedups.csv").write_text("\n".join(lines) + "\n")
+        return root
+
+    a = folder(
+        "a",
+        "digits",
+        0.98,
+        {
+            "uniform sigma=0.2": {"swim": (5.0, 20.0), "magnitude": (1.2, 1.25)},
+            "state s=2 sigma=0.3": {
+                "swim": (3.0, 4.0),
+                "uswim": (4.0, 8.0),
+                "eloss-obd": (3.5, 6.0),
+                "eloss-hutchinson": (1.0, 1.0),
+            },
+        },
+    )
+    b = folder(
+        "b",
+        "clothes",
+        0.9,
+        {"uniform sigma=0.3": {"swim": (1.4, 1.5), "random": (1.1, 1.1)}},
+    )
+    text = readings.papers_reading((a, b))
+    assert "on digits, the curvature-based orders" in text
+    assert "verify 5.0–25.0 % of the weights" in text  # 100 / speedup_v
+    assert "magnitude and random 80 %" in text
+    assert "On clothes the unverified chip loses far more accuracy (45–50 % at " in text
+    assert "against 90 % clean), and the best order reaches only 1.4x" in text
+    assert (
+        "1/0.5/1 pp margins: 2.0x (s=2: 2.0x); U-SWIM ties or beats SWIM in 2 of 2"
+        in text.replace("0.1/", "1/")
+    )
+    assert "behind U-SWIM in 1 cells (digits LeNet state s=2 sigma=0.3: 3.50x " in text
+    assert "ties counted for each): swim 2, uswim 1." in text
+    assert "8 probes on 1,000 weights reaches a median 1.0x" in text
