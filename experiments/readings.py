@@ -17,8 +17,9 @@ from experiments.readme import ROOT, _not_run, _read_csv, _span, scan_rows
 CURVATURE = ("swim", "eloss-obd", "eloss-ggn")
 
 
-def _names(methods) -> str:
-    m = sorted(methods)
+def _names(items) -> str:
+    """``a, b and c``."""
+    m = list(items)
     return m[0] if len(m) == 1 else ", ".join(m[:-1]) + " and " + m[-1]
 
 
@@ -65,44 +66,43 @@ def per_chip_reading(
     ceiling = max(r["cycles_max"] for rs in rows.values() for r in rs)
     gains = [r["test_mean"] - r["fixed_test_mean"] for r in swim]
     best = max(
-        ((label, r) for label, rs in rows.items() for r in rs),
-        key=lambda lr: (
-            lr[1]["test_mean"] - lr[1]["fixed_test_mean"]
-            if lr[1]["method"] == "swim" and lr[1]["batch_fraction"] == shown
-            else -1e9
+        (
+            (label, r)
+            for label, rs in rows.items()
+            for r in rs
+            if r["method"] == "swim" and r["batch_fraction"] == shown
         ),
+        key=lambda lr: lr[1]["test_mean"] - lr[1]["fixed_test_mean"],
     )
     finest, coarsest = batches[0], batches[-1]
-    stuck_text = "; ".join(
-        f"{m} on {_span(v, '.0f', ' %')}" for m, v in sorted(stuck.items())
+    stuck_text = _names(
+        f"{m} ({_span(v, '.0f', ' %')})" for m, v in sorted(stuck.items())
     )
-    return "\n".join(
-        [
-            f"Per chip (batches of {100 * shown:g} %), SWIM's mean chip costs "
-            f"{_span([r['cycles_mean'] for r in swim])} NWC, its 95th percentile "
-            f"{_span([r['cycles_p95'] for r in swim])} ({ceiling:.2f} is the "
-            f"{_span([100 * b for b in budgets], 'g', ' %')} budget), and "
-            f"{_span(never['swim'], '.0f', ' %')} of the chips never get within "
-            "the margin by then. "
-            + (
-                f"The orders that almost never stop a chip early (at least 90 % "
-                f"of the chips reach the budget) are {_names(stuck)}: {stuck_text}. "
-                if stuck
-                else "Every order stops most chips before the budget. "
-            )
-            + f"Stopping per chip buys SWIM "
-            f"{_span(gains)} points of test accuracy over the fixed budget of the "
-            f"same mean cost (at most on the {best[0]}: "
-            f"{best[1]['test_mean']:.2f} % against "
-            f"{best[1]['fixed_test_mean']:.2f} %). Coarser batches cost up to "
-            f"{max(r['overshoot'] for rs in rows.values() for r in rs):.2f} NWC "
-            f"of overshoot while cutting SWIM's checks from "
-            f"{_span([r['checks_mean'] for r in at('swim', finest)], '.0f')} "
-            f"({100 * finest:g} % batches) to "
-            f"{_span([r['checks_mean'] for r in at('swim', coarsest)], '.0f')} "
-            f"({100 * coarsest:g} %) per chip. The checks run on training images "
-            "the models were trained on.",
-        ]
+    return (
+        f"Per chip (batches of {100 * shown:g} %), SWIM's mean chip costs "
+        f"{_span([r['cycles_mean'] for r in swim])} NWC, its 95th percentile "
+        f"{_span([r['cycles_p95'] for r in swim])} ({ceiling:.2f} is the "
+        f"{_span([100 * b for b in budgets], 'g', ' %')} budget), and "
+        f"{_span(never['swim'], '.0f', ' %')} of the chips never get within "
+        "the margin by then. "
+        + (
+            "The orders that almost never stop a chip early (at least 90 % of "
+            f"the chips reach the budget) are {stuck_text}. "
+            if stuck
+            else "Every order stops most chips before the budget. "
+        )
+        + f"Stopping per chip buys SWIM "
+        f"{_span(gains)} points of test accuracy over the fixed budget of the "
+        f"same mean cost (at most on the {best[0]}: "
+        f"{best[1]['test_mean']:.2f} % against "
+        f"{best[1]['fixed_test_mean']:.2f} %). Coarser batches cost up to "
+        f"{max(r['overshoot'] for rs in rows.values() for r in rs):.2f} NWC "
+        f"of overshoot while cutting SWIM's checks from "
+        f"{_span([r['checks_mean'] for r in at('swim', finest)], '.0f')} "
+        f"({100 * finest:g} % batches) to "
+        f"{_span([r['checks_mean'] for r in at('swim', coarsest)], '.0f')} "
+        f"({100 * coarsest:g} %) per chip. The checks run on training images "
+        "the models were trained on."
     )
 
 
