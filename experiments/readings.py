@@ -20,7 +20,7 @@ CURVATURE = ("swim", "eloss-obd", "eloss-ggn")
 def _names(items) -> str:
     """``a, b and c``."""
     m = list(items)
-    return m[0] if len(m) == 1 else ", ".join(m[:-1]) + " and " + m[-1]
+    return ", ".join(m[:-1]) + " and " + m[-1] if len(m) > 1 else "".join(m)
 
 
 def per_chip_reading(
