@@ -12,9 +12,34 @@ import json
 import statistics
 from pathlib import Path
 
-from experiments.readme import ROOT, _not_run, _read_csv, _span, scan_rows
+from experiments.readme import (
+    ROOT,
+    _not_run,
+    _read_csv,
+    _span,
+    scan_rows,
+    study_diagonal,
+)
 
-CURVATURE = ("swim", "eloss-obd", "eloss-ggn")
+#: The curvature-based orders (Hutchinson's estimate is reported apart).
+CURVATURE = ("swim", "uswim", "eloss-obd", "eloss-ggn", "eloss-fisher")
+
+
+def _count(names) -> list[tuple[str, int]]:
+    """(name, how often) for ``names``, most often first, ties by name (so the
+    text does not depend on set order)."""
+    n = {}
+    for m in names:
+        n[m] = n.get(m, 0) + 1
+    return sorted(n.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _uniform_sigmas(sp) -> tuple[float, float]:
+    """The lowest and highest uniform sigma among a study's settings."""
+    sigmas = sorted(
+        {float(s.split("=")[1]) for d in sp.values() for s, _ in d if "uniform" in s}
+    )
+    return sigmas[0], sigmas[-1]
 
 
 def _names(items) -> str:
@@ -120,18 +145,6 @@ def _speedups(folder: Path) -> dict[str, dict[tuple[str, str], float]]:
     return out
 
 
-def _diagonal(folder: Path) -> dict[str, dict[str, float]]:
-    """Overall agreement of the one-pass diagonal (the GGN's images) with the
-    exact GGN diagonal, per dataset."""
-    from experiments.deep.run import GGN, OBD_SAME
-
-    return {
-        r["dataset"]: {k: float(v) for k, v in r.items() if k[:3] in ("spe", "top")}
-        for r in _read_csv(folder / "diagonal.csv")
-        if (r["a"], r["b"], r["layer"]) == (OBD_SAME, GGN, "overall")
-    }
-
-
 def _all(sp, setting, methods) -> list[float]:
     return [d[(setting, m)] for d in sp.values() for m in methods if (setting, m) in d]
 
@@ -143,11 +156,9 @@ def deep_reading(folder: Path = ROOT / "results" / "deep") -> str:
     missing = _not_run(folder, "make reproduce-deep")
     if missing:
         return missing
-    sp, diag = _speedups(folder), _diagonal(folder)
-    sigmas = sorted(
-        {float(s.split("=")[1]) for d in sp.values() for s, _ in d if "uniform" in s}
-    )
-    lo, hi = (f"uniform sigma={s:g}" for s in (sigmas[0], sigmas[-1]))
+    sp, diag = _speedups(folder), study_diagonal(folder)
+    sigmas = _uniform_sigmas(sp)
+    lo, hi = (f"uniform sigma={s:g}" for s in sigmas)
     gap = max(
         abs(d[(s, "eloss-obd")] - d[(s, "eloss-ggn")])
         for d in sp.values()
@@ -169,23 +180,19 @@ def deep_reading(folder: Path = ROOT / "results" / "deep") -> str:
     )
 
 
-def vit_reading(folder: Path = ROOT / "results" / "vit") -> str:
+def vit_reading(
+    folder: Path = ROOT / "results" / "vit", deep: Path = ROOT / "results" / "deep"
+) -> str:
     """What the ViT study shows: curvature against magnitude and random at the
     lowest uniform sigma, how the exact diagonal's score compares at the
     highest, and where SWIM's budget goes, from the study's CSVs."""
     missing = _not_run(folder, "make reproduce-vit")
     if missing:
         return missing
-    sp, diag = _speedups(folder), _diagonal(folder)
-    deep = (
-        _diagonal(ROOT / "results" / "deep")
-        if (ROOT / "results" / "deep").is_dir()
-        else {}
-    )
-    sigmas = sorted(
-        {float(s.split("=")[1]) for d in sp.values() for s, _ in d if "uniform" in s}
-    )
-    lo, hi = (f"uniform sigma={s:g}" for s in (sigmas[0], sigmas[-1]))
+    sp, diag = _speedups(folder), study_diagonal(folder)
+    deep = study_diagonal(deep) if (deep / "diagonal.csv").is_file() else {}
+    sigmas = _uniform_sigmas(sp)
+    lo, hi = (f"uniform sigma={s:g}" for s in sigmas)
     parts = []
     for dataset, d in sp.items():
         cur = max(d.get((lo, m), 0.0) for m in CURVATURE)
@@ -393,17 +400,12 @@ def devices_reading(folder: Path = ROOT / "results" / "reproduce-devices") -> st
             ]
             top = max(r["speedup_loop"] for r in cell)
             winners[k] = {r["method"] for r in cell if r["speedup_loop"] == top}
-    count = {}
-    for ms in winners.values():
-        for m in ms:
-            count[m] = count.get(m, 0) + 1
+    count = _count(m for ms in winners.values() for m in ms)
     curvature = sum(1 for ms in winners.values() if ms - {"magnitude", "random"})
     line = (
         f"- Where verifying is needed ({len(winners)} of {len(ends)} cells at "
         f"0.5 pp), a curvature-based score is best in {curvature}; per score "
-        "(ties counted for each): "
-        + ", ".join(f"{m} {n}" for m, n in sorted(count.items(), key=lambda kv: -kv[1]))
-        + "."
+        "(ties counted for each): " + ", ".join(f"{m} {n}" for m, n in count) + "."
     )
     mag = sorted({(k[0], k[1], k[2]) for k, ms in winners.items() if "magnitude" in ms})
     if mag:
@@ -414,9 +416,6 @@ def devices_reading(folder: Path = ROOT / "results" / "reproduce-devices") -> st
         )
     out.append(line)
     return "\n".join(out)
-
-
-_CURVATURE_ALL = ("swim", "uswim", "eloss-obd", "eloss-ggn", "eloss-fisher")
 
 
 def papers_reading(
@@ -470,7 +469,7 @@ def papers_reading(
     lines = [
         f"- At a 0.5 pp margin on {first}, the curvature-based orders (SWIM, U-SWIM, "
         f"the expected-loss scores with the one-pass, GGN and Fisher diagonals) "
-        f"verify {_span(verified(_CURVATURE_ALL, first), '.1f', ' %')} of the weights "
+        f"verify {_span(verified(CURVATURE, first), '.1f', ' %')} of the weights "
         f"(lowest at the lowest noise), magnitude and random "
         f"{_span(verified(('magnitude', 'random'), first), '.0f', ' %')}."
     ]
@@ -511,39 +510,26 @@ def papers_reading(
         + f"U-SWIM ties or beats SWIM in {sum(v >= 1 for v in ratio.values())} of "
         f"{len(ratio)}."
     )
-    lead = {}
-    for key in {(c["dataset"], c["model"], c["setting"]) for c in at}:
-        cs = [c for c in at if (c["dataset"], c["model"], c["setting"]) == key]
-        top = max(c["speedup"] for c in cs)
-        for c in cs:
-            if c["speedup"] == top:
-                lead[c["method"]] = lead.get(c["method"], 0) + 1
-    n = len({(c["dataset"], c["model"], c["setting"]) for c in at})
-    behind = []
-    for ds in datasets:
-        for c in at:
-            if c["dataset"] == ds and c["method"] == "eloss-obd":
-                u = next(
-                    (
-                        d
-                        for d in at
-                        if d["method"] == "uswim"
-                        and (d["dataset"], d["model"], d["setting"])
-                        == (ds, c["model"], c["setting"])
-                    ),
-                    None,
-                )
-                if u is not None and c["speedup"] < u["speedup"]:
-                    behind.append(
-                        f"{ds} {c['model']} {c['setting']}: {c['speedup']:.2f}x "
-                        f"against {u['speedup']:.2f}x"
-                    )
+    groups = {}  # (dataset, model, setting) -> {method: speedup at 0.5 pp}
+    for c in at:
+        groups.setdefault((c["dataset"], c["model"], c["setting"]), {})[c["method"]] = (
+            c["speedup"]
+        )
+    lead = _count(
+        m for sp in groups.values() for m, v in sp.items() if v == max(sp.values())
+    )
+    n = len(groups)
+    behind = [
+        f"{ds} {model} {setting}: {sp['eloss-obd']:.2f}x against {sp['uswim']:.2f}x"
+        for (ds, model, setting), sp in groups.items()
+        if "eloss-obd" in sp and "uswim" in sp and sp["eloss-obd"] < sp["uswim"]
+    ]
     h = [c["speedup"] for c in at if c["method"] == "eloss-hutchinson"]
-    others = [c["speedup"] for c in at if c["method"] in _CURVATURE_ALL]
+    others = [c["speedup"] for c in at if c["method"] in CURVATURE]
     lines.append(
         f"- The best order at 0.5 pp (of {n} model and setting cells, ties counted "
         "for each): "
-        + ", ".join(f"{m} {k}" for m, k in sorted(lead.items(), key=lambda kv: -kv[1]))
+        + ", ".join(f"{m} {k}" for m, k in lead)
         + ". The expected-loss score with the one-pass diagonal is behind U-SWIM in "
         + (f"{len(behind)} cells ({'; '.join(behind)})" if behind else "no cell")
         + ". Hutchinson's estimate with "

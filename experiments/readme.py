@@ -904,17 +904,26 @@ def uswim_scan_results(folder: Path = ROOT / "results" / "uswim-scan") -> str:
     )
 
 
+def study_diagonal(folder: Path) -> dict[str, dict[str, float]]:
+    """Overall agreement of the one-pass diagonal (on the GGN's images) with
+    the exact GGN diagonal per dataset (Spearman and the top-k overlaps), from
+    a study's ``diagonal.csv``; empty without one."""
+    from experiments.deep.run import GGN, OBD_SAME
+
+    if not (folder / "diagonal.csv").is_file():
+        return {}
+    return {
+        r["dataset"]: {k: float(v) for k, v in r.items() if k[:3] in ("spe", "top")}
+        for r in _read_csv(folder / "diagonal.csv")
+        if (r["a"], r["b"], r["layer"]) == (OBD_SAME, GGN, "overall")
+    }
+
+
 def _study_results(folder: Path, command: str) -> str:
     missing = _not_run(folder, command)
     if missing:
         return missing
-    from experiments.deep.run import GGN, OBD_SAME
-
-    diag = (
-        _read_csv(folder / "diagonal.csv")
-        if (folder / "diagonal.csv").is_file()
-        else []
-    )
+    diag = study_diagonal(folder)
     lines = []
     for run_dir in sorted(folder.glob("*/run")):
         info = json.loads((run_dir / "run_info.json").read_text())
@@ -923,20 +932,16 @@ def _study_results(folder: Path, command: str) -> str:
         label = t["model"] + (f" (width {t['width']})" if t.get("width") else "")
         lines += [f"**{label}, {info['dataset']}**", ""]
         lines += _model_table(run_dir, label)
-        for r in diag:
-            if r["dataset"] == info["dataset"] and (r["a"], r["b"], r["layer"]) == (
-                OBD_SAME,
-                GGN,
-                "overall",
-            ):
-                tops = [k for k in r if k.startswith("top")]
-                lines += [
-                    f"- one-pass diagonal vs the exact GGN diagonal (same "
-                    f"images, all crossbar weights): Spearman "
-                    f"{float(r['spearman']):.3f}, top-k overlap "
-                    + ", ".join(f"{float(r[k]):.2f} at {k[3:]}" for k in tops),
-                    "",
-                ]
+        r = diag.get(info["dataset"])
+        if r is not None:
+            tops = [k for k in r if k.startswith("top")]
+            lines += [
+                f"- one-pass diagonal vs the exact GGN diagonal (same "
+                f"images, all crossbar weights): Spearman "
+                f"{r['spearman']:.3f}, top-k overlap "
+                + ", ".join(f"{r[k]:.2f} at {k[3:]}" for k in tops),
+                "",
+            ]
     lines.append(
         f"Source: `results/{folder.name}/study.md` (where the budget goes per "
         f"layer group, the per-layer diagonal check), from `{command}`."
