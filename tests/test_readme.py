@@ -328,3 +328,12 @@ def test_papers_reading_computes_its_numbers(tmp_path):
     assert "behind U-SWIM in 1 cells (digits LeNet state s=2 sigma=0.3: 3.50x " in text
     assert "ties counted for each): swim 2, uswim 1." in text
     assert "8 probes on 1,000 weights reaches a median 1.0x" in text
+
+
+def test_reading_counts_break_ties_by_name():
+    # the text must not depend on the order a set of winners is iterated in
+    assert readings._count(["swim", "magnitude", "swim", "eloss-obd"]) == [
+        ("swim", 2),
+        ("eloss-obd", 1),
+        ("magnitude", 1),
+    ]
