@@ -359,3 +359,18 @@ def test_a_changed_execution_knob_resumes_the_same_run(tmp_path):
             np.testing.assert_array_equal(
                 a["curves"][k].reference, b["curves"][k].reference, str(k)
             )
+
+
+def test_run_info_conv_paths_keep_shapes_this_invocation_did_not_trace():
+    from uswim_jax.experiment.pipeline import _merged_conv_paths
+
+    old = [
+        {"conv": "a", "path": "im2col"},
+        {"conv": "b", "path": "im2col"},
+        {"model": "m", "policy": "measure", "path": "rule"},
+    ]
+    new = [{"conv": "b", "path": "per_trial"}]
+    merged = _merged_conv_paths(old, new)
+    assert merged == [old[0], old[2], new[0]]  # b as it ran now; a, m kept
+    assert _merged_conv_paths(old, []) == old  # a resume that traced nothing
+    assert _merged_conv_paths([], new) == new

@@ -220,10 +220,19 @@ def _run_info(store, model, params, clean, test_data, config, y, start):
         "num_test": int(len(y)),
         "settings": [s.name for s in config.settings()],
         # how each convolution layer shape with per-trial noise last ran
-        "conv_paths": conv_path_log(),
+        "conv_paths": _merged_conv_paths(old.get("conv_paths", []), conv_path_log()),
         "seconds_this_invocation": seconds,
         "seconds_total": seconds
         + float(old.get("seconds_total", old.get("seconds_this_invocation", 0.0))),
     }
     store.write_json("run_info.json", info)
     return info
+
+
+def _merged_conv_paths(old: list[dict], new: list[dict]) -> list[dict]:
+    """The folder's conv path records: this invocation's, plus the earlier
+    invocations' records for shapes it did not trace (a resume that finds
+    every unit done traces nothing, and keeps the record of how they ran)."""
+    key = lambda r: repr(r.get("conv", r.get("model")))  # noqa: E731
+    seen = {key(r) for r in new}
+    return [r for r in old if key(r) not in seen] + list(new)
