@@ -13,10 +13,15 @@ tests start inherit the setting. A test marked ``full_opt`` (one whose own run
 time, not its compiling, dominates: long pulse loops, a compile-time benchmark)
 compiles with them on, and ``USWIM_TEST_FULL_OPT=1`` runs every test compiled as
 users' programs are.
+
+No file of ``"measure"``'s choices (``USWIM_CONV_CACHE`` empty, here and in the
+subprocesses): a test that measures does so afresh, whatever earlier runs left
+in the user's cache.
 """
 
 import os
 
+os.environ["USWIM_CONV_CACHE"] = ""
 _FAST_COMPILE = os.environ.get("USWIM_TEST_FULL_OPT") != "1"
 if _FAST_COMPILE:
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"

@@ -6,6 +6,10 @@ drivers the benchmarks time are the pipeline's own (``_sweep_jit`` and
 ``STATIC``).
 
 ``benchmarks/run.py`` skips this module (its name starts with ``_``).
+
+Importing it turns off the file of ``"measure"``'s choices
+(``USWIM_CONV_CACHE``, :mod:`uswim_jax._measure_cache`) for the process: a
+benchmark measures afresh and reports what measuring cost.
 """
 
 import argparse
@@ -24,6 +28,8 @@ import numpy as np
 
 from uswim_jax._io import atomic_write_text
 from uswim_jax.models import Model, build_model
+
+os.environ["USWIM_CONV_CACHE"] = ""  # measure afresh (see the docstring)
 
 RUN_DIR = "runs/reproduce-mnist/train"
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -652,7 +652,8 @@ def conv_paths_performance(
     lines += [
         "",
         f"- `measure` against `rule`: x{_span(ratios, '.2f')} (per model, steady "
-        "state; measuring is paid once per model, shapes and process: "
+        "state; measuring is paid once per model and shapes, in this "
+        "benchmark once per process since it keeps no file of the choices: "
         '"measuring s", "reused" where an earlier row traced to the same '
         "program).",
         f"- `layers` (each layer shape timed alone) against `rule`: "

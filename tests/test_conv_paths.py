@@ -4,6 +4,8 @@ shape and ``"measure"`` every candidate policy once per model, each takes the
 fastest, the log says which path ran, and the policies behave as
 documented."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,3 +271,121 @@ def test_bad_policy_is_a_clear_error():
         tbm.TrialBatched(
             f, jnp.ones((3, 3, 2, 5)), jnp.ones((3, 8, 8, 2)), None, None, "gpu"
         )
+
+
+def test_measure_choice_is_kept_in_a_file_for_later_processes(monkeypatch, tmp_path):
+    """A ``"measure"`` choice goes to the file; a fresh process (here: the
+    in-process caches emptied) reads it back and times nothing, and its log
+    says where the choice came from. The output equals the plain path's."""
+    from uswim_jax import _measure_cache
+
+    cache = tmp_path / "sub" / "conv_measure.json"
+    monkeypatch.setenv("USWIM_CONV_CACHE", str(cache))
+    f = _conv_fn()
+    k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
+    _traced("measure", f, k, x)
+    (first,) = [r for r in uj.conv_path_log(clear=True) if "model" in r]
+    stored = json.loads(cache.read_text())
+    assert stored["format"] == _measure_cache.FORMAT
+    (entry,) = stored["entries"].values()
+    assert {k: entry[k] for k in ("path", "ms", "model")} == {
+        k: first[k] for k in ("path", "ms", "model")
+    }
+    assert "cached" not in first and first["reused"] is False
+
+    monkeypatch.setattr(tbm, "_MEASURED", {})
+    monkeypatch.setattr(tbm, "_MEASURED_MODELS", {})
+    calls = []
+    monkeypatch.setattr(tbm, "_compiled", lambda *a: calls.append(a))
+    got = _traced("measure", f, k, x)
+    assert calls == []  # nothing timed
+    (again,) = [r for r in uj.conv_path_log() if "model" in r]
+    assert (again["path"], again["ms"], again["cached"]) == (
+        first["path"],
+        first["ms"],
+        str(cache),
+    )
+    assert again["reused"] is True and again["measured"] == entry["measured"]
+    (layer,) = [r for r in uj.conv_path_log() if "conv" in r]
+    assert layer["policy"] == first["path"]
+    np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
+
+
+def test_measure_cache_key_covers_the_model_and_versions(monkeypatch, tmp_path):
+    """Other shapes are another entry; so is the same model under other JAX
+    versions (the key holds them)."""
+    from uswim_jax import _measure_cache
+
+    cache = tmp_path / "c.json"
+    monkeypatch.setenv("USWIM_CONV_CACHE", str(cache))
+    f = _conv_fn()
+    k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
+    for n in (6, 4):  # two image batch sizes: two model signatures
+        _traced("measure", f, k, jax.random.normal(jax.random.key(1), (n, 8, 8, 2)))
+    assert len(json.loads(cache.read_text())["entries"]) == 2
+    sig = next(iter(tbm._MEASURED_MODELS))
+    assert _measure_cache.lookup(sig, tbm.MEASURE_CANDIDATES) is not None
+    monkeypatch.setattr(_measure_cache.jax, "__version__", "0.0.0")
+    assert _measure_cache.lookup(sig, tbm.MEASURE_CANDIDATES) is None
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        ("{not json", "malformed"),
+        ('{"format": 0, "entries": {}}', "malformed"),
+        (None, "wrong form"),  # a stored entry whose path is no candidate
+    ],
+    ids=["not JSON", "another format", "bad entry"],
+)
+def test_measure_cache_bad_file_warns_and_measures(
+    monkeypatch, tmp_path, content, what
+):
+    """A damaged cache file is one warning; the model is measured and the file
+    rewritten with a good entry."""
+    from uswim_jax import _measure_cache
+
+    monkeypatch.setattr(_measure_cache, "_WARNED", set())
+    cache = tmp_path / "c.json"
+    monkeypatch.setenv("USWIM_CONV_CACHE", str(cache))
+    f = _conv_fn()
+    k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
+    if content is None:
+        _traced("measure", f, k, x)
+        data = json.loads(cache.read_text())
+        (entry,) = data["entries"].values()
+        entry["path"] = "no-such-path"
+        cache.write_text(json.dumps(data))
+        monkeypatch.setattr(tbm, "_MEASURED_MODELS", {})
+    else:
+        cache.write_text(content)
+    with pytest.warns(RuntimeWarning, match=what):
+        _traced("measure", f, k, x)
+    (model,) = [r for r in uj.conv_path_log() if "model" in r]
+    assert "cached" not in model and model["reused"] is False
+    (entry,) = json.loads(cache.read_text())["entries"].values()
+    assert entry["path"] == model["path"]
+
+
+def test_measure_cache_off_and_unwritable(monkeypatch, tmp_path):
+    """An empty ``USWIM_CONV_CACHE`` writes no file; a path that cannot be
+    written is one warning, and the measured choice still runs."""
+    from uswim_jax import _measure_cache
+
+    monkeypatch.setattr(_measure_cache, "_WARNED", set())
+    monkeypatch.setenv("USWIM_CONV_CACHE", "")
+    assert _measure_cache.cache_file() is None
+    monkeypatch.delenv("USWIM_CONV_CACHE")
+    assert _measure_cache.cache_file().name == "conv_measure.json"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("USWIM_CONV_CACHE", str(blocker / "c.json"))  # under a file
+    f = _conv_fn()
+    k = jax.random.normal(jax.random.key(0), (3, 3, 3, 2, 5))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
+    with pytest.warns(RuntimeWarning, match="not"):
+        got = _traced("measure", f, k, x)
+    np.testing.assert_allclose(got, _plain(f, k, x), rtol=1e-5, atol=1e-5)
+    assert [r for r in uj.conv_path_log() if "model" in r]

@@ -70,6 +70,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from uswim_jax import _measure_cache
 from uswim_jax._obd import CALL_PRIMITIVES, ELEMENTWISE_PRIMITIVES, _bind, _inner
 
 logger = logging.getLogger(__name__)
@@ -1018,10 +1019,12 @@ def conv_paths(policy: str):
       choice that pays off only in the next layer's layout;
     - ``"measure"``: the whole trial-batched forward pass (one image batch,
       the chunk's trials, operands filled with 0.5) is timed once per model,
-      shapes and process under each of :data:`MEASURE_CANDIDATES` (the rule,
+      shapes and machine under each of :data:`MEASURE_CANDIDATES` (the rule,
       each fixed path, ``"layers"``), and the fastest runs (ties within
       :data:`CONV_TIE` go to the earlier one). It costs a compilation of the
-      forward pass per candidate, plus ``"layers"``' own, the first time;
+      forward pass per candidate, plus ``"layers"``' own, the first time; the
+      choice is kept in a file that later processes read
+      (``$USWIM_CONV_CACHE``; see :mod:`uswim_jax._measure_cache`);
     - with several JAX processes ``"measure"`` and ``"layers"`` are the rule,
       so that every process compiles the same program;
     - ``"im2col"``, ``"per_trial"``, ``"xla"``: that path for every
@@ -1068,7 +1071,9 @@ def conv_path_log(clear: bool = False) -> list[dict]:
     ``"path"`` (the policy it chose), ``"ms"`` (per forward pass, per
     candidate) and ``"seconds"``. Timed records also say ``"reused"``: the
     measurement was made before the log was last cleared (by an earlier
-    trace with the same shapes), so its ``"seconds"`` were spent then.
+    trace with the same shapes) or read from the file of an earlier process's
+    measurements (then the record also has ``"cached"``, the file, and
+    ``"measured"``, when), so its ``"seconds"`` were spent then.
     ``clear=True`` empties the log after reading it (the measurements stay
     cached)."""
     out = [dict(r) for r in _DECISIONS.values()]
@@ -1201,7 +1206,7 @@ def _time_call(run, *args) -> float:
 def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
     """``"measure"``: the candidate policy whose whole forward pass (one image
     batch, ``t`` trials) runs fastest, timed once per model signature and
-    process (:func:`conv_paths`)."""
+    machine (:func:`conv_paths`; the in-process cache, then the file's)."""
     if jax.process_count() > 1:
         return "rule"
     structs = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]
@@ -1223,6 +1228,10 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
             tb.conv_patch_rows,
         )
     )
+    if sig not in _MEASURED_MODELS:
+        cached = _measure_cache.lookup(sig, MEASURE_CANDIDATES)
+        if cached is not None:  # measured by an earlier process on this machine
+            _MEASURED_MODELS[sig] = {**cached, "policy": "measure", "clears": None}
     if sig not in _MEASURED_MODELS:
         t0 = time.perf_counter()
         cands = [
@@ -1256,6 +1265,7 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
             "seconds": time.perf_counter() - t0,
             "clears": _CLEARS[0],
         }
+        _measure_cache.remember(sig, _MEASURED_MODELS[sig])
     record = _MEASURED_MODELS[sig]
     if tb.record:
         _DECISIONS["model:" + sig] = _logged_measurement(record)

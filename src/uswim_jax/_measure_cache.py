@@ -1,0 +1,133 @@
+"""``"measure"``'s choices kept in a file, shared by the processes of a machine.
+
+Under :func:`uswim_jax.conv_paths`' ``"measure"`` (the default on
+accelerators) a model's whole trial-batched forward pass is timed under each
+candidate policy the first time it is traced in a process: one compilation per
+candidate, seconds on LeNet and up to minutes on a large model. The choice is
+also written to a JSON file, and a later process on the same machine reads it
+instead of timing again.
+
+- The file is ``$USWIM_CONV_CACHE``, default
+  ``~/.cache/uswim_jax/conv_measure.json``; an empty ``USWIM_CONV_CACHE`` means
+  no file (every process measures).
+- An entry's key is everything the timing depends on: the model signature the
+  in-process cache uses (backend, device kind, the program's text, the shapes
+  and dtypes, which leaves carry trials, the patch-row threshold), the JAX and
+  jaxlib versions, and the SHA-256 of the trial-batching code.
+- A choice read from the file shows in :func:`uswim_jax.conv_path_log` with
+  ``"cached"`` (the file) and ``"reused": True`` (its ``"seconds"`` were spent
+  by the process that measured). Delete the file to measure again, e.g. after
+  the machine's load changed.
+- An unreadable or malformed file counts as empty and is rewritten; an entry of
+  the wrong form counts as missing; a file that cannot be written is left
+  alone. Each says so in one warning per file and process.
+- The file is written through a temporary file and a rename, so a process that
+  reads it while another writes sees the old file or the new one.
+
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import jax
+import jaxlib
+
+from uswim_jax._io import atomic_write_json
+
+#: The file's format; a file of another format counts as empty.
+FORMAT = 1
+_WARNED: set = set()
+_CODE: list = []  # the SHA-256 of _trialbatch.py, read once
+
+
+def cache_file() -> Path | None:
+    """The cache file, or ``None`` when ``USWIM_CONV_CACHE`` is empty."""
+    env = os.environ.get("USWIM_CONV_CACHE")
+    if env is None:
+        return Path.home() / ".cache" / "uswim_jax" / "conv_measure.json"
+    return Path(env) if env else None
+
+
+def _key(sig: str) -> str:
+    if not _CODE:
+        code = Path(__file__).with_name("_trialbatch.py").read_bytes()
+        _CODE.append(hashlib.sha256(code).hexdigest())
+    versions = (jax.__version__, jaxlib.__version__, _CODE[0])
+    return hashlib.sha256(repr((sig, versions)).encode()).hexdigest()
+
+
+def _warn_once(path: Path, what: str) -> None:
+    if (path, what) not in _WARNED:
+        _WARNED.add((path, what))
+        warnings.warn(f"conv path cache {path}: {what}", RuntimeWarning, stacklevel=4)
+
+
+def _entries(path: Path) -> dict:
+    """The file's entries; ``{}`` (with a warning) when it is unreadable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        _warn_once(path, f"not read ({e}); measuring")
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not (
+        isinstance(data, dict)
+        and data.get("format") == FORMAT
+        and isinstance(data.get("entries"), dict)
+    ):
+        _warn_once(path, "malformed, counted as empty (it will be rewritten)")
+        return {}
+    return data["entries"]
+
+
+def lookup(sig: str, candidates) -> dict | None:
+    """The stored measurement of model signature ``sig`` (``"model"``,
+    ``"path"``, ``"ms"``, ``"seconds"``, ``"measured"``, ``"cached"``), or
+    ``None``. An entry whose path or timings are not among ``candidates``
+    counts as missing."""
+    path = cache_file()
+    if path is None:
+        return None
+    entry = _entries(path).get(_key(sig))
+    if entry is None:
+        return None
+    ok = (
+        isinstance(entry, dict)
+        and entry.get("path") in candidates
+        and isinstance(entry.get("ms"), dict)
+        and set(entry["ms"]) <= set(candidates)
+        and all(isinstance(v, (int, float)) for v in entry["ms"].values())
+        and isinstance(entry.get("model"), str)
+        and isinstance(entry.get("seconds"), (int, float))
+    )
+    if not ok:
+        _warn_once(path, "an entry of the wrong form, measuring again")
+        return None
+    return {**entry, "cached": str(path)}
+
+
+def remember(sig: str, measurement: dict) -> None:
+    """Adds ``measurement`` (``"model"``, ``"path"``, ``"ms"``,
+    ``"seconds"``) under ``sig``, rewriting the file atomically."""
+    path = cache_file()
+    if path is None:
+        return
+    entry = {k: measurement[k] for k in ("model", "path", "ms", "seconds")}
+    entry["measured"] = datetime.datetime.now(datetime.UTC).isoformat(
+        timespec="seconds"
+    )
+    entries = _entries(path)
+    entries[_key(sig)] = entry
+    try:
+        atomic_write_json(path, {"format": FORMAT, "entries": entries})
+    except OSError as e:
+        _warn_once(path, f"not written ({e})")
