@@ -149,10 +149,15 @@ def test_changed_config_is_refused(tmp_path, task):
 
 
 def test_batch_norm_model_trains(tmp_path):
-    tr, te = _task(64, 0, (32, 32, 3)), _task(16, 1, (32, 32, 3))
+    tr, te = _task(64, 0, (16, 16, 3)), _task(16, 1, (16, 16, 3))
     result = train(
         TrainConfig(
-            model="resnet18", dataset="cifar10", epochs=1, batch_size=32, augment=True
+            model="resnet18",
+            dataset="cifar10",
+            epochs=1,
+            batch_size=32,
+            augment=True,
+            width=8,
         ),
         tmp_path,
         train_data=tr,
@@ -160,6 +165,10 @@ def test_batch_norm_model_trains(tmp_path):
         progress=False,
     )
     assert np.isfinite(result.history[0]["train_loss"])
+    # The running statistics moved off their start (mean 0, variance 1).
+    stats = jax.tree_util.tree_leaves_with_path(result.params["batch_stats"])
+    means = [v for k, v in stats if "mean" in jax.tree_util.keystr(k)]
+    assert means and all(float(np.abs(m).max()) > 0 for m in means)
 
 
 def test_augment_keeps_shape_and_pixels():
