@@ -7,6 +7,7 @@ tests/test_distributed.py worker PROCESS_ID PORT OUT_DIR``), each process with
 two forced CPU devices, gloo collectives and the coordinator on 127.0.0.1.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -129,6 +130,59 @@ def _results(kind: str, shard, mesh_shard, eager: bool) -> dict[str, np.ndarray]
     return out
 
 
+def _tiny_cnn():
+    """One 3x3 convolution and a dense head on 8x8x1 inputs (NumPy), so the
+    conv-path policies compile in moments."""
+    from jax import lax
+
+    def apply_fn(p, x):
+        h = lax.conv_general_dilated(
+            x,
+            p["conv"]["kernel"],
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return jax.numpy.tanh(h).mean(axis=(1, 2)) @ p["head"]["kernel"]
+
+    rng = np.random.default_rng(2)
+    params = {
+        "conv": {
+            "kernel": (0.5 * rng.standard_normal((3, 3, 1, 4))).astype(np.float32)
+        },
+        "head": {"kernel": rng.standard_normal((4, 3)).astype(np.float32)},
+    }
+    x = rng.standard_normal((16, 8, 8, 1)).astype(np.float32)
+    y = np.argmax(np.asarray(apply_fn(params, x)), -1).astype(np.int32)
+    return apply_fn, params, x, y
+
+
+def _measured_paths(policy: str, process_id: int):
+    """Per-trial accuracies and the conv path log of ``evaluate`` on
+    :func:`_tiny_cnn` under ``policy`` (``"measure"`` or ``"layers"``), the
+    trials split over every process. Process 1's timings are made up so that
+    its own choice is the last candidate, which process 0's timing (real) does
+    not pick: every process must still run process 0's choice."""
+    from uswim_jax import _trialbatch as tbm
+
+    if process_id == 1:
+        calls = [0]
+
+        def later_is_faster(run, *args):
+            calls[0] += 1
+            return 1.0 / calls[0]
+
+        tbm._time_call = later_is_faster
+    apply_fn, params, x, y = _tiny_cnn()
+    u.conv_path_log(clear=True)
+    with u.conv_paths(policy):
+        acc = evaluate(
+            jax.random.key(3), apply_fn, params, x, y, u.UniformVariation(0.5, 0.05),
+            None, TRIALS, chunk_size=None, shard=True,
+        ).accuracies  # fmt: skip
+    return np.asarray(acc), u.conv_path_log()
+
+
 def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -143,6 +197,11 @@ def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     out["from_writer"] = np.asarray(_distributed.from_writer(10 + process_id))
     mine = np.asarray([-0.0, 1.5] if process_id == 0 else [5.0, 5.0], np.float32)
     out["from_writer_array"] = _distributed.from_writer({"a": mine})["a"]
+    if kind == "mlp":  # measured conv paths: every process runs process 0's
+        for policy in ("measure", "layers"):
+            acc, log = _measured_paths(policy, process_id)
+            out[f"{policy}_acc"] = acc
+            out[f"{policy}_log"] = np.asarray(json.dumps(log))
     # Only process 0 writes; a folder the others cannot see is refused on all.
     atomic_write_text(os.path.join(out_dir, "written.txt"), str(process_id))
     _distributed.check_shared_folder(out_dir)
@@ -209,6 +268,8 @@ def _check_two_processes(kind: str, out_dir) -> None:
     ref = _results(kind, False, False, eager=False)  # one process, meanwhile
     rcs, outs = _wait(procs, TIMEOUT_S)
     assert rcs == [0, 0], "\n---\n".join(o[-3000:] for o in outs)
+    with np.load(out_dir / "p0.npz") as z:  # every process: process 0's trials
+        measured = {k: z[k] for k in z.files if k.endswith("_acc")}
     assert ref["sweep"].shape == (len(FRACTIONS), TRIALS)
     for i in range(2):
         with np.load(out_dir / f"p{i}.npz") as z:
@@ -220,6 +281,16 @@ def _check_two_processes(kind: str, out_dir) -> None:
         fw = got["from_writer_array"]  # process 0's bits, -0.0 included
         assert fw.tolist() == [0.0, 1.5] and np.signbit(fw[0])
         assert bool(got["private_refused"])
+        if kind == "mlp":
+            for policy in ("measure", "layers"):
+                np.testing.assert_array_equal(
+                    got[f"{policy}_acc"], measured[f"{policy}_acc"], err_msg=policy
+                )
+                measured.setdefault(policy, []).append(
+                    json.loads(str(got[f"{policy}_log"]))
+                )
+    if kind == "mlp":
+        _check_agreed_paths(measured)
     assert (out_dir / "written.txt").read_text() == "0"
     assert not (out_dir / ".uswim-shared-check").exists()
     # The trials are not all alike (the comparison has something to compare).
@@ -227,6 +298,22 @@ def _check_two_processes(kind: str, out_dir) -> None:
     assert len(np.unique(ref["sweep"][0])) > 1
     if kind == "mlp":
         assert len(np.unique(ref["pulse_sweep"][0])) > 1
+
+
+def _check_agreed_paths(logs: dict) -> None:
+    """Under ``"measure"`` and ``"layers"`` both processes ran process 0's
+    choice, and process 1's log names its own (made-up) one."""
+    from uswim_jax import _trialbatch as tbm
+
+    (m0,), (m1,) = ([r for r in log if "model" in r] for log in logs["measure"])
+    assert m0["path"] == m1["path"] and m0["chosen_by"] == m1["chosen_by"]
+    assert "own_choice" not in m0
+    last = list(m1["ms"])[-1]  # process 1 "timed" the last candidate fastest
+    assert m1.get("own_choice", m1["path"]) == last
+    (l0,), (l1,) = ([r for r in log if "conv" in r] for log in logs["layers"])
+    assert l0["path"] == l1["path"] and l0["chosen_by"] == "process 0"
+    assert l1.get("own_choice", l1["path"]) == list(l1["ms"])[-1]
+    assert set(l1["ms"]) <= set(tbm.CONV_PATHS)
 
 
 def test_two_processes_match_one_process(tmp_path):

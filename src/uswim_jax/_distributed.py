@@ -261,6 +261,36 @@ def from_writer(value: Any) -> Any:
     )
 
 
+def writer_int(value: int) -> int:
+    """``value`` as process 0 has it, on every process (identity with one
+    process), also while a function is being traced: unlike
+    :func:`from_writer` it runs ahead-of-time compiled programs, which execute
+    at once instead of joining the trace. Every process must call it at the
+    same point (it is an all-gather over every device)."""
+    if jax.process_count() == 1:
+        return int(value)
+    devices = jax.devices()
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("all",))
+    own = [d for d in devices if d.process_index == jax.process_index()]
+    shards = [
+        jax.jit(
+            lambda: jnp.full((1,), value, jnp.int32),
+            out_shardings=jax.sharding.SingleDeviceSharding(d),
+        )
+        .lower()
+        .compile()()
+        for d in own
+    ]
+    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all"))
+    every = jax.make_array_from_single_device_arrays((len(devices),), spread, shards)
+    gather = jax.jit(
+        lambda a: a,
+        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    )
+    out = np.asarray(gather.lower(every).compile()(every).addressable_data(0))
+    return int(out[next(i for i, d in enumerate(devices) if d.process_index == 0)])
+
+
 def barrier(name: str) -> None:
     """Waits until every process reaches ``barrier(name)`` (no-op with one)."""
     if jax.process_count() > 1:

@@ -71,6 +71,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 from uswim_jax import _measure_cache
+from uswim_jax._distributed import writer_int
 from uswim_jax._obd import CALL_PRIMITIVES, ELEMENTWISE_PRIMITIVES, _bind, _inner
 
 logger = logging.getLogger(__name__)
@@ -241,6 +242,10 @@ class TrialBatched:
         #: Whether the convolutions' paths go to :func:`conv_path_log` (off for
         #: traces that only estimate sizes).
         self.record = True
+        #: Whether a timed choice is process 0's on every process (off while
+        #: ``"measure"`` times its candidates: each process times its own, and
+        #: one may read its choice from a file while another times).
+        self.agree = True
         self._x_template = [
             jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in jax.tree.leaves(x)
         ]
@@ -712,7 +717,7 @@ class TrialBatched:
         record = {"conv": _conv_description(eqn, ins), "policy": policy}
         if policy in CONV_PATHS:
             path = policy
-        elif policy == "layers" and jax.process_count() == 1:
+        elif policy == "layers":
             t = ins[1].val.shape[0]
             cands = [
                 c
@@ -722,8 +727,10 @@ class TrialBatched:
             ]
             measured = _measure_conv(self, eqn, ins, sig, cands)
             path = measured["path"]
-            record.update(_logged_measurement(measured))
-        else:  # the rule (also "layers" with several processes: see conv_paths)
+            if self.agree:
+                path = _agreed(path, CONV_PATHS)
+            record.update(_logged_measurement(measured, path))
+        else:  # the rule
             record["policy"] = "rule"
             path = "per_trial" if self._per_trial_conv(eqn, ins) else "im2col"
         if path == "im2col" and not rewritable:
@@ -1025,8 +1032,10 @@ def conv_paths(policy: str):
       forward pass per candidate, plus ``"layers"``' own, the first time; the
       choice is kept in a file that later processes read
       (``$USWIM_CONV_CACHE``; see :mod:`uswim_jax._measure_cache`);
-    - with several JAX processes ``"measure"`` and ``"layers"`` are the rule,
-      so that every process compiles the same program;
+    - with several JAX processes each one times (or reads its file), and all
+      run process 0's choice, so that every process compiles the same program
+      (:func:`conv_path_log` says ``"chosen_by"``, and ``"own_choice"`` where
+      a process's own timing differed);
     - ``"im2col"``, ``"per_trial"``, ``"xla"``: that path for every
       convolution (``"im2col"`` where the rewrite applies, ``"xla"``
       elsewhere).
@@ -1171,12 +1180,19 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
     return out
 
 
-def _logged_measurement(m: dict) -> dict:
-    """A measurement as :func:`conv_path_log` shows it: ``"reused"`` when it
-    was made before the log was last cleared (its ``"seconds"`` were spent
-    then)."""
+def _logged_measurement(m: dict, path: str) -> dict:
+    """A measurement as :func:`conv_path_log` shows it, ``path`` being what
+    ran: ``"reused"`` when it was made before the log was last cleared (its
+    ``"seconds"`` were spent then); with several processes ``"chosen_by":
+    "process 0"``, and ``"own_choice"`` where this process's timing chose
+    another path."""
     out = {k: v for k, v in m.items() if k != "clears"}
     out["reused"] = m["clears"] != _CLEARS[0]
+    if jax.process_count() > 1:
+        out["chosen_by"] = "process 0"
+        if path != m["path"]:
+            out["own_choice"] = m["path"]
+    out["path"] = path
     return out
 
 
@@ -1207,8 +1223,6 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
     """``"measure"``: the candidate policy whose whole forward pass (one image
     batch, ``t`` trials) runs fastest, timed once per model signature and
     machine (:func:`conv_paths`; the in-process cache, then the file's)."""
-    if jax.process_count() > 1:
-        return "rule"
     structs = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]
     if tb._model_key is None:  # the program's text, printed once per instance
         text = str(tb.jaxpr)
@@ -1247,6 +1261,7 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
             cand = copy.copy(tb)
             cand.conv_path = cand._active = c
             cand._dots, cand._logged, cand.record = None, set(), False
+            cand.agree = False
 
             def run(ps, xs, cand=cand):
                 stacked = jax.tree.unflatten(tb.param_tree, ps)
@@ -1267,9 +1282,20 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
         }
         _measure_cache.remember(sig, _MEASURED_MODELS[sig])
     record = _MEASURED_MODELS[sig]
+    path = _agreed(record["path"], MEASURE_CANDIDATES)
     if tb.record:
-        _DECISIONS["model:" + sig] = _logged_measurement(record)
-    return record["path"]
+        _DECISIONS["model:" + sig] = _logged_measurement(record, path)
+    return path
+
+
+def _agreed(path: str, options: Sequence[str]) -> str:
+    """``path`` as process 0 chose it, on every process (identity with one):
+    each process timed its own devices, and they must all compile one
+    program. Every process reaches it at the same point of the same trace
+    (:func:`uswim_jax._distributed.writer_int`: an all-gather run at once,
+    outside the trace)."""
+    options = list(options)
+    return options[writer_int(options.index(path))]
 
 
 def trial_batched(
