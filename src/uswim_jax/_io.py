@@ -1,5 +1,8 @@
-"""Atomic file writes: a reader (or a run killed mid-write) never sees half a file."""
+"""Atomic file writes: a reader (or a run killed mid-write) never sees half a file.
+Also the hash of the package's source, which names the code behind an artefact."""
 
+import functools
+import hashlib
 import io
 import json
 import os
@@ -75,3 +78,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@functools.cache
+def source_hash() -> str:
+    """First 12 hex digits of the SHA-256 over the ``uswim_jax`` package's
+    ``.py`` files (relative paths and contents, sorted by path): which code
+    produced an artefact. Computed once per process."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]

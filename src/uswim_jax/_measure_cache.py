@@ -13,7 +13,8 @@ instead of timing again.
 - An entry's key is everything the timing depends on: the model signature the
   in-process cache uses (backend, device kind, the program's text, the shapes
   and dtypes, which leaves carry trials, the patch-row threshold), the JAX and
-  jaxlib versions, and the SHA-256 of the trial-batching code.
+  jaxlib versions, and the package's source hash (``source_hash``, as run
+  folders record it): any change to the code measures again.
 - A choice read from the file shows in :func:`uswim_jax.conv_path_log` with
   ``"cached"`` (the file) and ``"reused": True`` (its ``"seconds"`` were spent
   by the process that measured). Delete the file to measure again, e.g. after
@@ -36,12 +37,11 @@ from pathlib import Path
 import jax
 import jaxlib
 
-from uswim_jax._io import atomic_write_json
+from uswim_jax._io import atomic_write_json, source_hash
 
 #: The file's format; a file of another format counts as empty.
 FORMAT = 1
 _WARNED: set = set()
-_CODE: list = []  # the SHA-256 of _trialbatch.py, read once
 
 
 def cache_file() -> Path | None:
@@ -53,10 +53,7 @@ def cache_file() -> Path | None:
 
 
 def _key(sig: str) -> str:
-    if not _CODE:
-        code = Path(__file__).with_name("_trialbatch.py").read_bytes()
-        _CODE.append(hashlib.sha256(code).hexdigest())
-    versions = (jax.__version__, jaxlib.__version__, _CODE[0])
+    versions = (jax.__version__, jaxlib.__version__, source_hash())
     return hashlib.sha256(repr((sig, versions)).encode()).hexdigest()
 
 

@@ -26,7 +26,6 @@ Layout of a run folder::
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -48,6 +47,7 @@ from uswim_jax._io import (
     atomic_write_json,
     npz_bytes,
     remove_stale_temp_files,
+    source_hash,
 )
 from uswim_jax._trialbatch import conv_policy
 from uswim_jax.sweep import Curve
@@ -89,19 +89,6 @@ def config_hash(config: Any) -> str:
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
-
-
-@functools.cache
-def source_hash() -> str:
-    """First 12 hex digits of the SHA-256 over the ``uswim_jax`` package's
-    ``.py`` files (relative paths and contents, sorted by path): which code
-    produced an artefact. Computed once per process."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        h.update(path.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
 
 
 #: Folders of committed outputs (reports, benchmark JSON), relative to the
