@@ -48,6 +48,7 @@ def _data(shape=(32, 32, 3)):
     }
 
 
+@pytest.mark.slow  # 60-75 s; the suite was at 15:18 on a slow 2-core machine
 def test_convnet_end_to_end(tmp_path):
     out = run.run(
         (_tiny("convnet"),),
