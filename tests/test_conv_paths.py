@@ -241,7 +241,7 @@ def test_with_several_processes_process_0s_choice_runs(monkeypatch, policy):
     ``tests/test_distributed.py``.)"""
     monkeypatch.setattr(tbm.jax, "process_count", lambda: 2)
     shared = []
-    monkeypatch.setattr(tbm, "writer_int", lambda i: shared.append(i) or -1)
+    monkeypatch.setattr(tbm, "from_writer", lambda i: shared.append(i) or -1)
     f = _conv_fn()
     k = jax.random.normal(jax.random.key(0), (2, 3, 3, 2, 5))
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 2))

@@ -15,6 +15,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -197,6 +198,16 @@ def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     out["from_writer"] = np.asarray(_distributed.from_writer(10 + process_id))
     mine = np.asarray([-0.0, 1.5] if process_id == 0 else [5.0, 5.0], np.float32)
     out["from_writer_array"] = _distributed.from_writer({"a": mine})["a"]
+    # inside a trace too (the measured conv path is chosen at trace time)
+    out["from_writer_traced"] = jax.jit(
+        lambda x: x + _distributed.from_writer(10 + process_id)
+    )(np.int32(0))
+    out["every_process"] = np.asarray(_distributed.every_process(1 + 2 * process_id))
+    try:  # values of other shapes: refused on every process, not a hang
+        _distributed.every_process({"a": np.zeros(1 + process_id, np.float32)})
+        out["mismatch_refused"] = np.asarray(False)
+    except ValueError as e:
+        out["mismatch_refused"] = np.asarray("same structure" in str(e))
     if kind == "mlp":  # measured conv paths: every process runs process 0's
         for policy in ("measure", "layers"):
             acc, log = _measured_paths(policy, process_id)
@@ -280,6 +291,9 @@ def _check_two_processes(kind: str, out_dir) -> None:
         assert int(got["from_writer"]) == 10
         fw = got["from_writer_array"]  # process 0's bits, -0.0 included
         assert fw.tolist() == [0.0, 1.5] and np.signbit(fw[0])
+        assert int(got["from_writer_traced"]) == 10
+        assert got["every_process"].tolist() == [1, 3]
+        assert bool(got["mismatch_refused"])
         assert bool(got["private_refused"])
         if kind == "mlp":
             for policy in ("measure", "layers"):
@@ -449,6 +463,7 @@ def test_single_process_paths():
     assert mesh.axis_names == (_distributed.TRIAL_AXIS,)
     assert _distributed.is_writer()
     assert _distributed.from_writer({"a": 1}) == {"a": 1}
+    assert _distributed.every_process(3) == [3]
     from uswim_jax.montecarlo import run_chunks, trial_keys
 
     keys = trial_keys(jax.random.key(2), 5)
@@ -460,6 +475,33 @@ def test_single_process_paths():
     b = run_chunks(keys, fn, chunk_size=None)
     assert a["z"].shape == (5, 2)
     np.testing.assert_array_equal(a["z"], b["z"])
+
+
+def test_every_process_round_trips_the_bits(monkeypatch):
+    """The packing into one byte buffer and back, with the all-gather faked
+    (two processes holding the same bytes): dtypes, shapes, Python number
+    types and the pytree survive, -0.0 and NaN payloads included."""
+    monkeypatch.setattr(_distributed.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        _distributed, "_every_process_bytes", lambda b: np.stack([b, b])
+    )
+    nan = np.frombuffer(np.uint32(0x7FC00001).tobytes(), np.float32)
+    value = {
+        "k": jnp.asarray([[-0.0, 1.5], [2.0, 3.0]], jnp.float32),
+        "h": jnp.asarray([1.0, -2.5], jnp.bfloat16),
+        "n": nan,
+        "e": np.zeros((0, 3), np.int8),
+        "flags": (True, 7, 0.25),
+    }
+    for got in _distributed.every_process(value):
+        assert jax.tree.structure(got) == jax.tree.structure(value)
+        for g, v in zip(jax.tree.leaves(got), jax.tree.leaves(value), strict=True):
+            if isinstance(v, bool | int | float):
+                assert type(g) is type(v) and g == v
+            else:
+                v = np.asarray(v)
+                assert g.dtype == v.dtype and g.shape == v.shape
+                assert g.tobytes() == v.tobytes()
 
 
 def test_bad_input_is_named():

@@ -13,7 +13,7 @@ devices.
   own detection on SLURM, Open MPI and Cloud TPU).
 - :func:`trial_mesh` turns an ``evaluate``/``sweep`` ``shard=`` argument into the
   mesh the trials are split over; :func:`run_on_mesh` runs them there.
-- :func:`is_writer`, :func:`from_writer`, :func:`barrier` and
+- :func:`is_writer`, :func:`from_writer`, :func:`every_process`, :func:`barrier` and
   :func:`check_shared_folder` let a driver have only process 0 write its run
   folder while the others read it and take the same decisions
   (``uswim_jax._io``'s atomic writes are skipped on the other processes).
@@ -23,6 +23,7 @@ import argparse
 import os
 import re
 import secrets
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -242,53 +243,82 @@ def is_writer() -> bool:
 
 
 def from_writer(value: Any) -> Any:
-    """``value`` as process 0 has it, on every process (a pytree of arrays or
-    Python numbers, the same shapes on every process; identity with one
-    process). The bits are copied (an all-gather), not summed: ``-0.0``
-    stays ``-0.0``. Use it for what must agree, e.g. params each process
-    computed."""
+    """``value`` as process 0 has it, on every process (identity with one
+    process). Use it for what must agree, e.g. params each process computed,
+    or a choice made while a function is traced (it runs at once, also inside
+    a trace). See :func:`every_process` for what ``value`` may be."""
     if jax.process_count() == 1:
         return value
-    from jax.experimental import multihost_utils
-
-    every = multihost_utils.process_allgather(jax.tree.map(np.asarray, value))
-    return jax.tree.map(
-        lambda v, o: (
-            type(v)(o[0].item()) if isinstance(v, bool | int | float) else o[0]
-        ),
-        value,
-        every,
-    )
+    return every_process(value)[0]
 
 
-def writer_int(value: int) -> int:
-    """``value`` as process 0 has it, on every process (identity with one
-    process), also while a function is being traced: unlike
-    :func:`from_writer` it runs ahead-of-time compiled programs, which execute
-    at once instead of joining the trace. Every process must call it at the
-    same point (it is an all-gather over every device)."""
+def every_process(value: Any) -> list[Any]:
+    """``value`` as each process has it, in process order, on every process: a
+    pytree of arrays or Python numbers, of the same structure, shapes and
+    dtypes on every process. Array leaves come back as NumPy arrays, Python
+    numbers as the same type. The bits are copied (an all-gather), not summed:
+    ``-0.0`` stays ``-0.0``. With one process it is ``[value]``. Every
+    process must call it at the same point.
+
+    Raises:
+        ValueError: on every process, when the processes' values differ in
+            structure, shapes or dtypes.
+    """
     if jax.process_count() == 1:
-        return int(value)
+        return [value]
+    leaves, treedef = jax.tree.flatten(value)
+    arrays = [np.ascontiguousarray(np.asarray(v)) for v in leaves]
+    data = np.concatenate(
+        [np.zeros(0, np.uint8)] + [a.reshape(-1).view(np.uint8) for a in arrays]
+    )
+    layout = repr((treedef, [(a.shape, a.dtype.str) for a in arrays]))
+    header = np.asarray([data.size, zlib.crc32(layout.encode())], np.int64).view(
+        np.uint8
+    )
+    headers = _every_process_bytes(header).view(np.int64)
+    if (headers != headers[0]).any():
+        raise ValueError(
+            "every process must pass a value of the same structure, shapes and "
+            f"dtypes; (bytes, layout checksum) per process: {headers.tolist()}"
+        )
+    rows = _every_process_bytes(data) if data.size else [data] * len(headers)
+    out = []
+    for row in rows:
+        parts, start = [], 0
+        for v, a in zip(leaves, arrays, strict=True):
+            o = row[start : start + a.nbytes].copy().view(a.dtype).reshape(a.shape)
+            start += a.nbytes
+            parts.append(type(v)(o.item()) if isinstance(v, bool | int | float) else o)
+        out.append(jax.tree.unflatten(treedef, parts))
+    return out
+
+
+def _every_process_bytes(buf: np.ndarray) -> np.ndarray:
+    """``(process_count, n)`` uint8 whose row ``i`` is process ``i``'s 1-D
+    uint8 ``buf`` (``n`` bytes on every process). An all-gather over every
+    device built from ahead-of-time compiled programs: a compiled program runs
+    at once, also while a function is being traced, where
+    ``multihost_utils.process_allgather`` refuses to run."""
     devices = jax.devices()
     mesh = jax.sharding.Mesh(np.asarray(devices), ("all",))
-    own = [d for d in devices if d.process_index == jax.process_index()]
     shards = [
-        jax.jit(
-            lambda: jnp.full((1,), value, jnp.int32),
-            out_shardings=jax.sharding.SingleDeviceSharding(d),
-        )
-        .lower()
-        .compile()()
-        for d in own
+        jax.jit(lambda b: b[None], out_shardings=jax.sharding.SingleDeviceSharding(d))
+        .lower(buf)
+        .compile()(buf)
+        for d in devices
+        if d.process_index == jax.process_index()
     ]
     spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all"))
-    every = jax.make_array_from_single_device_arrays((len(devices),), spread, shards)
-    gather = jax.jit(
-        lambda a: a,
-        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    every = jax.make_array_from_single_device_arrays(
+        (len(devices), buf.size), spread, shards
     )
-    out = np.asarray(gather.lower(every).compile()(every).addressable_data(0))
-    return int(out[next(i for i, d in enumerate(devices) if d.process_index == 0)])
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    gather = jax.jit(lambda a: a, out_shardings=replicated)
+    rows = np.asarray(gather.lower(every).compile()(every).addressable_data(0))
+    first: dict[int, int] = {}
+    for i, d in enumerate(devices):
+        first.setdefault(d.process_index, i)
+    return rows[[first[p] for p in range(jax.process_count())]]
 
 
 def barrier(name: str) -> None:
@@ -310,8 +340,6 @@ def check_shared_folder(folder: str | os.PathLike) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     folder = Path(folder)
     probe = folder / ".uswim-shared-check"
     token = np.frombuffer(secrets.token_bytes(8), np.uint8)
@@ -324,7 +352,7 @@ def check_shared_folder(folder: str | os.PathLike) -> None:
         seen = probe.read_bytes() == token.tobytes()
     except OSError:
         seen = False
-    ok = np.asarray(multihost_utils.process_allgather(np.asarray(seen)))
+    ok = np.asarray(every_process(seen))
     barrier("uswim-shared-check-read")
     if is_writer():
         probe.unlink(missing_ok=True)

@@ -71,7 +71,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 from uswim_jax import _measure_cache
-from uswim_jax._distributed import writer_int
+from uswim_jax._distributed import from_writer
 from uswim_jax._obd import CALL_PRIMITIVES, ELEMENTWISE_PRIMITIVES, _bind, _inner
 
 logger = logging.getLogger(__name__)
@@ -1292,10 +1292,10 @@ def _agreed(path: str, options: Sequence[str]) -> str:
     """``path`` as process 0 chose it, on every process (identity with one):
     each process timed its own devices, and they must all compile one
     program. Every process reaches it at the same point of the same trace
-    (:func:`uswim_jax._distributed.writer_int`: an all-gather run at once,
+    (:func:`uswim_jax._distributed.from_writer`: an all-gather run at once,
     outside the trace)."""
     options = list(options)
-    return options[writer_int(options.index(path))]
+    return options[from_writer(options.index(path))]
 
 
 def trial_batched(
