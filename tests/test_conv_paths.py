@@ -380,6 +380,21 @@ def test_measure_cache_bad_file_warns_and_measures(
     assert entry["path"] == model["path"]
 
 
+def test_measure_cache_is_written_by_every_process(monkeypatch, tmp_path):
+    """A process other than 0 keeps its machine's file too (each host of a
+    multi-host run has its own), while shared outputs stay process 0's."""
+    from uswim_jax import _io, _measure_cache
+
+    monkeypatch.setattr(_io, "is_writer", lambda: False)
+    cache = tmp_path / "conv_measure.json"
+    monkeypatch.setenv("USWIM_CONV_CACHE", str(cache))
+    record = {"model": "m", "path": "im2col", "ms": {"im2col": 1.0}, "seconds": 2.0}
+    _measure_cache.remember("sig", record)
+    assert _measure_cache.lookup("sig", tbm.MEASURE_CANDIDATES)["path"] == "im2col"
+    _io.atomic_write_json(tmp_path / "report.json", {})
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_measure_cache_off_and_unwritable(monkeypatch, tmp_path):
     """An empty ``USWIM_CONV_CACHE`` writes no file; a path that cannot be
     written is one warning, and the measured choice still runs."""

@@ -14,10 +14,14 @@ import numpy as np
 from uswim_jax._distributed import is_writer
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, writer_only: bool = True
+) -> None:
     """Writes ``data`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``. Only process 0 of a distributed run writes."""
-    if not is_writer():
+    ``os.replace``. Only process 0 of a distributed run writes, unless
+    ``writer_only`` is false (a file of this machine's own, not a shared
+    output)."""
+    if writer_only and not is_writer():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,14 +37,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             tmp.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(
+    path: str | os.PathLike, text: str, *, writer_only: bool = True
+) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), writer_only=writer_only)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as indented, key-sorted JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(
+    path: str | os.PathLike, obj: Any, *, writer_only: bool = True
+) -> None:
+    """Writes ``obj`` as indented, key-sorted JSON, atomically (see
+    :func:`atomic_write_bytes` for ``writer_only``)."""
+    atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True) + "\n", writer_only=writer_only
+    )
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:

@@ -23,7 +23,10 @@ instead of timing again.
   the wrong form counts as missing; a file that cannot be written is left
   alone. Each says so in one warning per file and process.
 - The file is written through a temporary file and a rename, so a process that
-  reads it while another writes sees the old file or the new one.
+  reads it while another writes sees the old file or the new one. Every
+  process of a multi-process run writes its own timing (each host keeps its
+  machine's file); where processes share one file, the last rename wins and a
+  lost entry is measured again by a later process.
 
 """
 
@@ -125,6 +128,11 @@ def remember(sig: str, measurement: dict) -> None:
     entries = _entries(path)
     entries[_key(sig)] = entry
     try:
-        atomic_write_json(path, {"format": FORMAT, "entries": entries})
+        # Every process writes its own timing: each host of a multi-host run
+        # keeps its own machine's file (processes sharing one file: the last
+        # rename wins, and a lost entry is measured again later).
+        atomic_write_json(
+            path, {"format": FORMAT, "entries": entries}, writer_only=False
+        )
     except OSError as e:
         _warn_once(path, f"not written ({e})")
