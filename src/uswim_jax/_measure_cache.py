@@ -1,20 +1,24 @@
-"""``"measure"``'s choices kept in a file, shared by the processes of a machine.
+"""``"measure"``'s and ``"layers"``' choices kept in a file, shared by the
+processes of a machine.
 
 Under :func:`uswim_jax.conv_paths`' ``"measure"`` (the default on
 accelerators) a model's whole trial-batched forward pass is timed under each
 candidate policy the first time it is traced in a process: one compilation per
-candidate, seconds on LeNet and up to minutes on a large model. The choice is
-also written to a JSON file, and a later process on the same machine reads it
-instead of timing again.
+candidate, seconds on LeNet and up to minutes on a large model. Under
+``"layers"`` (also one of ``"measure"``'s candidates) each convolution shape is
+timed along every path. Each choice is also written to a JSON file, and a later
+process on the same machine reads it instead of timing again.
 
 - The file is ``$USWIM_CONV_CACHE``, default
   ``~/.cache/uswim_jax/conv_measure.json``; an empty ``USWIM_CONV_CACHE`` means
   no file (every process measures).
-- An entry's key is everything the timing depends on: the model signature the
-  in-process cache uses (backend, device kind, the program's text, the shapes
-  and dtypes, which leaves carry trials, the patch-row threshold), the JAX and
-  jaxlib versions, and the package's source hash (``source_hash``, as run
-  folders record it): any change to the code measures again.
+- An entry's key is everything the timing depends on: the signature the
+  in-process cache uses (for a model: backend, device kind, the program's text,
+  the shapes and dtypes, which leaves carry trials, the patch-row threshold;
+  for a convolution: backend, device kind, the primitive's params and its
+  operands' shapes, layouts and dtypes), the JAX and jaxlib versions, and the
+  package's source hash (``source_hash``, as run folders record it): any
+  change to the code measures again.
 - A choice read from the file shows in :func:`uswim_jax.conv_path_log` with
   ``"cached"`` (the file) and ``"reused": True`` (its ``"seconds"`` were spent
   by the process that measured). Delete the file to measure again, e.g. after
@@ -90,8 +94,8 @@ def _entries(path: Path) -> dict:
 
 
 def lookup(sig: str, candidates) -> dict | None:
-    """The stored measurement of model signature ``sig`` (``"model"``,
-    ``"path"``, ``"ms"``, ``"seconds"``, ``"measured"``, ``"cached"``), or
+    """The stored measurement under signature ``sig`` (``"path"``, ``"ms"``,
+    ``"seconds"``, ``"measured"``, ``"cached"``, and a model's ``"model"``), or
     ``None``. An entry whose path or timings are not among ``candidates``
     counts as missing."""
     path = cache_file()
@@ -106,7 +110,7 @@ def lookup(sig: str, candidates) -> dict | None:
         and isinstance(entry.get("ms"), dict)
         and set(entry["ms"]) <= set(candidates)
         and all(isinstance(v, (int, float)) for v in entry["ms"].values())
-        and isinstance(entry.get("model"), str)
+        and isinstance(entry.get("model", ""), str)
         and isinstance(entry.get("seconds"), (int, float))
     )
     if not ok:
@@ -116,12 +120,16 @@ def lookup(sig: str, candidates) -> dict | None:
 
 
 def remember(sig: str, measurement: dict) -> None:
-    """Adds ``measurement`` (``"model"``, ``"path"``, ``"ms"``,
-    ``"seconds"``) under ``sig``, rewriting the file atomically."""
+    """Adds ``measurement`` (``"path"``, ``"ms"``, ``"seconds"``, and a
+    model's ``"model"``) under ``sig``, rewriting the file atomically."""
     path = cache_file()
     if path is None:
         return
-    entry = {k: measurement[k] for k in ("model", "path", "ms", "seconds")}
+    entry = {
+        k: measurement[k]
+        for k in ("model", "path", "ms", "seconds")
+        if k in measurement
+    }
     entry["measured"] = datetime.datetime.now(datetime.UTC).isoformat(
         timespec="seconds"
     )

@@ -1018,9 +1018,10 @@ def conv_paths(policy: str):
       measurements cited there;
     - ``"layers"``: each layer shape (input and kernel shapes and layouts,
       stride, padding, dilation, groups, trials, dtype) is timed once per
-      process on the running backend along every path of :data:`CONV_PATHS`
-      (random inputs of the real shapes; compiled ahead of time, one warm-up
-      call, the fastest of several calls), and runs along the fastest (ties
+      machine (kept in the same file as ``"measure"``'s choices) on the
+      running backend along every path of :data:`CONV_PATHS` (operands of the
+      real shapes filled with 0.5; compiled ahead of time, one warm-up call,
+      the fastest of several calls), and runs along the fastest (ties
       within :data:`CONV_TIE` go to the earlier path). Greedy: a layer is timed
       with its input in the layout the layers before it left, so it misses a
       choice that pays off only in the next layer's layout;
@@ -1139,8 +1140,13 @@ def _compiled(fn, *structs):
 
 def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
     """Times ``eqn`` along each of ``cands`` on operands of ``ins``' shapes
-    (once per ``sig`` and process) and returns ``{"path", "ms", "seconds"}``."""
+    (once per ``sig`` and machine: the in-process cache, then the file's) and
+    returns ``{"path", "ms", "seconds"}``."""
     if sig in _MEASURED:
+        return _MEASURED[sig]
+    cached = _measure_cache.lookup("conv:" + sig, cands)
+    if cached is not None:  # timed by an earlier process on this machine
+        _MEASURED[sig] = {**cached, "clears": None}
         return _MEASURED[sig]
     t0 = time.perf_counter()
     lhs, rhs = ins
@@ -1175,6 +1181,7 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
     fastest = min(ms.values())
     path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
     out = {"path": path, "ms": ms, "seconds": time.perf_counter() - t0}
+    _measure_cache.remember("conv:" + sig, out)
     out["clears"] = _CLEARS[0]
     _MEASURED[sig] = out
     return out
