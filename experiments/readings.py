@@ -1,11 +1,13 @@
 """The README's readings: the sentences under a results table that say what it
-shows. Every number in them is computed here from the same committed results
-files as the table, so ``python -m experiments.readme --check`` fails when a
+shows (and the few results the docs quote, e.g. ``docs/studies.md``). Every
+number in them is computed here from the same committed results files as the
+table, so ``python -m experiments.readme --check`` fails when a
 rerun moves one; a qualitative word that a rerun could make false (which orders
 never stop early, which score leads) is computed too.
 
 Each function returns the text of one ``<!-- BEGIN name -->`` section of the
-README (``SECTIONS``), or a line saying what to run when its results are absent.
+README or a doc (``SECTIONS``, ``experiments.readme.DOCUMENTS``), or a line
+saying what to run when its results are absent.
 """
 
 import json
@@ -541,6 +543,47 @@ def papers_reading(
     return "\n".join(lines)
 
 
+def _verified_pct(row: dict, margin: str = "0.5pp") -> str | None:
+    """The share of the weights a method verifies to come within ``margin``
+    (``NWC-v``), or ``None`` where no budget point reaches it."""
+    try:
+        return f"{100 * float(row[f'NWC-v@{margin}']):.0f} %"
+    except ValueError:  # "-"
+        return None
+
+
+def deep_motivation(folder: Path = ROOT / "results" / "ablations") -> str:
+    """The ablations' numbers that motivate the deep study
+    (``docs/studies.md``): the narrow ResNet-18 at uniform sigma = 0.3, its
+    accuracy unverified and SWIM's verified share at 0.5 pp, beside LeNet's."""
+    missing = _not_run(folder, "make ablations")
+    if missing:
+        return missing
+    rows = {
+        r["variant"]: r
+        for r in _read_csv(folder / "ablations.csv")
+        if r["setting"] == "uniform sigma=0.3" and r["method"] == "swim"
+    }
+    resnet, lenet = rows.get("resnet-avg-pool-exact"), rows.get("base")
+    if resnet is None or lenet is None:
+        return f"Not in `results/{folder.name}/`: rerun `make ablations`."
+    width = resnet["model"].split()[-1]
+    r, le = _verified_pct(resnet), _verified_pct(lenet)
+    return (
+        f"In the ablations (`make ablations`), the width-{width} ResNet-18 at "
+        f"sigma = 0.3 keeps {float(resnet['none_verified']):.1f} % accuracy "
+        f"unverified ({float(resnet['exhaustive']):.1f} % with every weight "
+        "verified), and SWIM "
+        + (
+            f"verifies {r} of the weights to come"
+            if r
+            else "does not come, at any budget point,"
+        )
+        + " within 0.5 pp of exhaustive write-verify. LeNet at the same sigma "
+        + (f"needs {le}." if le else "does not reach it either.")
+    )
+
+
 SECTIONS = {
     "per-chip-reading": per_chip_reading,
     "deep-reading": deep_reading,
@@ -548,4 +591,5 @@ SECTIONS = {
     "uswim-scan-reading": scan_reading,
     "devices-reading": devices_reading,
     "papers-reading": papers_reading,
+    "deep-motivation": deep_motivation,
 }

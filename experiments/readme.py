@@ -1,8 +1,9 @@
-"""Regenerates the README's result sections from the committed results files,
-so every number in the README comes from a command in the repo.
+"""Regenerates the result sections of the README (and of the docs that quote
+results, ``DOCUMENTS``) from the committed results files, so every number in
+them comes from a command in the repo.
 
-    python -m experiments.readme           # rewrite the sections of README.md
-    python -m experiments.readme --check   # exit 1 if README.md is stale
+    python -m experiments.readme           # rewrite the sections
+    python -m experiments.readme --check   # exit 1 if a document is stale
 
 A section is the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+#: Every file with generated sections.
+DOCUMENTS = (README, ROOT / "docs" / "studies.md")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -997,17 +1000,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="experiments.readme", description=__doc__)
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    old = README.read_text()
-    new = render(old)
-    if args.check:
-        if new != old:
-            print(
-                "README.md is stale: run `python -m experiments.readme`",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    README.write_text(new)
+    stale = []
+    for doc in DOCUMENTS:
+        old = doc.read_text()
+        new = render(old)
+        if new == old:
+            continue
+        if args.check:
+            stale.append(doc.relative_to(ROOT).as_posix())
+        else:
+            doc.write_text(new)
+    if stale:
+        print(
+            f"{', '.join(stale)} stale: run `python -m experiments.readme`",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -5,12 +5,46 @@ from experiments import readings, readme
 
 
 def test_readme_sections_match_the_results_files():
-    text = readme.README.read_text()
+    texts = {doc: doc.read_text() for doc in readme.DOCUMENTS}
     for name in {**readme.SECTIONS, **readings.SECTIONS}:
-        assert f"<!-- BEGIN {name} -->" in text, name
-    assert readme.render(text) == text, (
-        "README.md is stale: run `python -m experiments.readme`"
+        holders = [d for d, t in texts.items() if f"<!-- BEGIN {name} -->" in t]
+        assert len(holders) == 1, (name, holders)
+    for doc, text in texts.items():
+        assert readme.render(text) == text, (
+            f"{doc.name} is stale: run `python -m experiments.readme`"
+        )
+
+
+def test_check_names_the_stale_document(tmp_path, monkeypatch, capsys):
+    doc = tmp_path / "studies.md"
+    doc.write_text(
+        "<!-- BEGIN deep-motivation -->\nold\n<!-- END deep-motivation -->\n"
     )
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    monkeypatch.setattr(readme, "DOCUMENTS", (doc,))
+    assert readme.main(["--check"]) == 1
+    assert "studies.md stale" in capsys.readouterr().err
+    assert readme.main([]) == 0 and "old" not in doc.read_text()
+    assert readme.main(["--check"]) == 0
+
+
+def test_deep_motivation_reads_the_ablations(tmp_path):
+    folder = tmp_path / "ablations"
+    folder.mkdir()
+    head = "variant,model,setting,method,none_verified,exhaustive,NWC-v@0.5pp"
+    rows = [
+        "base,lenet,uniform sigma=0.3,swim,66.48,97.23,0.179",
+        "base,lenet,uniform sigma=0.3,magnitude,66.48,97.23,0.965",
+        "resnet-avg-pool-exact,resnet18 width 8,uniform sigma=0.3,swim,14.74,96.15,-",
+        "resnet-avg-pool-exact,resnet18 width 8,state s=3 sigma=0.3,swim,9,96,0.5",
+    ]
+    (folder / "ablations.csv").write_text("\n".join([head, *rows]) + "\n")
+    text = readings.deep_motivation(folder)
+    assert "the width-8 ResNet-18 at sigma = 0.3 keeps 14.7 % accuracy" in text
+    assert "(96.2 % with every weight verified)" in text
+    assert "SWIM does not come, at any budget point, within 0.5 pp" in text
+    assert text.endswith("LeNet at the same sigma needs 18 %.")
+    assert readings.deep_motivation(tmp_path / "absent").startswith("Not run yet")
 
 
 def test_per_chip_section_reads_each_models_per_chip_csv(tmp_path):
