@@ -7,27 +7,34 @@ function each time, so nothing is cached between them):
 
 - ``pulse``: one ``PulseModel`` chip per key, ``program_with_cost`` on the
   project's LeNet (fresh params; 10 % of the weights verified by magnitude);
-- ``normal 3x3x4x8``: one normal draw of a conv kernel's shape per key.
+- ``normal 3x3x4x8``: one normal draw of a conv kernel's shape per key;
+- ``pcm``, ``rram``: one ``ConductanceDevice`` chip of that preset per key,
+  ``program_with_cost`` on the same LeNet and mask.
 
 The two ways:
 
-- ``flat``: what the library draws: every ``jax.random.normal`` /
-  ``uniform`` of an array drawn as one flat vector and reshaped;
-- ``shaped``: the same draws made with the array's own shape (``_random``'s
-  functions replaced by JAX's for the case), the layout before.
+- ``flat``: every ``jax.random.normal`` / ``uniform`` of an array drawn as one
+  flat vector and reshaped. The library draws so in ``_random``'s functions,
+  which the pulse model uses; for the presets, which call JAX's draws
+  directly, JAX's functions are replaced by flat ones for the case;
+- ``shaped``: the same draws made with the array's own shape: ``_random``'s
+  functions replaced by JAX's for the pulse case, the layout before; the
+  presets as the library runs them.
 
-The draws are the same numbers (``tests/test_random.py``); the outputs are
-compared, and the largest difference is recorded (XLA may fuse the two
-programs differently, which can move a last float bit: it did for the
-conductance presets, which therefore still draw shaped, see docs/device.md).
-It reports each case's median and spread of compile seconds (tracing and
-lowering apart) and ``flat``'s median over ``shaped``'s. Results go to
-``benchmarks/results/draw_compile.json`` (``draw_compile_quick.json`` with
-``--quick``).
+Each case records which of the two the library runs (``"library"``). The
+draws are the same numbers (``tests/test_random.py``); the outputs are
+compared, and the largest difference and the share of output elements that
+differ are recorded (XLA may fuse the two programs differently, which can move
+a last float bit: it does for the conductance presets, which therefore still
+draw shaped, see docs/device.md). It reports each case's median and spread of
+compile seconds (tracing and lowering apart) and ``flat``'s median over
+``shaped``'s. Results go to ``benchmarks/results/draw_compile.json``
+(``draw_compile_quick.json`` with ``--quick``).
 """
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -60,19 +67,47 @@ def shaped_draws():
             setattr(_random, n, f)
 
 
+@contextlib.contextmanager
+def flat_draws():
+    """Within the block, ``jax.random.normal`` and ``uniform`` draw one flat
+    vector and reshape it (as ``uswim_jax._random`` does), wherever they are
+    called."""
+    normal, uniform = jax.random.normal, jax.random.uniform
+    jax.random.normal = lambda key, shape=(), dtype=float: normal(
+        key, (math.prod(shape),), dtype
+    ).reshape(shape)
+    jax.random.uniform = lambda key, shape=(), dtype=float, minval=0.0, maxval=1.0: (
+        uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
+    )
+    try:
+        yield
+    finally:
+        jax.random.normal, jax.random.uniform = normal, uniform
+
+
 def cases(quick: bool, params, mask) -> dict:
-    """name -> a function of one key, compiled vmapped over the keys."""
+    """name -> (a function of one key, compiled vmapped over the keys; the
+    style the library draws it in)."""
     pulse = uj.PulseModel(sigma=0.3)
-    out = {"pulse": lambda k: pulse.program_with_cost(k, params, mask).params}
+    out = {"pulse": (lambda k: pulse.program_with_cost(k, params, mask).params, "flat")}
     if not quick:
-        out["normal 3x3x4x8"] = lambda k: _random.normal(k, (3, 3, 4, 8))
+        out["normal 3x3x4x8"] = (lambda k: _random.normal(k, (3, 3, 4, 8)), "flat")
+        for name in ("pcm", "rram"):
+            dev = uj.ConductanceDevice(uj.device_preset(name))
+            out[name] = (
+                lambda k, dev=dev: dev.program_with_cost(k, params, mask).params,
+                "shaped",
+            )
     return out
 
 
-def compile_once(fn, keys, style: str) -> tuple[dict, object]:
+def compile_once(fn, keys, style: str, library: str) -> tuple[dict, object]:
     """Seconds to trace and lower, and to compile, ``vmap(fn)`` afresh, and its
-    output on ``keys``."""
-    ctx = shaped_draws() if style == "shaped" else contextlib.nullcontext()
+    output on ``keys``, drawn in ``style`` (``library`` is how the library
+    draws it)."""
+    ctx = contextlib.nullcontext()
+    if style != library:
+        ctx = shaped_draws() if style == "shaped" else flat_draws()
     with ctx:
         t0 = time.perf_counter()
         lowered = jax.jit(jax.vmap(fn)).lower(keys)
@@ -98,26 +133,23 @@ def main(argv=None) -> dict:
     mask = uj.mask_from_order(order, params, count=int(order.shape[0]) // 10)
     keys = jax.random.split(jax.random.key(1), 4)
     table = {}
-    for dname, fn in cases(args.quick, params, mask).items():
+    for dname, (fn, library) in cases(args.quick, params, mask).items():
         times = {s: [] for s in STYLES}
         outs = {}
         for r in range(repeats):  # alternate, the order flipped every round
             for style in STYLES if r % 2 == 0 else STYLES[::-1]:
-                t, outs[style] = compile_once(fn, keys, style)
+                t, outs[style] = compile_once(fn, keys, style, library)
                 times[style].append(t)
                 print(
                     f"{dname:14s} {style:7s} lower {t['lower_s']:6.2f} s  "
                     f"compile {t['compile_s']:6.2f} s",
                     flush=True,
                 )
-        diff = max(
-            float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
-            for a, b in zip(
-                jax.tree.leaves(outs["flat"]),
-                jax.tree.leaves(outs["shaped"]),
-                strict=True,
-            )
+        a, b = (
+            np.concatenate([np.ravel(x) for x in jax.tree.leaves(outs[s])])
+            for s in STYLES
         )
+        diff = float(np.max(np.abs(a - b), initial=0.0))
         per = {}
         for style, ts in times.items():
             c = [t["compile_s"] for t in ts]
@@ -128,14 +160,17 @@ def main(argv=None) -> dict:
             }
         table[dname] = {
             **per,
+            "library": library,
             "max_abs_diff": diff,
+            "moved_fraction": float(np.mean(a != b)),
             "flat_over_shaped_compile": per["flat"]["compile_s_median"]
             / per["shaped"]["compile_s_median"],
         }
         print(
             f"{dname}: flat / shaped compile "
             f"{table[dname]['flat_over_shaped_compile']:.2f}x, outputs differ by "
-            f"at most {diff:.1e}",
+            f"at most {diff:.1e} ({100 * table[dname]['moved_fraction']:.1f} % "
+            f"of them; the library draws {library})",
             flush=True,
         )
     result = {

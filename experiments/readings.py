@@ -16,6 +16,7 @@ from pathlib import Path
 
 from experiments.readme import (
     ROOT,
+    _names,
     _not_run,
     _read_csv,
     _span,
@@ -42,12 +43,6 @@ def _uniform_sigmas(sp) -> tuple[float, float]:
         {float(s.split("=")[1]) for d in sp.values() for s, _ in d if "uniform" in s}
     )
     return sigmas[0], sigmas[-1]
-
-
-def _names(items) -> str:
-    """``a, b and c``."""
-    m = list(items)
-    return ", ".join(m[:-1]) + " and " + m[-1] if len(m) > 1 else "".join(m)
 
 
 def per_chip_reading(

@@ -339,6 +339,64 @@ def gpu_targets(d: dict) -> list[str]:
     return out
 
 
+#: What each case of ``benchmarks/draw_compile.py`` compiles, in words.
+DRAW_CASES = {
+    "pulse": "one `PulseModel` chip of LeNet",
+    "normal 3x3x4x8": "one 3x3x4x8 normal draw",
+    "pcm": "one `pcm` chip of LeNet",
+    "rram": "one `rram` chip of LeNet",
+}
+
+
+def draw_compile_line(d: dict) -> str:
+    """Flat against shaped noise draws' compile time, from
+    ``benchmarks/draw_compile.py``, and which of them the library runs."""
+    cases = d["cases"]
+    times = [
+        f"{c['flat_over_shaped_compile']:.2f}x the time for "
+        f"{DRAW_CASES.get(n, n)} ({c['flat']['compile_s_median']:.1f} s against "
+        f"{c['shaped']['compile_s_median']:.1f} s)"
+        for n, c in cases.items()
+    ]
+    text = (
+        "- Noise drawn flat (one `jax.random.normal` over an array, reshaped; "
+        "the same numbers as a draw of the array's shape) compiles, vmapped "
+        f"over {d['trial_keys']} trial keys, in {_names(times)}."
+    )
+    same = [n for n, c in cases.items() if c["library"] == "flat"]
+    shaped = {n: c for n, c in cases.items() if c["library"] == "shaped"}
+    if same:
+        exact = all(cases[n]["max_abs_diff"] == 0 for n in same)
+        text += f" The library draws flat in the {_names(same)} case" + (
+            "s" if len(same) > 1 else ""
+        )
+        text += ", whose outputs are identical to the shaped draws'." if exact else "."
+    if shaped:
+        moved = _names(
+            f"{100 * c['moved_fraction']:.1f} % ({n})" for n, c in shaped.items()
+        )
+        worst = max(c["max_abs_diff"] for c in shaped.values())
+        text += (
+            f" The {_names(shaped)} "
+            + ("presets still draw" if len(shaped) > 1 else "preset still draws")
+            + " shaped: drawn flat, XLA "
+            f"fuses their programs differently and {moved} of a chip's weights "
+            f"move, by at most {worst:.1e}, which would change the committed "
+            "device results in their last bits, so switching them goes with a "
+            "rerun of `make reproduce-devices`."
+        )
+    return (
+        text + " Measured by `python -m benchmarks.draw_compile` "
+        "(`benchmarks/results/draw_compile.json`)."
+    )
+
+
+def _names(items) -> str:
+    """``a, b and c``."""
+    m = list(items)
+    return ", ".join(m[:-1]) + " and " + m[-1] if len(m) > 1 else "".join(m)
+
+
 def op_profile_line(d: dict) -> str:
     """Where the time of one path goes, from ``benchmarks/op_profile.py``."""
     groups = d["groups"]
@@ -460,21 +518,7 @@ def cpu_performance(
         )
     dc = _load(path.parent / "draw_compile.json")
     if dc is not None:
-        cases = dc["cases"]
-        lines.append(
-            "- Noise drawn flat (one `jax.random.normal` over an array, "
-            "reshaped; the same numbers as a draw of the array's shape) "
-            "compiles, vmapped over 4 trial keys, in "
-            + ", ".join(
-                f"{c['flat_over_shaped_compile']:.2f}x the time ({n}: "
-                f"{c['flat']['compile_s_median']:.1f} s against "
-                f"{c['shaped']['compile_s_median']:.1f} s)"
-                for n, c in cases.items()
-            )
-            + " (pulse: one `PulseModel` chip of LeNet; `python -m "
-            "benchmarks.draw_compile`, "
-            "`benchmarks/results/draw_compile.json`)."
-        )
+        lines.append(draw_compile_line(dc))
     prof = _load(path.parent / "op_profile.json")
     if prof is not None:
         lines.append(op_profile_line(prof))

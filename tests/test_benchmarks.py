@@ -260,6 +260,21 @@ def test_draw_compile_script(tmp_path):
     assert draw_compile._random.normal.__module__ == "uswim_jax._random"
 
 
+def test_draw_compile_flat_draws_are_the_library_flat_draws(key):
+    """The flat baseline for the presets (JAX's draws replaced for a block)
+    draws what ``uswim_jax._random`` draws, and is undone after the block."""
+    from benchmarks import draw_compile
+
+    normal = jax.random.normal
+    with draw_compile.flat_draws():
+        got = jax.random.normal(key, (3, 4, 5))
+        u = jax.random.uniform(key, (2, 3), minval=-1.0, maxval=2.0)
+    assert jax.random.normal is normal
+    np.testing.assert_array_equal(got, draw_compile._random.normal(key, (3, 4, 5)))
+    want = draw_compile._random.uniform(key, (2, 3), minval=-1.0, maxval=2.0)
+    np.testing.assert_array_equal(u, want)
+
+
 @pytest.mark.slow
 def test_gpu_script_smoke_on_cpu(tmp_path):
     """The prepared accelerator benchmark runs end to end at tiny sizes: every

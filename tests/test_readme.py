@@ -28,6 +28,37 @@ def test_check_names_the_stale_document(tmp_path, monkeypatch, capsys):
     assert readme.main(["--check"]) == 0
 
 
+def test_draw_compile_line_says_which_draws_the_library_runs():
+    def case(flat, shaped, library, diff=0.0, moved=0.0):
+        return {
+            "flat": {"compile_s_median": flat},
+            "shaped": {"compile_s_median": shaped},
+            "flat_over_shaped_compile": flat / shaped,
+            "library": library,
+            "max_abs_diff": diff,
+            "moved_fraction": moved,
+        }
+
+    d = {
+        "trial_keys": 4,
+        "cases": {
+            "pulse": case(2.0, 4.0, "flat"),
+            "pcm": case(9.0, 12.0, "shaped", 6e-8, 0.042),
+        },
+    }
+    line = readme.draw_compile_line(d)
+    assert (
+        "0.50x the time for one `PulseModel` chip of LeNet (2.0 s against 4.0 s)"
+        in line
+    )
+    assert "0.75x the time for one `pcm` chip of LeNet" in line
+    assert "flat in the pulse case, whose outputs are identical" in line
+    assert "The pcm preset still draws shaped" in line
+    assert "4.2 % (pcm) of a chip's weights move, by at most 6.0e-08" in line
+    d["cases"]["pulse"]["max_abs_diff"] = 1e-7  # not identical: not said
+    assert "identical" not in readme.draw_compile_line(d)
+
+
 def test_deep_motivation_reads_the_ablations(tmp_path):
     folder = tmp_path / "ablations"
     folder.mkdir()
