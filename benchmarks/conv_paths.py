@@ -17,9 +17,9 @@ variant; it runs on any backend). For each model, side by side in one process,
 
 Models: LeNet written with plain ``lax``, ``flax.linen``, ``flax.nnx`` and
 ``equinox`` (``benchmarks.byom``'s), the project's ConvNet and ResNet-18
-(32x32x3; width 16 and 64). Steady times are the best of the rounds (round
-robin over every model and policy, each model's turn opened by an untimed
-call); compile seconds are first call minus the median steady call; "measuring
+(32x32x3; width 16 and 64), one after the other. Steady times are the best
+of the rounds (round robin over the model's policies, each round opened by an
+untimed call); compile seconds are first call minus the median steady call; "measuring
 s" is what ``measure`` spent timing the candidates and what ``layers`` spent
 timing the layer shapes (in their first calls, compilation included;
 ``measure`` times ``layers`` as one of its candidates, so ``layers`` reuses
@@ -30,7 +30,9 @@ trials x 2,000 images, ConvNet and ResNet-18 width 16 100 x 2,000, width 64
 ``MEASURE_PER_TRIAL_MAX`` trials. The JSON records, per model and policy, the path each
 layer shape took (``conv_path_log``) and whether the per-trial accuracies equal
 the rule's. Writes ``benchmarks/results/conv_paths.json``
-(``conv_paths_quick.json`` with ``--quick``).
+(``conv_paths_quick.json`` with ``--quick``) after every model, so a run
+stopped by a time limit keeps the models it finished (``"complete"`` says
+whether every planned model is in).
 """
 
 import collections
@@ -118,24 +120,72 @@ def _reused(log: list[dict]) -> bool:
     return any(r["reused"] for r in log if "model" in r)
 
 
+def _case(m: dict, logs: dict, accs: dict, firsts: dict, times: dict) -> dict:
+    """One model's row of the JSON from its first calls and timed rounds
+    (dicts keyed by policy)."""
+    rule = accs["rule"]
+    per = {}
+    for policy in m["policies"]:
+        ts, log = times[policy], logs[policy]
+        diff = accs[policy] - rule
+        per[policy] = {
+            "trials_per_s": m["num_trials"] / min(ts),
+            "steady_s_min": min(ts),
+            "steady_s_median": float(np.median(ts)),
+            "first_call_s": firsts[policy],
+            "compile_s": max(firsts[policy] - float(np.median(ts)), 0.0),
+            "paths": _paths(log),
+            "chosen": _chosen(log),
+            "measuring_s": measuring_seconds(log),
+            "measurement_reused": _reused(log),
+            "layers": log,
+            "trials_differing_from_rule": int(np.sum(diff != 0)),
+            "max_abs_acc_diff_vs_rule": float(np.max(np.abs(diff))),
+        }
+    base = per["rule"]["trials_per_s"]
+    for p in per.values():
+        p["x_rule"] = p["trials_per_s"] / base
+    return {
+        **m,
+        "policies": per,
+        "measuring_s": per["measure"]["measuring_s"],
+        "fastest_policy": max(per, key=lambda p: per[p]["trials_per_s"]),
+    }
+
+
 def main(argv=None) -> dict:
     parser = case_parser(__doc__)
     args = parser.parse_args(argv)
     models = only_cases(parser, cases(args.quick), args.only)
     q = args.quick
     repeats = args.repeats or (1 if q else 3)
-    info = machine_info()
-    device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
+    output = args.output or (RESULTS.replace(".json", "_quick.json") if q else RESULTS)
     peaks = [matmul_gflops()]
     print(f"float32 matmul 2048^3: {peaks[0]:.1f} GFLOP/s", flush=True)
+    table = {}
+    out = {
+        "benchmark": "conv_paths",
+        "quick": q,
+        **machine_info(),
+        "repeats": repeats,
+        "policies": list(POLICIES),
+        "auto_policy": "rule" if jax.default_backend() == "cpu" else "measure",
+        "cpu_conv_patch_rows": _trialbatch.CPU_CONV_PATCH_ROWS,
+        "conv_tie": _trialbatch.CONV_TIE,
+        "device_model": "UniformVariation(sigma=0.3, sigma_verified=0.03)",
+        "data": "uniform-noise images, labels = noise-free predictions",
+        "models_planned": list(models),
+        "matmul_gflops_before_and_after_each_model": peaks,
+        "cases": table,
+    }
+    device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
     key = jax.random.key(42)
-    calls, meta = {}, {}
     for name, (build, shape, (t, n)) in models.items():
         params, apply_fn, _ = build(jax.random.key(0))
         x = jnp.asarray(generated_images(n, shape)[0])
         y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
         chunk, b = auto_sizes(apply_fn, params, x, t)
-        meta[name] = {
+        m = {
             "input_shape": list(shape),
             "num_trials": t,
             "num_images": n,
@@ -144,7 +194,8 @@ def main(argv=None) -> dict:
             "policies": _policies(chunk),
         }
         print(f"{name}: {t} trials x {n} images, chunk {chunk}, batch {b}", flush=True)
-        for policy in meta[name]["policies"]:
+        calls = {}
+        for policy in m["policies"]:
             ev = jax.jit(
                 lambda key, params, x, y, t=t, apply_fn=apply_fn: (
                     evaluate(
@@ -157,88 +208,36 @@ def main(argv=None) -> dict:
                 with uj.conv_paths(policy):  # read when ev is first traced
                     return ev(key, params, x, y)
 
-            calls[(name, policy)] = call
-    # first calls one by one, each with its own log of the paths taken
-    logs, accs, firsts = {}, {}, {}
-    for k, call in calls.items():
-        uj.conv_path_log(clear=True)
-        out, firsts[k] = block(call)
-        logs[k], accs[k] = uj.conv_path_log(clear=True), np.asarray(out)
-        print(f"first call {' / '.join(k):44s} {firsts[k]:8.2f} s", flush=True)
-    times = {k: [] for k in calls}
-    for _ in range(repeats):  # round robin: load changes hit every case alike
-        last = None
-        for k, call in calls.items():
-            if k[0] != last:  # untimed: a model's first call after another's
-                block(call)  # ran up to 10 % slower (caches), whichever policy
-                last = k[0]
-            times[k].append(block(call)[1])
+            calls[policy] = call
+        # first calls one by one, each with its own log of the paths taken
+        logs, accs, firsts = {}, {}, {}
+        for policy, call in calls.items():
+            uj.conv_path_log(clear=True)
+            res, firsts[policy] = block(call)
+            logs[policy], accs[policy] = uj.conv_path_log(clear=True), np.asarray(res)
+            print(
+                f"first call {name} / {policy:36s} {firsts[policy]:8.2f} s", flush=True
+            )
+        times = {p: [] for p in calls}
+        for _ in range(repeats):  # round robin: load changes hit every policy alike
+            block(next(iter(calls.values())))  # untimed: the round's first call
+            for policy, call in calls.items():  # ran up to 10 % slower (caches)
+                times[policy].append(block(call)[1])
         peaks.append(matmul_gflops())
-    table = {}
-    print(
-        f"\n{'case':30s} "
-        + " ".join(f"{p:>10s}" for p in POLICIES)
-        + "  measuring s  measure chose"
-    )
-    for name, m in meta.items():
-        rule = accs[(name, "rule")]
-        per = {}
-        for policy in m["policies"]:
-            ts = times[(name, policy)]
-            log = logs[(name, policy)]
-            diff = accs[(name, policy)] - rule
-            per[policy] = {
-                "trials_per_s": m["num_trials"] / min(ts),
-                "steady_s_min": min(ts),
-                "steady_s_median": float(np.median(ts)),
-                "first_call_s": firsts[(name, policy)],
-                "compile_s": max(firsts[(name, policy)] - float(np.median(ts)), 0.0),
-                "paths": _paths(log),
-                "chosen": _chosen(log),
-                "measuring_s": measuring_seconds(log),
-                "measurement_reused": _reused(log),
-                "layers": log,
-                "trials_differing_from_rule": int(np.sum(diff != 0)),
-                "max_abs_acc_diff_vs_rule": float(np.max(np.abs(diff))),
-            }
-        base = per["rule"]["trials_per_s"]
-        for p in per.values():
-            p["x_rule"] = p["trials_per_s"] / base
-        measuring = per["measure"]["measuring_s"]
-        fastest = max(per, key=lambda p: per[p]["trials_per_s"])
-        table[name] = {
-            **m,
-            "policies": per,
-            "measuring_s": measuring,
-            "fastest_policy": fastest,
-        }
+        table[name] = c = _case(m, logs, accs, firsts, times)
         print(
             f"{name:30s} "
             + " ".join(
-                f"{per[p]['trials_per_s']:10.2f}" if p in per else f"{'-':>10s}"
-                for p in POLICIES
+                f"{p}={c['policies'][p]['trials_per_s']:.2f}" for p in c["policies"]
             )
-            + f"  {measuring:10.1f}  {per['measure']['chosen']}",
+            + f"  measuring {c['measuring_s']:.1f} s, measure chose "
+            f"{c['policies']['measure']['chosen']}",
             flush=True,
         )
-    out = {
-        "benchmark": "conv_paths",
-        "quick": q,
-        **info,
-        "load_average_end": list(os.getloadavg()),
-        "repeats": repeats,
-        "policies": list(POLICIES),
-        "auto_policy": "rule" if jax.default_backend() == "cpu" else "measure",
-        "cpu_conv_patch_rows": _trialbatch.CPU_CONV_PATCH_ROWS,
-        "conv_tie": _trialbatch.CONV_TIE,
-        "device_model": "UniformVariation(sigma=0.3, sigma_verified=0.03)",
-        "data": "uniform-noise images, labels = noise-free predictions",
-        "matmul_gflops_each_round": peaks,
-        "cases": table,
-    }
-    write_result(
-        out, args.output or (RESULTS.replace(".json", "_quick.json") if q else RESULTS)
-    )
+        # after every model: a run stopped by its time limit keeps those done
+        out["load_average_end"] = list(os.getloadavg())
+        out["complete"] = len(table) == len(models)
+        write_result(out, output)
     return out
 
 

@@ -9,7 +9,7 @@
 #    im2col and xla conv paths, the matmul rate and the memory roofline;
 #    -> mc_gpu_h200.json (written after every model).
 # 2. benchmarks.conv_paths: every conv-path policy on the seven models;
-#    -> conv_paths_h200.json (written at the end).
+#    -> conv_paths_h200.json (written after every model).
 # Each step has its own time limit, so that the first one's results survive the
 # second one running long; the logs go beside the JSON files. About 9 minutes
 # in all; the limits can be set with GPU_MC_LIMIT and CONV_PATHS_LIMIT (seconds),

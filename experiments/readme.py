@@ -660,8 +660,21 @@ def conv_paths_performance(
         + f" (JAX {d['jax_version']}; load "
         f"average {d['load_average_start'][0]:.1f} at the start and "
         f"{d['load_average_end'][0]:.1f} at the end), trials/s, best of "
-        f"{d['repeats']} round-robin rounds. The default here is "
-        f"`{d['auto_policy']}`.",
+        f"{d['repeats']} "
+        + (
+            "rounds per model (round robin over its policies)"
+            if "models_planned" in d  # written after every model
+            else "round-robin rounds over every model and policy"
+        )
+        + f". The default here is `{d['auto_policy']}`."
+        + (
+            ""
+            if d.get("complete", True)
+            else f" The run stopped after {len(d['cases'])} of "
+            f"{len(d['models_planned'])} models (its time limit); missing: "
+            + ", ".join(m for m in d["models_planned"] if m not in d["cases"])
+            + "."
+        ),
         "",
         "| model | trials x images | per pass | "
         + " | ".join(f"`{p}`" for p in pols)

@@ -356,3 +356,9 @@ def test_conv_paths_script(tmp_path):
 
     text = readme.conv_paths_performance(tmp_path / "c.json")
     assert "| LeNet, plain lax | 8 x 80 |" in text
+    assert out["complete"] and "stopped" not in text
+    # a run its time limit stopped: the section says which models are missing
+    cut = {**out, "complete": False, "models_planned": [*out["models_planned"], "X"]}
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    text = readme.conv_paths_performance(tmp_path / "cut.json")
+    assert "stopped after 1 of 2 models (its time limit); missing: X." in text
