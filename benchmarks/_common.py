@@ -1,6 +1,8 @@
-"""Helpers shared by the sweep, scaling and compile benchmarks: the LeNet problem
-(trained run and MNIST test images when present, else fresh params and generated
-images), machine information, round-robin timing and a linear fit. The jitted
+"""Helpers shared by the benchmarks: the LeNet problem (trained run and MNIST
+test images when present, else fresh params and generated images), the
+project's models as builders, machine information, the dense matmul rate every
+"% of matmul" is measured against, FLOPs counted from a jaxpr, round-robin
+timing and a linear fit. The jitted
 drivers the benchmarks time are the pipeline's own (``_sweep_jit`` and
 ``_evaluate_jit`` of ``uswim_jax.experiment.units``, static arguments
 ``STATIC``).
@@ -14,6 +16,7 @@ benchmark measures afresh and reports what measuring cost.
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -25,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jcore
 
 from uswim_jax._io import atomic_write_text
 from uswim_jax.models import Model, build_model
@@ -132,6 +136,59 @@ def only_cases(parser: argparse.ArgumentParser, cases: dict, only: list) -> dict
     if unknown:
         parser.error(f"unknown case(s) {sorted(unknown)}; cases: {list(cases)}")
     return {k: v for k, v in cases.items() if k in only}
+
+
+def project(name: str, **kw) -> Callable[[jax.Array], tuple[Any, Callable, str]]:
+    """A builder of the project's model ``name`` (``build_model`` keywords
+    ``kw``): ``key -> (params, apply_fn, "NHWC")``, the form every benchmark's
+    model builders take (the user-written ones name their own layout)."""
+
+    def build(key):
+        model = build_model(name, **kw)
+        return model.init(key), model.apply_fn, "NHWC"
+
+    return build
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
+    """The dense ``n x n x n`` matmul rate in GFLOP/s (at JAX's default
+    precision), best of ``repeats`` timed calls after one untimed call: the
+    rate every benchmark's "% of matmul" is a fraction of."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    mm = jax.jit(jnp.matmul)
+    jax.block_until_ready(mm(a, b))
+    best = min(block(lambda: mm(a, b))[1] for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops(jaxpr) -> int:
+    """2 x multiply-accumulates of every convolution and ``dot_general`` in
+    ``jaxpr``, nested jaxprs included: any model is counted the same way, from
+    what it traces to (XLA's cost analysis cannot be used for this: it does not
+    count cuDNN convolutions on GPU)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        out = eqn.outvars[0].aval.shape if eqn.outvars else ()
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            spec = eqn.params["dimension_numbers"].rhs_spec
+            macs_per_out = rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
+            total += 2 * math.prod(out) * macs_per_out
+        elif name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(out) * math.prod(lhs[i] for i in lc)
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            total += forward_flops(getattr(sub, "jaxpr", sub))
+    return total
+
+
+def model_flops(apply_fn: Callable, params, x) -> int:
+    """:func:`forward_flops` of ``apply_fn(params, x)``: the FLOPs of one
+    forward pass over the images ``x``."""
+    return forward_flops(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
 
 
 def block(fn: Callable[[], Any]) -> tuple[Any, float]:

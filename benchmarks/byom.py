@@ -42,7 +42,6 @@ import numpy as np
 from flax import linen as nn
 from flax import nnx
 from jax import lax
-from jax.extend import core as jcore
 
 import uswim_jax as uj
 from benchmarks._common import (
@@ -50,11 +49,12 @@ from benchmarks._common import (
     case_parser,
     generated_images,
     machine_info,
+    matmul_gflops,
+    model_flops,
     only_cases,
+    project,
     write_result,
 )
-from benchmarks.mc_throughput import matmul_gflops
-from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
     auto_sizes,
     evaluate,
@@ -179,38 +179,6 @@ def lenet_equinox(key):
     return params, lambda p, x: jax.vmap(eqx.combine(p, static))(x), "NCHW"
 
 
-def project(name, **kw):
-    def build(key):
-        model = build_model(name, **kw)
-        return model.init(key), model.apply_fn, "NHWC"
-
-    return build
-
-
-# -- FLOPs ----------------------------------------------------------------------
-
-
-def forward_flops(jaxpr) -> int:
-    """2 x multiply-accumulates of every convolution and dot in ``jaxpr``
-    (recursively through nested jaxprs)."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        out = eqn.outvars[0].aval.shape if eqn.outvars else ()
-        if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            spec = eqn.params["dimension_numbers"].rhs_spec
-            macs_per_out = rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
-            total += 2 * math.prod(out) * macs_per_out
-        elif name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2 * math.prod(out) * math.prod(lhs[i] for i in lc)
-        for sub in jcore.jaxprs_in_params(eqn.params):
-            total += forward_flops(getattr(sub, "jaxpr", sub))
-    return total
-
-
 # -- cases ----------------------------------------------------------------------
 
 
@@ -258,7 +226,7 @@ def main(argv=None) -> dict:
         x = jnp.asarray(x)
         # labels: the noise-free predictions (accuracy 1 without noise)
         y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
-        flop_image = forward_flops(jax.make_jaxpr(apply_fn)(params, x[:1]).jaxpr)
+        flop_image = model_flops(apply_fn, params, x[:1])
         std = device_model.effective_std(params, None)
         ev = jax.jit(
             lambda key, params, x, y, t=t, apply_fn=apply_fn: (

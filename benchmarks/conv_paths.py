@@ -48,8 +48,10 @@ from benchmarks._common import (
     case_parser,
     generated_images,
     machine_info,
+    matmul_gflops,
     measuring_seconds,
     only_cases,
+    project,
     write_result,
 )
 from benchmarks.byom import (
@@ -58,9 +60,7 @@ from benchmarks.byom import (
     lenet_lax,
     lenet_linen,
     lenet_nnx,
-    project,
 )
-from benchmarks.mc_throughput import matmul_gflops
 from uswim_jax import _trialbatch
 from uswim_jax.montecarlo import auto_sizes, evaluate
 

@@ -32,8 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as u
-from benchmarks._common import measuring_seconds
-from uswim_jax.models import build_model
+from benchmarks._common import (
+    forward_flops,
+    matmul_gflops,
+    measuring_seconds,
+    project,
+)
 from uswim_jax.montecarlo import evaluate
 
 
@@ -48,39 +52,6 @@ def _time(fn, repeats: int) -> tuple[float, float]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
     return first, statistics.median(times)
-
-
-def matmul_rate(dtype, n: int, repeats: int) -> float:
-    """Dense n x n x n matmul rate in TFLOP/s."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(jnp.dot)
-    _, t = _time(lambda: f(a, b), repeats)
-    return 2 * n**3 / t / 1e12
-
-
-def _matmul_flops(jaxpr) -> float:
-    """2 x multiply-adds of every dot_general and convolution in a jaxpr
-    (nested jaxprs included). XLA's cost analysis cannot be used: it does not
-    count cuDNN convolutions on GPU."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "dot_general":
-            (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
-            lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-            contract = np.prod([lhs[i] for i in lc])
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contract
-        elif name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            dn = eqn.params["dimension_numbers"]
-            out = eqn.outvars[0].aval.shape
-            k_in = rhs[dn.rhs_spec[1]]
-            k_sp = np.prod([rhs[i] for i in dn.rhs_spec[2:]])
-            total += 2.0 * np.prod(out) * k_in * k_sp
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _matmul_flops(sub)
-    return total
 
 
 def _boundary_bytes(jaxpr) -> float:
@@ -106,16 +77,6 @@ def copy_rate(nbytes: int, repeats: int) -> float:
     return 2 * nbytes / t / 1e9
 
 
-def project_model(name, input_shape):
-    """A builder (``key -> (params, apply_fn)``) for one of the project's models."""
-
-    def build(key):
-        model = build_model(name, input_shape=input_shape)
-        return model.init(key), model.apply_fn
-
-    return build
-
-
 def user_lenets() -> dict:
     """``benchmarks.byom``'s LeNets written with plain lax, flax.linen,
     flax.nnx and equinox: name -> (builder, input shape, crossbar), or ``{}``
@@ -132,7 +93,7 @@ def user_lenets() -> dict:
         ("lenet, flax.nnx", byom.lenet_nnx, (28, 28, 1)),
         ("lenet, equinox", byom.lenet_equinox, (1, 28, 28)),
     ):
-        out[name] = (lambda k, b=build: b(k)[:2], shape, byom.crossbar)
+        out[name] = (build, shape, byom.crossbar)
     return out
 
 
@@ -149,15 +110,15 @@ def bench_model(
     compare_paths=True,
     bandwidth_gbs=None,
 ):
-    """``evaluate`` on the model ``build(key)`` at each of ``trials`` (policy
+    """``evaluate`` on the model ``build(key)[:2]`` at each of ``trials`` (policy
     ``auto``), and, with ``compare_paths``, under ``im2col`` and ``xla`` at the
     middle one, against a serial loop of ``serial_trials``."""
-    params, apply_fn = build(jax.random.key(0))
+    params, apply_fn = build(jax.random.key(0))[:2]
     x = jax.random.uniform(jax.random.key(1), (n_images, *input_shape))
     y = jax.random.randint(jax.random.key(2), (n_images,), 0, 10)
     device = u.UniformVariation(0.2, 0.02, crossbar=crossbar or u.default_crossbar)
     jaxpr = jax.make_jaxpr(apply_fn)(params, x).jaxpr
-    flops = _matmul_flops(jaxpr)
+    flops = forward_flops(jaxpr)
     traffic = _boundary_bytes(jaxpr)
     out = {
         "model": name,
@@ -279,10 +240,11 @@ def main(argv=None) -> dict:
         "device": str(jax.devices()[0].device_kind),
         "jax_version": jax.__version__,
         "platform": platform.platform(),
-        "matmul_tflops_f32_default_precision": matmul_rate(
-            jnp.float32, sizes["matmul"], repeats
+        "matmul_tflops_f32_default_precision": (
+            matmul_gflops(sizes["matmul"], repeats, jnp.float32) / 1e3
         ),
-        "matmul_tflops_bf16": matmul_rate(jnp.bfloat16, sizes["matmul"], repeats),
+        "matmul_tflops_bf16": matmul_gflops(sizes["matmul"], repeats, jnp.bfloat16)
+        / 1e3,
         "memory_gbs": copy_rate(sizes["copy_bytes"], repeats),
         "models": [],
     }
@@ -293,14 +255,12 @@ def main(argv=None) -> dict:
         flush=True,
     )
     peak = result["matmul_tflops_f32_default_precision"]
-    cases = [("lenet", project_model("lenet", (28, 28, 1)), (28, 28, 1), None, True)]
+    cases = [("lenet", project("lenet"), (28, 28, 1), None, True)]
     cases += [
         (name, build, shape, crossbar, False)
         for name, (build, shape, crossbar) in user_lenets().items()
     ]
-    cases.append(
-        ("resnet18", project_model("resnet18", (32, 32, 3)), (32, 32, 3), None, True)
-    )
+    cases.append(("resnet18", project("resnet18"), (32, 32, 3), None, True))
     for name, build, shape, crossbar, compare in cases:
         key = "resnet" if name == "resnet18" else "lenet" if compare else "user_lenet"
         n, trials, chunk, serial = sizes[key]

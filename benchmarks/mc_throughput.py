@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as uj
-from benchmarks._common import write_result
+from benchmarks._common import matmul_gflops, model_flops, write_result
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
     auto_sizes,
@@ -69,20 +69,6 @@ FULL_GRID = ((5, 20), (5, 40), (6, 40), (4, 32), (0, 40), (2, 100), (10, 10))
 #: trials; trial t is the same under any T, so its accuracies are a prefix.
 VMAP_ALL_MAX_TRIALS = 25
 QUICK_GRID = ((0, 20), (4, 25))
-
-
-def lenet_flops_per_image(params) -> int:
-    """2 x MACs of one LeNet forward pass (28x28 input; convs pad 1 keep the
-    size, pools halve it)."""
-    p = params["params"]
-    flops = 0
-    for name, hw in (("Conv_0", 28), ("Conv_1", 14)):
-        kh, kw, c, o = p[name]["kernel"].shape
-        flops += 2 * hw * hw * kh * kw * c * o
-    for name in ("Dense_0", "Dense_1", "Dense_2"):
-        i, o = p[name]["kernel"].shape
-        flops += 2 * i * o
-    return flops
 
 
 def load_problem(num_images: int | None) -> tuple:
@@ -121,19 +107,6 @@ def _peak_rss_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     except (ImportError, OSError):
         return float("nan")
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    jax.block_until_ready(mm(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(a, b))
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
@@ -257,7 +230,8 @@ def main(argv=None) -> dict:
     model, params, x, y, sources = load_problem(num_images)
     n_img = int(x.shape[0])
     device = uj.UniformVariation(0.3, 0.03)
-    flop_trial = lenet_flops_per_image(params) * n_img
+    flop_image = model_flops(model.apply_fn, params, x[:1])
+    flop_trial = flop_image * n_img
     print(f"LeNet, {n_img} images, {num_trials} trials; {sources}", flush=True)
     peak = matmul_gflops()
     print(f"float32 matmul 2048^3: {peak:.1f} GFLOP/s", flush=True)
@@ -327,7 +301,7 @@ def main(argv=None) -> dict:
         "num_trials": num_trials,
         "repeats": repeats,
         "device_model": "UniformVariation(sigma=0.3, sigma_verified=0.03)",
-        "flops_per_image": lenet_flops_per_image(params),
+        "flops_per_image": flop_image,
         "matmul_gflops_before": peaks[0],
         "matmul_gflops_after": peak_mm,
         "matmul_gflops_each_round": peaks,

@@ -14,7 +14,7 @@ Each op is named by the JAX primitive at the root of its fusion (the
 ``dynamic_update_slice`` for the in-place writes of im2col patches) and by
 where it runs: per image batch (inside the image loop) or per chunk of trials
 (the noise draw and the params-only work). The matmuls' rate is LeNet's forward
-FLOPs (as in ``benchmarks/mc_throughput``) over their summed time, beside the
+FLOPs (counted from its jaxpr, as in every benchmark) over their summed time, beside the
 float32 matmul rate measured in the same run. Results go to
 ``benchmarks/results/op_profile.json`` (``op_profile_quick.json`` with
 ``--quick``).
@@ -38,8 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as uj
-from benchmarks._common import RESULTS_DIR, machine_info, write_result
-from benchmarks.mc_throughput import lenet_flops_per_image, matmul_gflops
+from benchmarks._common import (
+    RESULTS_DIR,
+    machine_info,
+    matmul_gflops,
+    model_flops,
+    write_result,
+)
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import auto_sizes
 
@@ -191,7 +196,7 @@ def main(argv=None) -> dict:
     runs = 2
     res = breakdown(ops, profile(lambda: compiled(key), runs), runs)
     peak.append(matmul_gflops())
-    flops = lenet_flops_per_image(params) * num_trials * num_images
+    flops = model_flops(model.apply_fn, params, x[:1]) * num_trials * num_images
     mm = sum(
         g["seconds"] for k, g in res["groups"].items() if k.startswith("dot_general")
     )

@@ -14,7 +14,7 @@ from _toy import mlp_apply, toy_problem
 
 import uswim_jax as u
 from benchmarks import mc_scaling, recompile, sweep_vs_serial
-from benchmarks._common import linear_fit, round_robin
+from benchmarks._common import linear_fit, model_flops, round_robin
 from uswim_jax import _trialbatch
 from uswim_jax.sweep import counts_for_fractions
 
@@ -48,6 +48,36 @@ def test_sweep_cases_give_the_same_trials(problem):
     # Noise matters (the check is not vacuous) and verifying everything helps.
     assert ref[0].mean() < ref[-1].mean()
     assert len(np.unique(ref[0])) > 1
+
+
+def test_model_flops_counts_every_contraction_by_hand():
+    """2 x MACs of a grouped, strided, dilated NCHW convolution inside ``jit``,
+    a dense layer with two contracting dims inside ``custom_jvp``, and an
+    elementwise op that counts nothing, against the count by hand."""
+    x = jnp.zeros((3, 4, 9, 9))  # N C H W
+    w = jnp.zeros((6, 2, 3, 3))  # O I/groups H W, 2 groups
+    d = jnp.zeros((6, 4, 5))  # contracts C=6 and W'=4 of the conv output
+
+    @jax.custom_jvp
+    def dense(h, d):
+        return jnp.einsum("nchw,cwk->nhk", h, d)
+
+    dense.defjvp(lambda primals, tangents: (dense(*primals), dense(*primals)))
+
+    def f(p, x):
+        h = jax.jit(
+            lambda x: jax.lax.conv_general_dilated(
+                x, p["w"], (2, 2), "VALID", rhs_dilation=(1, 1), feature_group_count=2,
+                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            )
+        )(x)  # fmt: skip
+        return jnp.tanh(dense(h, p["d"]))
+
+    # conv: out 3x6x4x4, each output sums 2 input channels x 3x3 taps
+    conv = 2 * (3 * 6 * 4 * 4) * (2 * 3 * 3)
+    # dense: out 3x4x5, each output sums 6 channels x 4 columns
+    dot = 2 * (3 * 4 * 5) * (6 * 4)
+    assert model_flops(f, {"w": w, "d": d}, x) == conv + dot
 
 
 def test_linear_fit_exact_and_noisy():
