@@ -25,8 +25,8 @@ Each case records which of the two the library runs (``"library"``). The
 draws are the same numbers (``tests/test_random.py``); the outputs are
 compared, and the largest difference and the share of output elements that
 differ are recorded (XLA may fuse the two programs differently, which can move
-a last float bit: it does for the conductance presets, which therefore still
-draw shaped, see docs/device.md). It reports each case's median and spread of
+a last float bit: it does for the conductance presets, which therefore draw
+shaped, see docs/device.md). It reports each case's median and spread of
 compile seconds (tracing and lowering apart) and ``flat``'s median over
 ``shaped``'s. Results go to ``benchmarks/results/draw_compile.json``
 (``draw_compile_quick.json`` with ``--quick``).

@@ -381,9 +381,11 @@ def draw_compile_line(d: dict) -> str:
             + ("presets still draw" if len(shaped) > 1 else "preset still draws")
             + " shaped: drawn flat, XLA "
             f"fuses their programs differently and {moved} of a chip's weights "
-            f"move, by at most {worst:.1e}, which would change the committed "
-            "device results in their last bits, so switching them goes with a "
-            "rerun of `make reproduce-devices`."
+            f"move, by at most {worst:.1e}. That would change the committed "
+            "device results in their last bits, and with the reads drawn flat "
+            "a chip read at several times (`program_at_times`) no longer equals "
+            "the single-time calls bit for bit, which the tests require; so "
+            "they stay shaped."
         )
     return (
         text + " Measured by `python -m benchmarks.draw_compile` "

@@ -54,6 +54,7 @@ def test_draw_compile_line_says_which_draws_the_library_runs():
     assert "0.75x the time for one `pcm` chip of LeNet" in line
     assert "flat in the pulse case, whose outputs are identical" in line
     assert "The pcm preset still draws shaped" in line
+    assert "stay shaped" in line
     assert "4.2 % (pcm) of a chip's weights move, by at most 6.0e-08" in line
     d["cases"]["pulse"]["max_abs_diff"] = 1e-7  # not identical: not said
     assert "identical" not in readme.draw_compile_line(d)
