@@ -2,10 +2,9 @@
 test images when present, else fresh params and generated images), the
 project's models as builders, machine information, the dense matmul rate every
 "% of matmul" is measured against, FLOPs counted from a jaxpr, round-robin
-timing and a linear fit. The jitted
-drivers the benchmarks time are the pipeline's own (``_sweep_jit`` and
-``_evaluate_jit`` of ``uswim_jax.experiment.units``, static arguments
-``STATIC``).
+timing and a linear fit. The jitted drivers the benchmarks time are the
+pipeline's own (``_sweep_jit`` and ``_evaluate_jit`` of
+``uswim_jax.experiment.units``, static arguments ``STATIC``).
 
 ``benchmarks/run.py`` skips this module (its name starts with ``_``).
 
@@ -138,14 +137,14 @@ def only_cases(parser: argparse.ArgumentParser, cases: dict, only: list) -> dict
     return {k: v for k, v in cases.items() if k in only}
 
 
-def project(name: str, **kw) -> Callable[[jax.Array], tuple[Any, Callable, str]]:
+def project(name: str, **kw) -> Callable[[jax.Array], tuple[Any, Callable]]:
     """A builder of the project's model ``name`` (``build_model`` keywords
-    ``kw``): ``key -> (params, apply_fn, "NHWC")``, the form every benchmark's
-    model builders take (the user-written ones name their own layout)."""
+    ``kw``): ``key -> (params, apply_fn)``, the form every benchmark's model
+    builders take."""
 
     def build(key):
         model = build_model(name, **kw)
-        return model.init(key), model.apply_fn, "NHWC"
+        return model.init(key), model.apply_fn
 
     return build
 

@@ -112,7 +112,7 @@ def lenet_lax(key):
         x = jax.nn.relu(x @ p["fc2"]["w"] + p["fc2"]["b"][None])
         return x @ p["fc3"]["w"] + p["fc3"]["b"][None]
 
-    return p, apply_fn, "NHWC"
+    return p, apply_fn
 
 
 class _LinenLeNet(nn.Module):
@@ -128,7 +128,7 @@ class _LinenLeNet(nn.Module):
 
 def lenet_linen(key):
     m = _LinenLeNet()
-    return m.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32)), m.apply, "NHWC"
+    return m.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32)), m.apply
 
 
 class _NnxLeNet(nnx.Module):
@@ -148,7 +148,7 @@ class _NnxLeNet(nnx.Module):
 
 def lenet_nnx(key):
     graphdef, state = nnx.split(_NnxLeNet(nnx.Rngs(params=key)))
-    return state, lambda s, x: nnx.merge(graphdef, s)(x), "NHWC"
+    return state, lambda s, x: nnx.merge(graphdef, s)(x)
 
 
 class _EqxLeNet(eqx.Module):
@@ -176,7 +176,7 @@ class _EqxLeNet(eqx.Module):
 
 def lenet_equinox(key):
     params, static = eqx.partition(_EqxLeNet(key), eqx.is_array)
-    return params, lambda p, x: jax.vmap(eqx.combine(p, static))(x), "NCHW"
+    return params, lambda p, x: jax.vmap(eqx.combine(p, static))(x)
 
 
 # -- cases ----------------------------------------------------------------------
@@ -221,7 +221,7 @@ def main(argv=None) -> dict:
     key = jax.random.key(42)
     runs = {}
     for name, (build, shape, layout, (t, n, ts)) in cases.items():
-        params, apply_fn, _ = build(jax.random.key(0))
+        params, apply_fn = build(jax.random.key(0))
         x, _ = generated_images(n, shape)
         x = jnp.asarray(x)
         # labels: the noise-free predictions (accuracy 1 without noise)

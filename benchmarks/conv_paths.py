@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
     device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
     key = jax.random.key(42)
     for name, (build, shape, (t, n)) in models.items():
-        params, apply_fn, _ = build(jax.random.key(0))
+        params, apply_fn = build(jax.random.key(0))
         x = jnp.asarray(generated_images(n, shape)[0])
         y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
         chunk, b = auto_sizes(apply_fn, params, x, t)

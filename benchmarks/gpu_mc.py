@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import jax
 import jax.extend.core
@@ -33,6 +32,7 @@ import numpy as np
 
 import uswim_jax as u
 from benchmarks._common import (
+    block,
     forward_flops,
     matmul_gflops,
     measuring_seconds,
@@ -43,15 +43,8 @@ from uswim_jax.montecarlo import evaluate
 
 def _time(fn, repeats: int) -> tuple[float, float]:
     """(first call seconds, median of ``repeats`` later calls)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    first = block(fn)[1]
+    return first, statistics.median(block(fn)[1] for _ in range(repeats))
 
 
 def _boundary_bytes(jaxpr) -> float:
@@ -110,10 +103,10 @@ def bench_model(
     compare_paths=True,
     bandwidth_gbs=None,
 ):
-    """``evaluate`` on the model ``build(key)[:2]`` at each of ``trials`` (policy
+    """``evaluate`` on the model ``build(key)`` at each of ``trials`` (policy
     ``auto``), and, with ``compare_paths``, under ``im2col`` and ``xla`` at the
     middle one, against a serial loop of ``serial_trials``."""
-    params, apply_fn = build(jax.random.key(0))[:2]
+    params, apply_fn = build(jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (n_images, *input_shape))
     y = jax.random.randint(jax.random.key(2), (n_images,), 0, 10)
     device = u.UniformVariation(0.2, 0.02, crossbar=crossbar or u.default_crossbar)

@@ -14,8 +14,8 @@ Each op is named by the JAX primitive at the root of its fusion (the
 ``dynamic_update_slice`` for the in-place writes of im2col patches) and by
 where it runs: per image batch (inside the image loop) or per chunk of trials
 (the noise draw and the params-only work). The matmuls' rate is LeNet's forward
-FLOPs (counted from its jaxpr, as in every benchmark) over their summed time, beside the
-float32 matmul rate measured in the same run. Results go to
+FLOPs (counted from its jaxpr, as in every benchmark) over their summed time,
+beside the float32 matmul rate measured in the same run. Results go to
 ``benchmarks/results/op_profile.json`` (``op_profile_quick.json`` with
 ``--quick``).
 
