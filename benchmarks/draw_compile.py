@@ -26,10 +26,14 @@ draws are the same numbers (``tests/test_random.py``); the outputs are
 compared, and the largest difference and the share of output elements that
 differ are recorded (XLA may fuse the two programs differently, which can move
 a last float bit: it does for the conductance presets, which therefore draw
-shaped, see docs/device.md). It reports each case's median and spread of
-compile seconds (tracing and lowering apart) and ``flat``'s median over
-``shaped``'s. Results go to ``benchmarks/results/draw_compile.json``
-(``draw_compile_quick.json`` with ``--quick``).
+shaped, see docs/device.md). Without ``--quick`` it also reads one chip of each
+preset (without and with drift compensation) at 1 s, 1 h and 1 day with
+``program_at_times`` and records, in both styles, the share of weights that
+differ from the single-time calls (``"at_times"``). It reports each case's
+median and spread of compile seconds (tracing and lowering apart) and
+``flat``'s median over ``shaped``'s. Results go to
+``benchmarks/results/draw_compile.json`` (``draw_compile_quick.json`` with
+``--quick``).
 """
 
 import argparse
@@ -48,6 +52,10 @@ from uswim_jax import _random
 from uswim_jax.models import build_model
 
 STYLES = ("flat", "shaped")
+#: How the conductance presets (``uswim_jax.devices``) draw.
+PRESETS_DRAW = "shaped"
+#: The read times of the ``program_at_times`` check, s.
+AT_TIMES = (1.0, 3600.0, 86400.0)
 
 
 @contextlib.contextmanager
@@ -96,25 +104,77 @@ def cases(quick: bool, params, mask) -> dict:
             dev = uj.ConductanceDevice(uj.device_preset(name))
             out[name] = (
                 lambda k, dev=dev: dev.program_with_cost(k, params, mask).params,
-                "shaped",
+                PRESETS_DRAW,
             )
     return out
+
+
+def drawn(style: str, library: str):
+    """The context in which the library's code, which draws in ``library``'s
+    style, draws in ``style``."""
+    if style == library:
+        return contextlib.nullcontext()
+    return shaped_draws() if style == "shaped" else flat_draws()
 
 
 def compile_once(fn, keys, style: str, library: str) -> tuple[dict, object]:
     """Seconds to trace and lower, and to compile, ``vmap(fn)`` afresh, and its
     output on ``keys``, drawn in ``style`` (``library`` is how the library
     draws it)."""
-    ctx = contextlib.nullcontext()
-    if style != library:
-        ctx = shaped_draws() if style == "shaped" else flat_draws()
-    with ctx:
+    with drawn(style, library):
         t0 = time.perf_counter()
         lowered = jax.jit(jax.vmap(fn)).lower(keys)
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
     return {"lower_s": t1 - t0, "compile_s": t2 - t1}, compiled(keys)
+
+
+def _moved(a, b) -> dict:
+    """The share of elements of two pytrees that differ, and the largest
+    difference."""
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
+    return {
+        "moved_fraction": float(np.mean(a != b)),
+        "max_abs_diff": float(np.max(np.abs(a - b), initial=0.0)),
+    }
+
+
+def at_times(params, mask, key, times=AT_TIMES) -> dict:
+    """One chip of each preset, without and with drift compensation, read at
+    every time of ``times`` by ``program_at_times`` against the single-time
+    calls ``dev.at(t).program``, in both styles: the share of weights that
+    differ (the stacked program is another XLA program, which may fuse the
+    same arithmetic differently)."""
+    out = {}
+    for name in ("pcm", "rram"):
+        for comp in (False, True):
+            dev = uj.ConductanceDevice(uj.device_preset(name), drift_compensation=comp)
+            row = {}
+            for style in STYLES:
+                with drawn(style, PRESETS_DRAW):
+                    stacked = jax.jit(
+                        lambda k, dev=dev: dev.program_at_times(k, params, mask, times)
+                    )(key)
+                    singles = []
+                    for t in times:
+                        d = dev.at(t)
+                        singles.append(
+                            jax.jit(lambda k, d=d: d.program(k, params, mask))(key)
+                        )
+                row[style] = _moved(
+                    stacked, jax.tree.map(lambda *xs: np.stack(xs), *singles)
+                )
+            label = f"{name}, compensated" if comp else name
+            out[label] = row
+            print(
+                f"at times {label:17s} moved: "
+                + ", ".join(
+                    f"{s} {100 * r['moved_fraction']:.1f} %" for s, r in row.items()
+                ),
+                flush=True,
+            )
+    return out
 
 
 def main(argv=None) -> dict:
@@ -145,11 +205,8 @@ def main(argv=None) -> dict:
                     f"compile {t['compile_s']:6.2f} s",
                     flush=True,
                 )
-        a, b = (
-            np.concatenate([np.ravel(x) for x in jax.tree.leaves(outs[s])])
-            for s in STYLES
-        )
-        diff = float(np.max(np.abs(a - b), initial=0.0))
+        moved = _moved(*(outs[s] for s in STYLES))
+        diff = moved["max_abs_diff"]
         per = {}
         for style, ts in times.items():
             c = [t["compile_s"] for t in ts]
@@ -161,8 +218,7 @@ def main(argv=None) -> dict:
         table[dname] = {
             **per,
             "library": library,
-            "max_abs_diff": diff,
-            "moved_fraction": float(np.mean(a != b)),
+            **moved,
             "flat_over_shaped_compile": per["flat"]["compile_s_median"]
             / per["shaped"]["compile_s_median"],
         }
@@ -183,6 +239,11 @@ def main(argv=None) -> dict:
         "repeats": repeats,
         "cases": table,
     }
+    if not args.quick:
+        result["at_times"] = {
+            "times_s": list(AT_TIMES),
+            "cases": at_times(params, mask, jax.random.key(1)),
+        }
     write_result(result, output)
     return result
 

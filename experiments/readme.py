@@ -381,16 +381,41 @@ def draw_compile_line(d: dict) -> str:
             + ("presets still draw" if len(shaped) > 1 else "preset still draws")
             + " shaped: drawn flat, XLA "
             f"fuses their programs differently and {moved} of a chip's weights "
-            f"move, by at most {worst:.1e}. That would change the committed "
-            "device results in their last bits, and with the reads drawn flat "
-            "a chip read at several times (`program_at_times`) no longer equals "
-            "the single-time calls bit for bit, which the tests require; so "
-            "they stay shaped."
+            f"move, by at most {worst:.1e}, which would change the committed "
+            "device results in their last bits, so switching them goes with a "
+            "rerun of `make reproduce-devices`."
         )
+    if "at_times" in d:
+        text += " " + at_times_sentence(d["at_times"])
     return (
         text + " Measured by `python -m benchmarks.draw_compile` "
         "(`benchmarks/results/draw_compile.json`)."
     )
+
+
+def at_times_sentence(a: dict) -> str:
+    """How far one chip read at several times by ``program_at_times`` is from
+    the single-time calls, per preset and draw style (``draw_compile``'s
+    ``"at_times"``)."""
+    from experiments.devices.run import time_label
+
+    times = ", ".join(time_label(t) for t in a["times_s"])
+    styles = list(next(iter(a["cases"].values())))
+    parts = []
+    for name, row in a["cases"].items():
+        share = " / ".join(f"{100 * row[s]['moved_fraction']:.1f} %" for s in styles)
+        parts.append(f"{share} ({name})")
+    worst = max(r["max_abs_diff"] for row in a["cases"].values() for r in row.values())
+    exact = worst == 0
+    return (
+        f"One chip read at {times} by `program_at_times`, against the "
+        "single-time calls, drawn " + " / ".join(styles) + ": "
+        + _names(parts)
+        + " of the weights differ"
+        + ("." if exact else f", by at most {worst:.1e}: the stacked program is "
+           "another XLA program, which may fuse the same arithmetic differently, "
+           "so the two agree to the last float bit, not always in it.")
+    )  # fmt: skip
 
 
 def _names(items) -> str:

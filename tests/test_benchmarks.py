@@ -290,6 +290,28 @@ def test_draw_compile_script(tmp_path):
     assert draw_compile._random.normal.__module__ == "uswim_jax._random"
 
 
+@pytest.mark.slow  # 32 small compiles
+def test_draw_compile_at_times_compares_every_preset_in_both_styles(key):
+    """The ``program_at_times`` check gives, per preset and compensation, the
+    share of weights off the single-time calls in both styles; on a small
+    dense layer the shaped draws (the library's) agree bit for bit, as
+    ``tests/test_devices_model.py`` requires of the same case."""
+    from benchmarks import draw_compile
+
+    w = jnp.linspace(-1.0, 1.0, 48, dtype=jnp.float32).reshape(6, 8)
+    params = {"dense": {"kernel": w, "bias": jnp.arange(8, dtype=jnp.float32)}}
+    mask = {"dense": {"kernel": w > 0, "bias": jnp.zeros(8, bool)}}
+    normal = jax.random.normal
+    out = draw_compile.at_times(params, mask, key)
+    assert jax.random.normal is normal  # the flat baseline is undone
+    assert list(out) == ["pcm", "pcm, compensated", "rram", "rram, compensated"]
+    for row in out.values():
+        assert set(row) == set(draw_compile.STYLES)
+        for r in row.values():
+            assert 0.0 <= r["moved_fraction"] <= 1.0 and r["max_abs_diff"] < 1e-6
+    assert out["pcm, compensated"]["shaped"]["moved_fraction"] == 0.0
+
+
 def test_draw_compile_flat_draws_are_the_library_flat_draws(key):
     """The flat baseline for the presets (JAX's draws replaced for a block)
     draws what ``uswim_jax._random`` draws, and is undone after the block."""

@@ -54,10 +54,35 @@ def test_draw_compile_line_says_which_draws_the_library_runs():
     assert "0.75x the time for one `pcm` chip of LeNet" in line
     assert "flat in the pulse case, whose outputs are identical" in line
     assert "The pcm preset still draws shaped" in line
-    assert "stay shaped" in line
+    assert "rerun of `make reproduce-devices`" in line
+    assert "program_at_times" not in line  # no such check in this JSON
     assert "4.2 % (pcm) of a chip's weights move, by at most 6.0e-08" in line
     d["cases"]["pulse"]["max_abs_diff"] = 1e-7  # not identical: not said
     assert "identical" not in readme.draw_compile_line(d)
+
+
+def test_at_times_sentence_gives_each_preset_and_style():
+    def row(flat, shaped, diff):
+        return {
+            "flat": {"moved_fraction": flat, "max_abs_diff": diff},
+            "shaped": {"moved_fraction": shaped, "max_abs_diff": diff},
+        }
+
+    a = {
+        "times_s": [1.0, 3600.0, 86400.0],
+        "cases": {
+            "pcm": row(0.0, 0.0, 0.0),
+            "rram, compensated": row(0.0, 0.065, 3e-8),
+        },
+    }
+    text = readme.at_times_sentence(a)
+    assert "read at 1 s, 1 h, 1 day by `program_at_times`" in text
+    assert "drawn flat / shaped: 0.0 % / 0.0 % (pcm) and 0.0 % / 6.5 % " in text
+    assert "by at most 3.0e-08" in text and "not always in it" in text
+    a["cases"]["rram, compensated"] = row(0.0, 0.0, 0.0)
+    assert readme.at_times_sentence(a).endswith("of the weights differ.")
+    d = {"trial_keys": 4, "cases": {}, "at_times": a}
+    assert "`program_at_times`" in readme.draw_compile_line(d)
 
 
 def test_deep_motivation_reads_the_ablations(tmp_path):

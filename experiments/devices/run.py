@@ -71,7 +71,8 @@ def setting_name(preset: str, t: float, comp: bool) -> str:
     return f"{preset} t={t:g}s" + (" comp" if comp else "")
 
 
-def _time_label(t: float) -> str:
+def time_label(t: float) -> str:
+    """``1 h``, ``1 day``, ``1 month``, else seconds: how reports name a read time."""
     for v, name in ((2592000.0, "1 month"), (86400.0, "1 day"), (3600.0, "1 h")):
         if t == v:
             return name
@@ -382,7 +383,7 @@ def devices_markdown(config: DevicesConfig, outs: list[dict], extra: str = "") -
         "each with its default verify loop ("
         + "; ".join(f"{p}: {_loop_line(p)}" for p in config.presets)
         + "), read at "
-        + ", ".join(_time_label(t) for t in config.times)
+        + ", ".join(time_label(t) for t in config.times)
         + " after programming, without / with global drift compensation ('comp')",
         f"- {config.num_trials} Monte Carlo trials (one programmed chip each; "
         "the same chips at every time and switch) over the first "
@@ -441,7 +442,7 @@ def devices_markdown(config: DevicesConfig, outs: list[dict], extra: str = "") -
                             f"{_sp(r['speedup_loop'])} / {_sp(r['speedup_assumed10'])}"
                         )
                     lines.append(
-                        f"| {_time_label(t)} | {'yes' if comp else 'no'} | "
+                        f"| {time_label(t)} | {'yes' if comp else 'no'} | "
                         f"{r0['none_mean']:.2f} | {r0['exhaustive_mean']:.2f} | "
                         + " | ".join(cells)
                         + " |"
@@ -487,7 +488,7 @@ def answers(config: DevicesConfig, outs: list[dict], rows: list[dict]) -> list[s
                         )
                         else f"{best['method']} {_sp(best['speedup_loop'])}"
                     )
-                    parts.append(f"{_time_label(t)} {gap:+.2f} pp, {what}")
+                    parts.append(f"{time_label(t)} {gap:+.2f} pp, {what}")
                 lines.append(
                     f"- {o['name']}, `{p}`, {'with' if comp else 'without'} "
                     "compensation: " + "; ".join(parts) + "."

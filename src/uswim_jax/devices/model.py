@@ -503,9 +503,12 @@ class ConductanceDevice:
     ) -> PyTree:
         """One programmed chip per key, read at every time in ``times``.
 
-        Entry ``i`` equals ``self.at(times[i]).program(key, params,
-        verified)`` bit for bit: the same chip, with the reads at each time
-        drawn afresh.
+        Entry ``i`` is ``self.at(times[i]).program(key, params, verified)``:
+        the same chip and draws, with the reads at each time drawn afresh.
+        The values agree to the last float bit, not always in it: this is
+        another XLA program, which may fuse the same arithmetic differently
+        (``python -m benchmarks.draw_compile`` counts the weights that
+        differ).
 
         Args:
             key: a ``jax.random`` key; consumed.
