@@ -73,7 +73,7 @@ def test_program_invariants_and_the_loops_own_cycles():
     assert float(cyc.total) == float(res.cycles.total)
 
 
-def test_several_times_on_one_chip_equal_the_single_time_calls():
+def test_several_times_on_one_chip_agree_with_the_single_time_calls():
     params = _params()
     dev = ConductanceDevice(device_preset("pcm"), drift_compensation=True)
     times = (1.0, 3600.0, 86400.0)
@@ -85,8 +85,13 @@ def test_several_times_on_one_chip_equal_the_single_time_calls():
     for i, t in enumerate(times):
         d = dev.at(t)
         one = jax.jit(lambda k, d=d: d.program(k, params, half))(jax.random.key(1))
-        np.testing.assert_array_equal(
-            stacked["dense"]["kernel"][i], one["dense"]["kernel"]
+        # Two XLA programs: the same draws and formulas, but fusion may round
+        # differently, so equal to a few float32 ulps of the layer's scale,
+        # not bit for bit (benchmarks.draw_compile counts the differences).
+        want = np.asarray(one["dense"]["kernel"])
+        ulp = np.finfo(np.float32).eps * float(np.max(np.abs(want)))
+        np.testing.assert_allclose(
+            stacked["dense"]["kernel"][i], want, rtol=0, atol=4 * ulp
         )
     with pytest.raises(ValueError, match="times"):
         dev.program_at_times(jax.random.key(1), params, None, [0.0])
