@@ -197,29 +197,71 @@ def block(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+#: A timed sample of ``timed_rounds`` repeats a call at most this many times.
+MAX_CALLS_PER_SAMPLE = 50
+
+
+def timed_rounds(
+    cases: dict[str, Callable[[], Any]],
+    repeats: int,
+    *,
+    min_call_s: float = 0.0,
+    opener: bool = False,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Steady-state seconds per call of every (already compiled) case, in
+    ``repeats`` rounds that time each case once per round, so a change of
+    machine load hits all alike.
+
+    A sample is the mean over ``k`` back-to-back calls, with ``k`` fixed per
+    case before the rounds (from one untimed call, at most
+    ``MAX_CALLS_PER_SAMPLE``) so that a sample lasts at least ``min_call_s``:
+    a call of a tenth of a second is at the mercy of one scheduler hiccup on a
+    shared machine (``min_call_s=0``: one call, no untimed one).
+    ``opener``: each round starts with one untimed call of the first case (the
+    first call after another program ran slower, its caches cold).
+
+    Returns ``(times, calls_per_sample)``, both keyed by case.
+    """
+    ks = dict.fromkeys(cases, 1)
+    for name, fn in cases.items() if min_call_s > 0 else ():
+        k = math.ceil(min_call_s / max(block(fn)[1], 1e-9))
+        ks[name] = min(max(k, 1), MAX_CALLS_PER_SAMPLE)
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        if opener and cases:
+            block(next(iter(cases.values())))
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(ks[name]):
+                out = fn()
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - t0) / ks[name])
+    return times, ks
+
+
 def round_robin(
-    cases: dict[str, Callable[[], Any]], repeats: int, log: Callable = print
+    cases: dict[str, Callable[[], Any]],
+    repeats: int,
+    log: Callable = print,
+    min_call_s: float = 0.0,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """First call (compile + run) of every case, then ``repeats`` rounds timing
-    each case once per round, so a change of machine load hits all alike.
+    """First call (compile + run) of every case, then :func:`timed_rounds`.
 
     Returns ``(timings, outputs)``: per case ``first_call_s``, ``steady_s_min``,
-    ``steady_s_median`` and ``compile_s_est`` (first call minus the median),
-    and the first call's output.
+    ``steady_s_median``, ``compile_s_est`` (first call minus the median) and
+    ``calls_per_sample``, and the first call's output.
     """
     out, res = {}, {}
     for name, fn in cases.items():
         res[name], t = block(fn)
-        out[name] = {"first_call_s": t, "times": []}
+        out[name] = {"first_call_s": t}
         log(f"first call {name:44s} {t:8.2f} s")
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            out[name]["times"].append(block(fn)[1])
-    for r in out.values():
-        times = r.pop("times")
-        r["steady_s_min"] = min(times)
-        r["steady_s_median"] = statistics.median(times)
+    times, ks = timed_rounds(cases, repeats, min_call_s=min_call_s)
+    for name, r in out.items():
+        r["steady_s_min"] = min(times[name])
+        r["steady_s_median"] = statistics.median(times[name])
         r["compile_s_est"] = max(r["first_call_s"] - r["steady_s_median"], 0.0)
+        r["calls_per_sample"] = ks[name]
     return out, res
 
 

@@ -17,22 +17,23 @@ variant; it runs on any backend). For each model, side by side in one process,
 
 Models: LeNet written with plain ``lax``, ``flax.linen``, ``flax.nnx`` and
 ``equinox`` (``benchmarks.byom``'s), the project's ConvNet and ResNet-18
-(32x32x3; width 16 and 64), one after the other. Steady times are the best
-of the rounds (round robin over the model's policies, each round opened by an
-untimed call); compile seconds are first call minus the median steady call; "measuring
-s" is what ``measure`` spent timing the candidates and what ``layers`` spent
-timing the layer shapes (in their first calls, compilation included;
-``measure`` times ``layers`` as one of its candidates, so ``layers`` reuses
-those timings, and a model that traces to the same program as an earlier one
-reuses its measurement). On an accelerator the sizes are larger (LeNet 1,000
-trials x 2,000 images, ConvNet and ResNet-18 width 16 100 x 2,000, width 64
-100 x 500), and ``per_trial`` is left out where a chunk holds more than
-``MEASURE_PER_TRIAL_MAX`` trials. The JSON records, per model and policy, the path each
-layer shape took (``conv_path_log``) and whether the per-trial accuracies equal
-the rule's. Writes ``benchmarks/results/conv_paths.json``
-(``conv_paths_quick.json`` with ``--quick``) after every model, so a run
-stopped by a time limit keeps the models it finished (``"complete"`` says
-whether every planned model is in).
+(32x32x3; width 16 and 64), one after the other. Steady times are the best of
+the rounds (round robin over the model's policies, each round opened by an
+untimed call; a sample is the mean of as many back-to-back calls as make it
+last ``--min-call-s``, 1 s by default); compile seconds are first call minus
+the median steady call; "measuring s" is what ``measure`` spent timing the
+candidates and what ``layers`` spent timing the layer shapes (in their first
+calls, compilation included; ``measure`` times ``layers`` as one of its
+candidates, so ``layers`` reuses those timings, and a model that traces to the
+same program as an earlier one reuses its measurement). On an accelerator the
+sizes are larger (LeNet 1,000 trials x 2,000 images, ConvNet and ResNet-18
+width 16 100 x 2,000, width 64 100 x 500), and ``per_trial`` is left out where
+a chunk holds more than ``MEASURE_PER_TRIAL_MAX`` trials. The JSON records, per
+model and policy, the path each layer shape took (``conv_path_log``) and
+whether the per-trial accuracies equal the rule's. Writes
+``benchmarks/results/conv_paths.json`` (``conv_paths_quick.json`` with
+``--quick``) after every model, so a run stopped by a time limit keeps the
+models it finished (``"complete"`` says whether every planned model is in).
 """
 
 import collections
@@ -52,6 +53,7 @@ from benchmarks._common import (
     measuring_seconds,
     only_cases,
     project,
+    timed_rounds,
     write_result,
 )
 from benchmarks.byom import (
@@ -66,6 +68,8 @@ from uswim_jax.montecarlo import auto_sizes, evaluate
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "conv_paths.json")
 POLICIES = ("rule", "measure", "layers", *_trialbatch.CONV_PATHS)
+#: A timed sample lasts at least this long (``_common.timed_rounds``).
+MIN_CALL_S = 1.0
 
 
 def cases(quick: bool) -> dict:
@@ -155,10 +159,20 @@ def _case(m: dict, logs: dict, accs: dict, firsts: dict, times: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = case_parser(__doc__)
+    parser.add_argument(
+        "--min-call-s",
+        type=float,
+        default=None,
+        help=f"each timed sample repeats a call until it lasts this long "
+        f"(default {MIN_CALL_S}, 0 with --quick; 0 for one call)",
+    )
     args = parser.parse_args(argv)
     models = only_cases(parser, cases(args.quick), args.only)
     q = args.quick
-    repeats = args.repeats or (1 if q else 3)
+    repeats = args.repeats or (1 if q else 5)
+    min_call_s = args.min_call_s
+    if min_call_s is None:
+        min_call_s = 0.0 if q else MIN_CALL_S
     output = args.output or (RESULTS.replace(".json", "_quick.json") if q else RESULTS)
     peaks = [matmul_gflops()]
     print(f"float32 matmul 2048^3: {peaks[0]:.1f} GFLOP/s", flush=True)
@@ -168,6 +182,7 @@ def main(argv=None) -> dict:
         "quick": q,
         **machine_info(),
         "repeats": repeats,
+        "min_call_s": min_call_s,
         "policies": list(POLICIES),
         "auto_policy": "rule" if jax.default_backend() == "cpu" else "measure",
         "cpu_conv_patch_rows": _trialbatch.CPU_CONV_PATCH_ROWS,
@@ -218,12 +233,9 @@ def main(argv=None) -> dict:
             print(
                 f"first call {name} / {policy:36s} {firsts[policy]:8.2f} s", flush=True
             )
-        times = {p: [] for p in calls}
-        for _ in range(repeats):  # round robin: load changes hit every policy alike
-            block(next(iter(calls.values())))  # untimed: the round's first call
-            for policy, call in calls.items():  # ran up to 10 % slower (caches)
-                times[policy].append(block(call)[1])
+        times, ks = timed_rounds(calls, repeats, min_call_s=min_call_s, opener=True)
         peaks.append(matmul_gflops())
+        m["calls_per_sample"] = ks
         table[name] = c = _case(m, logs, accs, firsts, times)
         print(
             f"{name:30s} "

@@ -1,12 +1,12 @@
 """Cost of each curvature estimator, in units of one gradient pass.
 
 Run as ``python -m benchmarks.curvature_cost`` (options: ``--batch-size``,
-``--repeats``, ``--probes``, ``--output``). On LeNet (``uswim_jax.models`` when
-present, else a local Flax definition of the same network) with a batch of random
-data, each estimator is jitted once; compile time (first call) is reported apart
-from the steady state (median of ``--repeats`` calls, each ended with
-``block_until_ready``). Ratios divide by the steady-state time of one gradient of
-the batch-mean cross-entropy. Results go to ``benchmarks/results/curvature_cost.json``.
+``--repeats``, ``--probes``, ``--output``). On the project's LeNet with a batch
+of random data, each estimator is jitted once; compile time (first call) is
+reported apart from the steady state (median of ``--repeats`` rounds over the
+estimators, ``benchmarks._common.round_robin``). Ratios divide by the
+steady-state time of one gradient of the batch-mean cross-entropy. Results go
+to ``benchmarks/results/curvature_cost.json``.
 
 Targets: the one-pass diagonal at most 3 gradient passes (the authors'
 PyTorch code costs 8.9), Hutchinson at most 2.5 gradient passes per probe. The
@@ -16,9 +16,6 @@ a chunk of unit-vector HVPs rather than run on all parameters.
 
 import argparse
 import os
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,56 +23,14 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import uswim_jax as uj
-from benchmarks._common import write_result
+from benchmarks._common import machine_info, round_robin, write_result
+from uswim_jax.models import build_model
 
 
 def lenet() -> tuple:
-    """``(apply_fn, params, input_shape)`` for LeNet."""
-    try:
-        from uswim_jax.models import build_model
-    except ImportError:  # the models package is written concurrently
-        build_model = None
-    if build_model is not None:
-        model = build_model("lenet")
-        return model.apply_fn, model.init(jax.random.key(0)), model.input_shape
-    from flax import linen as nn
-
-    class LeNet(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            pool = lambda z: nn.max_pool(z, (2, 2), strides=(2, 2))
-            x = pool(nn.relu(nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)))(x)))
-            x = pool(nn.relu(nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)))(x)))
-            x = x.reshape((x.shape[0], -1))
-            x = nn.relu(nn.Dense(120)(x))
-            x = nn.relu(nn.Dense(84)(x))
-            return nn.Dense(10)(x)
-
-    module = LeNet()
-    params = module.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    return module.apply, params, (28, 28, 1)
-
-
-def timed_round_robin(cases: dict, args: tuple, repeats: int) -> dict:
-    """Compile time (first call) per case, then ``repeats`` rounds timing every
-    case once per round (so a change of machine load hits all cases alike);
-    median and minimum steady-state wall time in seconds."""
-    out = {}
-    for name, (fn, _) in cases.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        out[name] = {"first_call_s": time.perf_counter() - t0, "times": []}
-        print(f"compiled {name:32s} {out[name]['first_call_s']:7.2f} s", flush=True)
-    for _ in range(repeats):
-        for name, (fn, _) in cases.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            out[name]["times"].append(time.perf_counter() - t0)
-    for r in out.values():
-        times = r.pop("times")
-        r["steady_s"] = statistics.median(times)
-        r["min_s"] = min(times)
-    return out
+    """``(apply_fn, params, input_shape)`` for the project's LeNet."""
+    model = build_model("lenet")
+    return model.apply_fn, model.init(jax.random.key(0)), model.input_shape
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -151,14 +106,18 @@ def main(argv: list[str] | None = None) -> dict:
             1,
         ),
     }
-    raw = timed_round_robin(cases, (params, x, y), args.repeats)
+    raw, _ = round_robin(
+        {name: lambda fn=fn: fn(params, x, y) for name, (fn, _) in cases.items()},
+        args.repeats,
+        log=lambda s: print(s, flush=True),
+    )
     results = {}
     for name, (_, per) in cases.items():
         r = raw[name]
         results[name] = {
             "first_call_s": r["first_call_s"],
-            "steady_s": r["steady_s"] / per,
-            "min_s": r["min_s"] / per,
+            "steady_s": r["steady_s_median"] / per,
+            "min_s": r["steady_s_min"] / per,
             "divided_by": per,
         }
     base = results["gradient"]["steady_s"]
@@ -189,11 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         "num_crossbar_weights": num_crossbar,
         "hutchinson_probes": probes,
         "repeats": args.repeats,
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine_info(),
         "targets": {"obd_diagonal": 3.0, "hutchinson_per_probe": 2.5},
         "results": results,
     }

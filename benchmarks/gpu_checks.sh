@@ -13,8 +13,9 @@
 # Each step has its own time limit, so that the first one's results survive the
 # second one running long; the logs go beside the JSON files. About 9 minutes
 # in all; the limits can be set with GPU_MC_LIMIT and CONV_PATHS_LIMIT (seconds),
-# conv_paths' arguments with CONV_PATHS_ARGS (default: --repeats 2; split on
-# spaces, so case names for --only cannot be passed this way).
+# conv_paths' arguments with CONV_PATHS_ARGS (default: --repeats 2
+# --min-call-s 0.3; split on spaces, so case names for --only cannot be passed
+# this way).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
@@ -31,5 +32,5 @@ timeout "${GPU_MC_LIMIT:-300}" python3 -m benchmarks.gpu_mc "${smoke[@]}" \
 echo "gpu_mc exit ${PIPESTATUS[0]}"
 [[ -n "${GPU_CHECKS_SMOKE:-}" ]] && smoke=(--quick)
 timeout "${CONV_PATHS_LIMIT:-240}" python3 -m benchmarks.conv_paths "${smoke[@]}" \
-  --output "$out/conv_paths_h200.json" ${CONV_PATHS_ARGS:---repeats 2} 2>&1 | tee "$out/conv_paths_gpu.log"
+  --output "$out/conv_paths_h200.json" ${CONV_PATHS_ARGS:---repeats 2 --min-call-s 0.3} 2>&1 | tee "$out/conv_paths_gpu.log"
 echo "conv_paths exit ${PIPESTATUS[0]}"

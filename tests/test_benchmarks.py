@@ -5,6 +5,7 @@ compiling LeNet's noisy forward pass alone takes 10-15 s on the 2-core CPU.
 No test asserts a speed."""
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,13 @@ from _toy import mlp_apply, toy_problem
 
 import uswim_jax as u
 from benchmarks import mc_scaling, recompile, sweep_vs_serial
-from benchmarks._common import linear_fit, model_flops, round_robin
+from benchmarks._common import (
+    MAX_CALLS_PER_SAMPLE,
+    linear_fit,
+    model_flops,
+    round_robin,
+    timed_rounds,
+)
 from uswim_jax import _trialbatch
 from uswim_jax.sweep import counts_for_fractions
 
@@ -48,6 +55,33 @@ def test_sweep_cases_give_the_same_trials(problem):
     # Noise matters (the check is not vacuous) and verifying everything helps.
     assert ref[0].mean() < ref[-1].mean()
     assert len(np.unique(ref[0])) > 1
+
+
+def test_timed_rounds_repeat_short_calls_to_the_minimum_duration():
+    """A sample of a call shorter than ``min_call_s`` is the mean of several
+    back-to-back calls (at most ``MAX_CALLS_PER_SAMPLE``), fixed per case; a
+    call longer than it runs once per round; ``opener`` adds one untimed call
+    of the first case per round."""
+    calls = {"fast": 0, "slow": 0}
+
+    def case(name, seconds):
+        def fn():
+            calls[name] += 1
+            time.sleep(seconds)
+            return jnp.zeros(())
+
+        return fn
+
+    cases = {"fast": case("fast", 0.0), "slow": case("slow", 0.03)}
+    times, ks = timed_rounds(cases, 3, min_call_s=0.02, opener=True)
+    assert ks == {"fast": MAX_CALLS_PER_SAMPLE, "slow": 1}
+    # one untimed call each to size the samples, then 3 rounds (+ the opener)
+    assert calls == {"fast": 1 + 3 * (1 + MAX_CALLS_PER_SAMPLE), "slow": 1 + 3}
+    assert len(times["fast"]) == len(times["slow"]) == 3
+    assert min(times["slow"]) >= 0.03 > max(times["fast"])
+    calls.update(fast=0, slow=0)
+    times, ks = timed_rounds(cases, 2)  # min_call_s=0: one call a sample
+    assert ks == {"fast": 1, "slow": 1} and calls == {"fast": 2, "slow": 2}
 
 
 def test_model_flops_counts_every_contraction_by_hand():
