@@ -693,6 +693,18 @@ def conv_paths_performance(
             if "models_planned" in d  # written after every model
             else "round-robin rounds over every model and policy"
         )
+        + (
+            f", each sample the mean of as many back-to-back calls as last "
+            f"{d['min_call_s']:g} s"
+            if d.get("min_call_s")
+            else ""
+        )
+        + (
+            "; the float32 matmul rate, measured before the first model and "
+            f"after each, ranged {min(peaks):.0f}–{max(peaks):.0f} GFLOP/s"
+            if (peaks := d.get("matmul_gflops_before_and_after_each_model"))
+            else ""
+        )
         + f". The default here is `{d['auto_policy']}`."
         + (
             ""

@@ -398,6 +398,10 @@ def test_fallback_is_correct_and_logs_once(caplog):
 
 
 # -- users' models through evaluate and sweep --------------------------------
+# Not tests/_user_models.py's four-ways CNN (one function, average pools,
+# VALID padding, NHWC everywhere): these LeNets differ on purpose in what the
+# rewrite must carry through the trunk layout: max pools, SAME padding, a
+# BatchNorm in eval mode (nnx) and NCHW images (equinox).
 
 H = 12  # image side of the tiny LeNets
 
