@@ -30,7 +30,9 @@ smoke=()  # GPU_CHECKS_SMOKE=1: tiny sizes, to try the script on a CPU
 timeout "${GPU_MC_LIMIT:-300}" python3 -m benchmarks.gpu_mc "${smoke[@]}" \
   --out "$out/mc_gpu_h200.json" 2>&1 | tee "$out/gpu_mc.log"
 echo "gpu_mc exit ${PIPESTATUS[0]}"
-[[ -n "${GPU_CHECKS_SMOKE:-}" ]] && smoke=(--quick)
+conv_args=${CONV_PATHS_ARGS:---repeats 2 --min-call-s 0.3}
+# the smoke: --quick sizes, one call a sample (its 240 s are for the sizes)
+[[ -n "${GPU_CHECKS_SMOKE:-}" ]] && smoke=(--quick) && conv_args=${CONV_PATHS_ARGS:---repeats 2}
 timeout "${CONV_PATHS_LIMIT:-240}" python3 -m benchmarks.conv_paths "${smoke[@]}" \
-  --output "$out/conv_paths_h200.json" ${CONV_PATHS_ARGS:---repeats 2 --min-call-s 0.3} 2>&1 | tee "$out/conv_paths_gpu.log"
+  --output "$out/conv_paths_h200.json" $conv_args 2>&1 | tee "$out/conv_paths_gpu.log"
 echo "conv_paths exit ${PIPESTATUS[0]}"

@@ -23,7 +23,6 @@ written after every model, so a run cut short keeps the models it finished.
 import argparse
 import json
 import platform
-import statistics
 
 import jax
 import jax.extend.core
@@ -32,19 +31,19 @@ import numpy as np
 
 import uswim_jax as u
 from benchmarks._common import (
-    block,
     forward_flops,
     matmul_gflops,
     measuring_seconds,
     project,
+    round_robin,
 )
 from uswim_jax.montecarlo import evaluate
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:
     """(first call seconds, median of ``repeats`` later calls)."""
-    first = block(fn)[1]
-    return first, statistics.median(block(fn)[1] for _ in range(repeats))
+    r = round_robin({"": fn}, repeats, log=lambda s: None)[0][""]
+    return r["first_call_s"], r["steady_s_median"]
 
 
 def _boundary_bytes(jaxpr) -> float:
