@@ -14,19 +14,17 @@ function each time, so nothing is cached between them):
 The two ways:
 
 - ``flat``: every ``jax.random.normal`` / ``uniform`` of an array drawn as one
-  flat vector and reshaped. The library draws so in ``_random``'s functions,
-  which the pulse model uses; for the presets, which call JAX's draws
-  directly, JAX's functions are replaced by flat ones for the case;
-- ``shaped``: the same draws made with the array's own shape: ``_random``'s
-  functions replaced by JAX's for the pulse case, the layout before; the
-  presets as the library runs them.
+  flat vector and reshaped, as the library draws (``_random``'s functions, which
+  the pulse model and the conductance presets call);
+- ``shaped``: the same draws made with the array's own shape (``_random``'s
+  functions replaced by JAX's for the case), the layout before.
 
 Each case records which of the two the library runs (``"library"``). The
 draws are the same numbers (``tests/test_random.py``); the outputs are
 compared, and the largest difference and the share of output elements that
 differ are recorded (XLA may fuse the two programs differently, which can move
-a last float bit: it does for the conductance presets, which therefore draw
-shaped, see docs/device.md). Without ``--quick`` it also reads one chip of each
+a last float bit: it does for the conductance presets, see docs/device.md).
+Without ``--quick`` it also reads one chip of each
 preset (without and with drift compensation) at 1 s, 1 h and 1 day with
 ``program_at_times`` and records, in both styles, the share of weights that
 differ from the single-time calls (``"at_times"``). It reports each case's
@@ -38,7 +36,6 @@ median and spread of compile seconds (tracing and lowering apart) and
 
 import argparse
 import contextlib
-import math
 import os
 import statistics
 import time
@@ -52,8 +49,8 @@ from uswim_jax import _random
 from uswim_jax.models import build_model
 
 STYLES = ("flat", "shaped")
-#: How the conductance presets (``uswim_jax.devices``) draw.
-PRESETS_DRAW = "shaped"
+#: How the library draws (every case).
+LIBRARY_DRAW = "flat"
 #: The read times of the ``program_at_times`` check, s.
 AT_TIMES = (1.0, 3600.0, 86400.0)
 
@@ -75,46 +72,38 @@ def shaped_draws():
             setattr(_random, n, f)
 
 
-@contextlib.contextmanager
-def flat_draws():
-    """Within the block, ``jax.random.normal`` and ``uniform`` draw one flat
-    vector and reshape it (as ``uswim_jax._random`` does), wherever they are
-    called."""
-    normal, uniform = jax.random.normal, jax.random.uniform
-    jax.random.normal = lambda key, shape=(), dtype=float: normal(
-        key, (math.prod(shape),), dtype
-    ).reshape(shape)
-    jax.random.uniform = lambda key, shape=(), dtype=float, minval=0.0, maxval=1.0: (
-        uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
-    )
-    try:
-        yield
-    finally:
-        jax.random.normal, jax.random.uniform = normal, uniform
-
-
 def cases(quick: bool, params, mask) -> dict:
     """name -> (a function of one key, compiled vmapped over the keys; the
     style the library draws it in)."""
     pulse = uj.PulseModel(sigma=0.3)
-    out = {"pulse": (lambda k: pulse.program_with_cost(k, params, mask).params, "flat")}
+    out = {
+        "pulse": (
+            lambda k: pulse.program_with_cost(k, params, mask).params,
+            LIBRARY_DRAW,
+        )
+    }
     if not quick:
-        out["normal 3x3x4x8"] = (lambda k: _random.normal(k, (3, 3, 4, 8)), "flat")
+        out["normal 3x3x4x8"] = (
+            lambda k: _random.normal(k, (3, 3, 4, 8)),
+            LIBRARY_DRAW,
+        )
         for name in ("pcm", "rram"):
             dev = uj.ConductanceDevice(uj.device_preset(name))
             out[name] = (
                 lambda k, dev=dev: dev.program_with_cost(k, params, mask).params,
-                PRESETS_DRAW,
+                LIBRARY_DRAW,
             )
     return out
 
 
 def drawn(style: str, library: str):
     """The context in which the library's code, which draws in ``library``'s
-    style, draws in ``style``."""
+    style (flat), draws in ``style``."""
     if style == library:
         return contextlib.nullcontext()
-    return shaped_draws() if style == "shaped" else flat_draws()
+    if (style, library) != ("shaped", "flat"):
+        raise ValueError(f"no way to draw {library} code {style}")
+    return shaped_draws()
 
 
 def compile_once(fn, keys, style: str, library: str) -> tuple[dict, object]:
@@ -152,7 +141,7 @@ def at_times(params, mask, key, times=AT_TIMES) -> dict:
             dev = uj.ConductanceDevice(uj.device_preset(name), drift_compensation=comp)
             row = {}
             for style in STYLES:
-                with drawn(style, PRESETS_DRAW):
+                with drawn(style, LIBRARY_DRAW):
                     stacked = jax.jit(
                         lambda k, dev=dev: dev.program_at_times(k, params, mask, times)
                     )(key)

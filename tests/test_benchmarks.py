@@ -329,38 +329,44 @@ def test_draw_compile_script(tmp_path):
 @pytest.mark.slow  # 32 small compiles
 def test_draw_compile_at_times_compares_every_preset_in_both_styles(key):
     """The ``program_at_times`` check gives, per preset and compensation, the
-    share of weights off the single-time calls in both styles; on a small
-    dense layer the shaped draws (the library's) agree bit for bit, as
-    ``tests/test_devices_model.py`` requires of the same case."""
+    share of weights off the single-time calls in both styles, each within a
+    few float32 ulps of the layer's scale (``tests/test_devices_model.py``
+    allows 4); which weights move depends on how XLA fuses each program."""
     from benchmarks import draw_compile
 
     w = jnp.linspace(-1.0, 1.0, 48, dtype=jnp.float32).reshape(6, 8)
     params = {"dense": {"kernel": w, "bias": jnp.arange(8, dtype=jnp.float32)}}
     mask = {"dense": {"kernel": w > 0, "bias": jnp.zeros(8, bool)}}
-    normal = jax.random.normal
+    from uswim_jax import _random
+
+    normal = _random.normal
     out = draw_compile.at_times(params, mask, key)
-    assert jax.random.normal is normal  # the flat baseline is undone
+    assert _random.normal is normal  # the shaped baseline is undone
     assert list(out) == ["pcm", "pcm, compensated", "rram", "rram, compensated"]
     for row in out.values():
         assert set(row) == set(draw_compile.STYLES)
         for r in row.values():
-            assert 0.0 <= r["moved_fraction"] <= 1.0 and r["max_abs_diff"] < 1e-6
-    assert out["pcm, compensated"]["shaped"]["moved_fraction"] == 0.0
+            assert 0.0 <= r["moved_fraction"] <= 1.0
+            assert r["max_abs_diff"] <= 4 * float(jnp.finfo(jnp.float32).eps)
 
 
-def test_draw_compile_flat_draws_are_the_library_flat_draws(key):
-    """The flat baseline for the presets (JAX's draws replaced for a block)
-    draws what ``uswim_jax._random`` draws, and is undone after the block."""
+def test_draw_compile_shaped_baseline_draws_the_same_numbers(key):
+    """The shaped baseline (``uswim_jax._random``'s flat draws replaced by
+    JAX's for a block, which the presets then call) draws the same numbers,
+    and is undone after the block; there is no other baseline to ask for."""
     from benchmarks import draw_compile
+    from uswim_jax import _random
 
-    normal = jax.random.normal
-    with draw_compile.flat_draws():
-        got = jax.random.normal(key, (3, 4, 5))
-        u = jax.random.uniform(key, (2, 3), minval=-1.0, maxval=2.0)
-    assert jax.random.normal is normal
-    np.testing.assert_array_equal(got, draw_compile._random.normal(key, (3, 4, 5)))
-    want = draw_compile._random.uniform(key, (2, 3), minval=-1.0, maxval=2.0)
-    np.testing.assert_array_equal(u, want)
+    normal, uniform = _random.normal, _random.uniform
+    with draw_compile.drawn("shaped", draw_compile.LIBRARY_DRAW):
+        assert _random.normal is not normal
+        got = _random.normal(key, (3, 4, 5))
+        u = _random.uniform(key, (2, 3), minval=-1.0, maxval=2.0)
+    assert _random.normal is normal and _random.uniform is uniform
+    np.testing.assert_array_equal(got, normal(key, (3, 4, 5)))
+    np.testing.assert_array_equal(u, uniform(key, (2, 3), minval=-1.0, maxval=2.0))
+    with pytest.raises(ValueError, match="no way"):
+        draw_compile.drawn("flat", "shaped")
 
 
 @pytest.mark.slow

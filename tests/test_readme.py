@@ -61,6 +61,29 @@ def test_draw_compile_line_says_which_draws_the_library_runs():
     assert "identical" not in readme.draw_compile_line(d)
 
 
+def test_draw_compile_line_says_where_the_flat_draws_move_weights():
+    def case(library, diff, moved):
+        return {
+            "flat": {"compile_s_median": 8.0},
+            "shaped": {"compile_s_median": 10.0},
+            "flat_over_shaped_compile": 0.8,
+            "library": library,
+            "max_abs_diff": diff,
+            "moved_fraction": moved,
+        }
+
+    d = {
+        "trial_keys": 4,
+        "cases": {"pulse": case("flat", 0.0, 0.0), "rram": case("flat", 3e-8, 0.068)},
+    }
+    line = readme.draw_compile_line(d)
+    assert "The library draws flat in the pulse and rram cases" in line
+    assert "identical to the shaped draws' in the pulse case;" in line
+    assert "in the rram case XLA fuses the two programs differently" in line
+    assert "6.8 % (rram) of a chip's weights differ from the shaped draws'" in line
+    assert "still draw" not in line and "rerun" not in line
+
+
 def test_at_times_sentence_gives_each_preset_and_style():
     def row(flat, shaped, diff):
         return {

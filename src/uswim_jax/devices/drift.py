@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from uswim_jax import _random
 from uswim_jax.devices.presets import DevicePreset, check_times
 
 
@@ -75,7 +76,7 @@ def draw_nu(key: jax.Array, preset: DevicePreset, g_target: jax.Array) -> jax.Ar
         An array like ``g_target``.
     """
     mu, sd = preset._drift_nu(g_target)
-    z = jax.random.normal(key, jnp.shape(g_target), g_target.dtype)
+    z = _random.normal(key, jnp.shape(g_target), g_target.dtype)
     return jnp.abs(mu + sd * z)
 
 
@@ -121,7 +122,7 @@ def read(
         An array like ``g_now``.
     """
     std = preset._read_std(g_now, g_prog, t)
-    z = jax.random.normal(key, jnp.shape(g_now), g_now.dtype)
+    z = _random.normal(key, jnp.shape(g_now), g_now.dtype)
     return jnp.maximum(g_now + std * z, jnp.zeros((), g_now.dtype))
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _random
+
 #: Stuck state codes.
 FREE, STUCK_OFF, STUCK_ON = 0, 1, 2
 
@@ -61,7 +63,7 @@ def stuck_state(
         ValueError: naming the fraction that is out of range.
     """
     check_fault_fractions(stuck_on, stuck_off)
-    u = jax.random.uniform(key, shape, jnp.float32)
+    u = _random.uniform(key, shape, jnp.float32)
     off = u < jnp.float32(stuck_off)
     on = u >= jnp.float32(1.0 - stuck_on)
     state = jnp.where(off, STUCK_OFF, jnp.where(on, STUCK_ON, FREE))
@@ -93,4 +95,4 @@ def d2d_offsets(
     """
     if d2d == 0:
         return jnp.zeros(shape, dtype)
-    return jnp.asarray(d2d, dtype) * jax.random.normal(key, shape, dtype)
+    return jnp.asarray(d2d, dtype) * _random.normal(key, shape, dtype)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _random
 from uswim_jax._checks import check_finite_tree, is_concrete
 from uswim_jax._protocol import Programmed, WriteCycles
 from uswim_jax._tree import (
@@ -415,7 +416,7 @@ class ConductanceDevice:
             stuck = jnp.zeros(shape, jnp.int8)
         offset = d2d_offsets(jax.random.fold_in(ck, 1), shape, self.d2d, dt)
         nu = draw_nu(jax.random.fold_in(ck, 2), pr, target)
-        z_relax = jax.random.normal(jax.random.fold_in(lk, 2), shape, dt)
+        z_relax = _random.normal(jax.random.fold_in(lk, 2), shape, dt)
         verify = jnp.broadcast_to(jnp.asarray(mask)[..., None, None], shape)
         res = verify_devices(
             jax.random.fold_in(lk, 1),

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _random
 from uswim_jax.devices.faults import apply_stuck
 from uswim_jax.devices.presets import DevicePreset, _check_number
 
@@ -217,10 +218,10 @@ def verify_devices(
 
     def write_read(k, aim):
         wk, rk = jax.random.split(jax.random.fold_in(key, k))
-        g = aim + offset + std * jax.random.normal(wk, shape, dt)
+        g = aim + offset + std * _random.normal(wk, shape, dt)
         g = apply_stuck(jnp.maximum(g, zero), stuck, *g_range)
         rs = preset._read_std(g, g, loop.read_delay)
-        r = jnp.maximum(g + rs * jax.random.normal(rk, shape, dt), zero)
+        r = jnp.maximum(g + rs * _random.normal(rk, shape, dt), zero)
         return g, r
 
     g0, r0 = write_read(0, g_target)
