@@ -1,6 +1,8 @@
 """The README's result sections are generated from the committed results files
 (``python -m experiments.readme``), not typed."""
 
+import pytest
+
 from experiments import readings, readme
 
 
@@ -29,7 +31,7 @@ def test_check_names_the_stale_document(tmp_path, monkeypatch, capsys):
 
 
 def test_draw_compile_line_says_which_draws_the_library_runs():
-    def case(flat, shaped, library, diff=0.0, moved=0.0):
+    def case(flat, shaped, library="flat", diff=0.0, moved=0.0):
         return {
             "flat": {"compile_s_median": flat},
             "shaped": {"compile_s_median": shaped},
@@ -42,8 +44,8 @@ def test_draw_compile_line_says_which_draws_the_library_runs():
     d = {
         "trial_keys": 4,
         "cases": {
-            "pulse": case(2.0, 4.0, "flat"),
-            "pcm": case(9.0, 12.0, "shaped", 6e-8, 0.042),
+            "pulse": case(2.0, 4.0),
+            "rram": case(9.0, 12.0, "flat", 3e-8, 0.068),
         },
     }
     line = readme.draw_compile_line(d)
@@ -51,37 +53,20 @@ def test_draw_compile_line_says_which_draws_the_library_runs():
         "0.50x the time for one `PulseModel` chip of LeNet (2.0 s against 4.0 s)"
         in line
     )
-    assert "0.75x the time for one `pcm` chip of LeNet" in line
-    assert "flat in the pulse case, whose outputs are identical" in line
-    assert "The pcm preset still draws shaped" in line
-    assert "rerun of `make reproduce-devices`" in line
-    assert "program_at_times" not in line  # no such check in this JSON
-    assert "4.2 % (pcm) of a chip's weights move, by at most 6.0e-08" in line
-    d["cases"]["pulse"]["max_abs_diff"] = 1e-7  # not identical: not said
-    assert "identical" not in readme.draw_compile_line(d)
-
-
-def test_draw_compile_line_says_where_the_flat_draws_move_weights():
-    def case(library, diff, moved):
-        return {
-            "flat": {"compile_s_median": 8.0},
-            "shaped": {"compile_s_median": 10.0},
-            "flat_over_shaped_compile": 0.8,
-            "library": library,
-            "max_abs_diff": diff,
-            "moved_fraction": moved,
-        }
-
-    d = {
-        "trial_keys": 4,
-        "cases": {"pulse": case("flat", 0.0, 0.0), "rram": case("flat", 3e-8, 0.068)},
-    }
-    line = readme.draw_compile_line(d)
+    assert "0.75x the time for one `rram` chip of LeNet" in line
     assert "The library draws flat in the pulse and rram cases" in line
     assert "identical to the shaped draws' in the pulse case;" in line
     assert "in the rram case XLA fuses the two programs differently" in line
     assert "6.8 % (rram) of a chip's weights differ from the shaped draws'" in line
-    assert "still draw" not in line and "rerun" not in line
+    assert "by at most 3.0e-08" in line
+    assert "program_at_times" not in line  # no such check in this JSON
+    del d["cases"]["rram"]
+    assert "whose outputs are identical" in readme.draw_compile_line(d)
+    d["cases"]["pulse"]["max_abs_diff"] = 1e-7  # not identical: not said
+    assert "identical" not in readme.draw_compile_line(d)
+    d["cases"]["pulse"]["library"] = "shaped"  # not a style the library draws
+    with pytest.raises(ValueError, match="shaped"):
+        readme.draw_compile_line(d)
 
 
 def test_at_times_sentence_gives_each_preset_and_style():
