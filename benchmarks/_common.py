@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from uswim_jax._io import atomic_write_text
+from uswim_jax._io import atomic_write_text, host_cpu
 from uswim_jax.models import Model, build_model
 
 os.environ["USWIM_CONV_CACHE"] = ""  # measure afresh (see the docstring)
@@ -39,7 +39,8 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 
 def machine_info() -> dict[str, Any]:
-    """JAX version, backend, device, CPU count, platform and the load average
+    """JAX version, backend, device, CPU count, platform, the host CPU
+    (:func:`uswim_jax._io.host_cpu`) and the load average
     now (other jobs on the machine make absolute times noisy)."""
     return {
         "jax_version": jax.__version__,
@@ -47,6 +48,7 @@ def machine_info() -> dict[str, Any]:
         "device": str(jax.devices()[0].device_kind),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "cpu": host_cpu(),
         "python": sys.version.split()[0],
         "load_average_start": list(os.getloadavg()),
     }

@@ -374,3 +374,40 @@ def test_run_info_conv_paths_keep_shapes_this_invocation_did_not_trace():
     assert merged == [old[0], old[2], new[0]]  # b as it ran now; a, m kept
     assert _merged_conv_paths(old, []) == old  # a resume that traced nothing
     assert _merged_conv_paths([], new) == new
+
+
+def test_the_manifest_names_the_host_cpu_and_another_cpu_resumes(tmp_path):
+    """``manifest.json`` records the CPU's model and vector instruction sets
+    (``/proc/cpuinfo``'s x86 ``flags`` or Arm ``Features``); a folder started
+    on another CPU resumes, as under other convolution paths (only the
+    rounding changes), while another source hash is still refused."""
+    import json
+
+    from uswim_jax._io import VECTOR_ISA, host_cpu, parse_cpuinfo
+    from uswim_jax.experiment import RunStore, manifest
+
+    x86 = (
+        "processor\t: 0\nmodel name\t: AMD EPYC 9B14\n"
+        "flags\t\t: fpu sse4_2 avx2 avx fma avx512f avx512_bf16 popcnt\n\n"
+        "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n"
+    )
+    got = parse_cpuinfo(x86)
+    assert got == {
+        "model": "AMD EPYC 9B14",
+        "vector_isa": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16"],
+    }
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve aes\nCPU part\t: 0xd40\n"
+    assert parse_cpuinfo(arm) == {"model": "0xd40", "vector_isa": ["asimd", "sve"]}
+    assert parse_cpuinfo("") == {"model": None, "vector_isa": []}
+    cpu = host_cpu()
+    assert set(cpu) == {"model", "vector_isa"}
+    assert cpu["vector_isa"] is None or set(cpu["vector_isa"]) <= set(VECTOR_ISA)
+
+    m = manifest(dataset="synthetic", dataset_source="generated")
+    assert m["cpu"] == cpu
+    old = {**m, "cpu": {"model": "another", "vector_isa": ["avx512f"]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    RunStore(tmp_path).check({"a": 1}, m)  # resumes
+    (tmp_path / "manifest.json").write_text(json.dumps({**old, "source_hash": "0"}))
+    with pytest.raises(ValueError, match="source_hash"):
+        RunStore(tmp_path).check({"a": 1}, m)

@@ -1,11 +1,13 @@
 """Atomic file writes: a reader (or a run killed mid-write) never sees half a file.
-Also the hash of the package's source, which names the code behind an artefact."""
+Also the hash of the package's source and the host CPU, which name the code and
+the machine behind an artefact."""
 
 import functools
 import hashlib
 import io
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,55 @@ def source_hash() -> str:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:12]
+
+
+#: The vector instruction sets named in a :func:`host_cpu` record (as Linux's
+#: ``/proc/cpuinfo`` spells them: x86 ``flags``, Arm ``Features``).
+VECTOR_ISA = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "asimd",
+    "sve",
+    "sve2",
+)
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """``{"model", "vector_isa"}`` from the text of ``/proc/cpuinfo``: the first
+    processor's model name (x86 ``model name``, Arm ``Model`` or ``CPU part``)
+    and which of :data:`VECTOR_ISA` its flags list, in that order."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if sep and name not in fields:
+            fields[name] = value.strip()
+    model = next(
+        (fields[k] for k in ("model name", "Model", "CPU part") if fields.get(k)),
+        None,
+    )
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"model": model, "vector_isa": [f for f in VECTOR_ISA if f in flags]}
+
+
+@functools.cache
+def host_cpu() -> dict[str, Any]:
+    """The CPU this process runs on: ``{"model", "vector_isa"}``. XLA compiles
+    float arithmetic for the host's vector instructions, so on another
+    instruction set the same program rounds differently (and training turns
+    that into other weights): a run folder records this beside the packages.
+    Read from ``/proc/cpuinfo`` (Linux); elsewhere the model is
+    :func:`platform.processor` and ``vector_isa`` is ``None`` (unknown)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return {"model": platform.processor() or None, "vector_isa": None}

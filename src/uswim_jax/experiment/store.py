@@ -45,6 +45,7 @@ from uswim_jax._distributed import is_writer
 from uswim_jax._io import (
     atomic_write_bytes,
     atomic_write_json,
+    host_cpu,
     npz_bytes,
     remove_stale_temp_files,
     source_hash,
@@ -141,7 +142,9 @@ def _version(dist: str) -> str | None:
 
 def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
     """What is needed to reproduce a run: package versions, the hash of the
-    package's source (:func:`source_hash`), backend, the threefry setting,
+    package's source (:func:`source_hash`), the host CPU
+    (:func:`uswim_jax._io.host_cpu`; not a resume key: like the convolution
+    paths it changes only the rounding), backend, the threefry setting,
     the convolution-path policy (:func:`uswim_jax.conv_paths`), seed, git
     commit, plus ``extra`` (e.g. the dataset name and source)."""
     packages = {
@@ -161,6 +164,7 @@ def manifest(*, seed: int | None = None, **extra: Any) -> dict[str, Any]:
         "source_hash": source_hash(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": host_cpu(),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
