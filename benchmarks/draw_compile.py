@@ -73,30 +73,19 @@ def shaped_draws():
 
 
 def cases(quick: bool, params, mask) -> dict:
-    """name -> (a function of one key, compiled vmapped over the keys; the
-    style the library draws it in)."""
+    """name -> a function of one key, compiled vmapped over the keys (the
+    library draws every one of them in ``LIBRARY_DRAW``'s style)."""
     pulse = uj.PulseModel(sigma=0.3)
-    out = {
-        "pulse": (
-            lambda k: pulse.program_with_cost(k, params, mask).params,
-            LIBRARY_DRAW,
-        )
-    }
+    out = {"pulse": lambda k: pulse.program_with_cost(k, params, mask).params}
     if not quick:
-        out["normal 3x3x4x8"] = (
-            lambda k: _random.normal(k, (3, 3, 4, 8)),
-            LIBRARY_DRAW,
-        )
+        out["normal 3x3x4x8"] = lambda k: _random.normal(k, (3, 3, 4, 8))
         for name in ("pcm", "rram"):
             dev = uj.ConductanceDevice(uj.device_preset(name))
-            out[name] = (
-                lambda k, dev=dev: dev.program_with_cost(k, params, mask).params,
-                LIBRARY_DRAW,
-            )
+            out[name] = lambda k, dev=dev: dev.program_with_cost(k, params, mask).params
     return out
 
 
-def drawn(style: str, library: str):
+def drawn(style: str, library: str = LIBRARY_DRAW):
     """The context in which the library's code, which draws in ``library``'s
     style (flat), draws in ``style``."""
     if style == library:
@@ -106,11 +95,10 @@ def drawn(style: str, library: str):
     return shaped_draws()
 
 
-def compile_once(fn, keys, style: str, library: str) -> tuple[dict, object]:
+def compile_once(fn, keys, style: str) -> tuple[dict, object]:
     """Seconds to trace and lower, and to compile, ``vmap(fn)`` afresh, and its
-    output on ``keys``, drawn in ``style`` (``library`` is how the library
-    draws it)."""
-    with drawn(style, library):
+    output on ``keys``, drawn in ``style``."""
+    with drawn(style):
         t0 = time.perf_counter()
         lowered = jax.jit(jax.vmap(fn)).lower(keys)
         t1 = time.perf_counter()
@@ -141,7 +129,7 @@ def at_times(params, mask, key, times=AT_TIMES) -> dict:
             dev = uj.ConductanceDevice(uj.device_preset(name), drift_compensation=comp)
             row = {}
             for style in STYLES:
-                with drawn(style, LIBRARY_DRAW):
+                with drawn(style):
                     stacked = jax.jit(
                         lambda k, dev=dev: dev.program_at_times(k, params, mask, times)
                     )(key)
@@ -182,12 +170,12 @@ def main(argv=None) -> dict:
     mask = uj.mask_from_order(order, params, count=int(order.shape[0]) // 10)
     keys = jax.random.split(jax.random.key(1), 4)
     table = {}
-    for dname, (fn, library) in cases(args.quick, params, mask).items():
+    for dname, fn in cases(args.quick, params, mask).items():
         times = {s: [] for s in STYLES}
         outs = {}
         for r in range(repeats):  # alternate, the order flipped every round
             for style in STYLES if r % 2 == 0 else STYLES[::-1]:
-                t, outs[style] = compile_once(fn, keys, style, library)
+                t, outs[style] = compile_once(fn, keys, style)
                 times[style].append(t)
                 print(
                     f"{dname:14s} {style:7s} lower {t['lower_s']:6.2f} s  "
@@ -206,7 +194,7 @@ def main(argv=None) -> dict:
             }
         table[dname] = {
             **per,
-            "library": library,
+            "library": LIBRARY_DRAW,
             **moved,
             "flat_over_shaped_compile": per["flat"]["compile_s_median"]
             / per["shaped"]["compile_s_median"],
@@ -215,7 +203,7 @@ def main(argv=None) -> dict:
             f"{dname}: flat / shaped compile "
             f"{table[dname]['flat_over_shaped_compile']:.2f}x, outputs differ by "
             f"at most {diff:.1e} ({100 * table[dname]['moved_fraction']:.1f} % "
-            f"of them; the library draws {library})",
+            f"of them; the library draws {LIBRARY_DRAW})",
             flush=True,
         )
     result = {

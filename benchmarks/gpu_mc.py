@@ -22,7 +22,6 @@ written after every model, so a run cut short keeps the models it finished.
 
 import argparse
 import json
-import platform
 
 import jax
 import jax.extend.core
@@ -32,6 +31,7 @@ import numpy as np
 import uswim_jax as u
 from benchmarks._common import (
     forward_flops,
+    machine_info,
     matmul_gflops,
     measuring_seconds,
     project,
@@ -228,10 +228,7 @@ def main(argv=None) -> dict:
         }
     repeats = sizes["repeats"]
     result = {
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "jax_version": jax.__version__,
-        "platform": platform.platform(),
+        **machine_info(),
         "matmul_tflops_f32_default_precision": (
             matmul_gflops(sizes["matmul"], repeats, jnp.float32) / 1e3
         ),

@@ -39,7 +39,6 @@ and random images, and says which in the JSON.
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -48,7 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import uswim_jax as uj
-from benchmarks._common import matmul_gflops, model_flops, write_result
+from benchmarks._common import (
+    machine_info,
+    matmul_gflops,
+    model_flops,
+    write_result,
+)
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
     auto_sizes,
@@ -226,7 +230,7 @@ def main(argv=None) -> dict:
         RESULTS.replace(".json", "_quick.json") if args.quick else RESULTS
     )
 
-    load_start = os.getloadavg()
+    machine = machine_info()  # the load average before the cases
     model, params, x, y, sources = load_problem(num_images)
     n_img = int(x.shape[0])
     device = uj.UniformVariation(0.3, 0.03)
@@ -287,12 +291,7 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "mc_throughput",
         "quick": args.quick,
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "load_average_start": load_start,
+        **machine,
         "load_average_end": os.getloadavg(),
         "sources": sources,
         "model": "lenet",

@@ -366,31 +366,29 @@ def draw_compile_line(d: dict) -> str:
     other = sorted({c["library"] for c in cases.values()} - {"flat"})
     if other:
         raise ValueError(f"draw_compile cases the library draws {other}: not described")
-    same = list(cases)
-    if same:
-        exact = [n for n in same if cases[n]["max_abs_diff"] == 0]
-        moved = {n: cases[n] for n in same if n not in exact}
-        text += f" The library draws flat in the {_names(same)} case" + (
-            "s" if len(same) > 1 else ""
-        )
-        if not moved:
-            text += ", whose outputs are identical to the shaped draws'."
-        else:
-            if exact:
-                text += (
-                    "; the outputs are identical to the shaped draws' in the "
-                    f"{_names(exact)} case" + ("s" if len(exact) > 1 else "")
-                )
-            shares = _names(
-                f"{100 * c['moved_fraction']:.1f} % ({n})" for n, c in moved.items()
-            )
-            worst = max(c["max_abs_diff"] for c in moved.values())
+    exact = [n for n in cases if cases[n]["max_abs_diff"] == 0]
+    moved = {n: cases[n] for n in cases if n not in exact}
+    text += f" The library draws flat in the {_names(cases)} case" + (
+        "s" if len(cases) > 1 else ""
+    )
+    if not moved:
+        text += ", whose outputs are identical to the shaped draws'."
+    else:
+        if exact:
             text += (
-                f"; in the {_names(moved)} case"
-                + ("s" if len(moved) > 1 else "")
-                + f" XLA fuses the two programs differently and {shares} of a "
-                f"chip's weights differ from the shaped draws', by at most {worst:.1e}."
+                "; the outputs are identical to the shaped draws' in the "
+                f"{_names(exact)} case" + ("s" if len(exact) > 1 else "")
             )
+        shares = _names(
+            f"{100 * c['moved_fraction']:.1f} % ({n})" for n, c in moved.items()
+        )
+        worst = max(c["max_abs_diff"] for c in moved.values())
+        text += (
+            f"; in the {_names(moved)} case"
+            + ("s" if len(moved) > 1 else "")
+            + f" XLA fuses the two programs differently and {shares} of a "
+            f"chip's weights differ from the shaped draws', by at most {worst:.1e}."
+        )
     if "at_times" in d:
         text += " " + at_times_sentence(d["at_times"])
     return (
