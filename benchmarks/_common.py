@@ -1,10 +1,11 @@
 """Helpers shared by the benchmarks: the LeNet problem (trained run and MNIST
 test images when present, else fresh params and generated images), the
 project's models as builders, machine information, the dense matmul rate every
-"% of matmul" is measured against, FLOPs counted from a jaxpr, round-robin
-timing and a linear fit. The jitted drivers the benchmarks time are the
-pipeline's own (``_sweep_jit`` and ``_evaluate_jit`` of
-``uswim_jax.experiment.units``, static arguments ``STATIC``).
+"% of matmul" is measured against, FLOPs counted from a jaxpr, JAX's own
+compile-time events, round-robin timing and a linear fit. The jitted drivers
+the benchmarks time are the pipeline's own (``_sweep_jit`` and
+``_evaluate_jit`` of ``uswim_jax.experiment.units``, static arguments
+``STATIC``).
 
 ``benchmarks/run.py`` skips this module (its name starts with ``_``).
 
@@ -14,6 +15,7 @@ benchmark measures afresh and reports what measuring cost.
 """
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -199,6 +201,68 @@ def block(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+TRACE = "/jax/core/compile/jaxpr_trace_duration"
+LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileLog:
+    """JAX's compile-pipeline duration events (tracing to a jaxpr, lowering to
+    MLIR, XLA's compilation), recorded by one ``jax.monitoring`` listener;
+    ``since(mark)`` sums the events after a mark. Use :func:`compile_log`,
+    the process's one instance."""
+
+    def __init__(self):
+        self.events: list[tuple[str, float, str]] = []
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        if event in (TRACE, LOWER, COMPILE):
+            self.events.append((event, duration, str(kwargs.get("fun_name", ""))))
+
+    def mark(self) -> int:
+        return len(self.events)
+
+    def since(self, mark: int, fun: str | None = None) -> dict:
+        """Count and total seconds per event after ``mark``
+        (``trace_count``, ``trace_s``, ``lower_*``, ``compile_*``); only
+        functions whose name contains ``fun`` when given. Traces nest (a
+        jitted function traced inside another is a second event), XLA
+        compilations do not: ``compile_s`` is the time XLA spent."""
+        count, secs = collections.Counter(), collections.Counter()
+        for event, d, name in self.events[mark:]:
+            if fun is None or fun in name:
+                count[event] += 1
+                secs[event] += d
+        out = {}
+        for e, short in ((TRACE, "trace"), (LOWER, "lower"), (COMPILE, "compile")):
+            out[f"{short}_count"] = count[e]
+            out[f"{short}_s"] = secs[e]
+        return out
+
+
+_COMPILE_LOG: CompileLog | None = None
+
+
+def compile_log() -> CompileLog:
+    """The process's :class:`CompileLog` (its listener registered once)."""
+    global _COMPILE_LOG
+    if _COMPILE_LOG is None:
+        _COMPILE_LOG = CompileLog()
+    return _COMPILE_LOG
+
+
+def first_call(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(fn(), seconds, compile seconds)`` of a first call: the compile
+    seconds are XLA's compilations during it (every program it compiled,
+    small eager ones included), from :func:`compile_log`, not first call minus
+    a later one (which load on the machine can push below zero)."""
+    log = compile_log()
+    m = log.mark()
+    out, t = block(fn)
+    return out, t, log.since(m)["compile_s"]
+
+
 #: A timed sample of ``timed_rounds`` repeats a call at most this many times.
 MAX_CALLS_PER_SAMPLE = 50
 
@@ -249,20 +313,20 @@ def round_robin(
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """First call (compile + run) of every case, then :func:`timed_rounds`.
 
-    Returns ``(timings, outputs)``: per case ``first_call_s``, ``steady_s_min``,
-    ``steady_s_median``, ``compile_s_est`` (first call minus the median) and
-    ``calls_per_sample``, and the first call's output.
+    Returns ``(timings, outputs)``: per case ``first_call_s``, ``compile_s``
+    (XLA's compilations in the first call, :func:`first_call`),
+    ``steady_s_min``, ``steady_s_median`` and ``calls_per_sample``, and the
+    first call's output.
     """
     out, res = {}, {}
     for name, fn in cases.items():
-        res[name], t = block(fn)
-        out[name] = {"first_call_s": t}
-        log(f"first call {name:44s} {t:8.2f} s")
+        res[name], t, c = first_call(fn)
+        out[name] = {"first_call_s": t, "compile_s": c}
+        log(f"first call {name:44s} {t:8.2f} s, {c:.2f} s of it compiling")
     times, ks = timed_rounds(cases, repeats, min_call_s=min_call_s)
     for name, r in out.items():
         r["steady_s_min"] = min(times[name])
         r["steady_s_median"] = statistics.median(times[name])
-        r["compile_s_est"] = max(r["first_call_s"] - r["steady_s_median"], 0.0)
         r["calls_per_sample"] = ks[name]
     return out, res
 

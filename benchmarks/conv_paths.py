@@ -20,21 +20,20 @@ Models: LeNet written with plain ``lax``, ``flax.linen``, ``flax.nnx`` and
 (32x32x3; width 16 and 64), one after the other. Steady times are the best of
 the rounds (round robin over the model's policies, each round opened by an
 untimed call; a sample is the mean of as many back-to-back calls as make it
-last ``--min-call-s``, 1 s by default); compile seconds are first call minus
-the median steady call; "measuring s" is what ``measure`` spent timing the
-candidates and what ``layers`` spent timing the layer shapes (in their first
-calls, compilation included; ``measure`` times ``layers`` as one of its
-candidates, so ``layers`` reuses those timings, and a model that traces to the
-same program as an earlier one reuses its measurement). On an accelerator the
-sizes are larger (LeNet 1,000 trials x 2,000 images, ConvNet and ResNet-18
-width 16 100 x 2,000, width 64 100 x 500), and ``per_trial`` is left out where
-a chunk holds more than ``MEASURE_PER_TRIAL_MAX`` trials. The JSON records, per
-model and policy, the path each layer shape took (``conv_path_log``) and
-whether the per-trial accuracies equal the rule's. Writes
-``benchmarks/results/conv_paths.json`` (``conv_paths_quick.json`` with
+last ``--min-call-s``, 1 s by default); compile seconds are XLA's compilations
+during the first call (JAX's compile events); "measuring s" is what ``measure``
+spent timing the candidates and what ``layers`` spent timing the layer shapes
+(in their first calls, compilation included; ``measure`` times ``layers`` as
+one of its candidates, so ``layers`` reuses those timings, and a model that
+traces to the same program as an earlier one reuses its measurement). On an
+accelerator the sizes are larger (LeNet 1,000 trials x 2,000 images, ConvNet
+and ResNet-18 width 16 100 x 2,000, width 64 100 x 500), and ``per_trial`` is
+left out where a chunk holds more than ``MEASURE_PER_TRIAL_MAX`` trials. The
+JSON records, per model and policy, the path each layer shape took
+(``conv_path_log``) and whether the per-trial accuracies equal the rule's.
+Writes ``benchmarks/results/conv_paths.json`` (``conv_paths_quick.json`` with
 ``--quick``) after every model, so a run stopped by a time limit keeps the
-models it finished (``"complete"`` says whether every planned model is in).
-"""
+models it finished (``"complete"`` says whether every planned model is in)."""
 
 import collections
 import os
@@ -45,8 +44,8 @@ import numpy as np
 
 import uswim_jax as uj
 from benchmarks._common import (
-    block,
     case_parser,
+    first_call,
     generated_images,
     machine_info,
     matmul_gflops,
@@ -125,8 +124,8 @@ def _reused(log: list[dict]) -> bool:
 
 
 def _case(m: dict, logs: dict, accs: dict, firsts: dict, times: dict) -> dict:
-    """One model's row of the JSON from its first calls and timed rounds
-    (dicts keyed by policy)."""
+    """One model's row of the JSON from its first calls (seconds and compile
+    seconds) and timed rounds (dicts keyed by policy)."""
     rule = accs["rule"]
     per = {}
     for policy in m["policies"]:
@@ -136,8 +135,8 @@ def _case(m: dict, logs: dict, accs: dict, firsts: dict, times: dict) -> dict:
             "trials_per_s": m["num_trials"] / min(ts),
             "steady_s_min": min(ts),
             "steady_s_median": float(np.median(ts)),
-            "first_call_s": firsts[policy],
-            "compile_s": max(firsts[policy] - float(np.median(ts)), 0.0),
+            "first_call_s": firsts[policy][0],
+            "compile_s": firsts[policy][1],
             "paths": _paths(log),
             "chosen": _chosen(log),
             "measuring_s": measuring_seconds(log),
@@ -228,10 +227,12 @@ def main(argv=None) -> dict:
         logs, accs, firsts = {}, {}, {}
         for policy, call in calls.items():
             uj.conv_path_log(clear=True)
-            res, firsts[policy] = block(call)
+            res, *firsts[policy] = first_call(call)
             logs[policy], accs[policy] = uj.conv_path_log(clear=True), np.asarray(res)
             print(
-                f"first call {name} / {policy:36s} {firsts[policy]:8.2f} s", flush=True
+                f"first call {name} / {policy:36s} {firsts[policy][0]:8.2f} s, "
+                f"{firsts[policy][1]:.2f} s of it compiling",
+                flush=True,
             )
         times, ks = timed_rounds(calls, repeats, min_call_s=min_call_s, opener=True)
         peaks.append(matmul_gflops())

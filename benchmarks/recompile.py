@@ -29,7 +29,6 @@ with ``--quick``).
 """
 
 import argparse
-import collections
 import functools
 import os
 import statistics
@@ -42,6 +41,7 @@ import uswim_jax as uj
 from benchmarks._common import (
     RESULTS_DIR,
     block,
+    compile_log,
     lenet_problem,
     machine_info,
     round_robin,
@@ -52,40 +52,6 @@ from uswim_jax.selection import mask_from_order
 from uswim_jax.sweep import counts_for_fractions, sweep
 
 RESULTS = os.path.join(RESULTS_DIR, "recompile.json")
-TRACE = "/jax/core/compile/jaxpr_trace_duration"
-LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-class EventLog:
-    """Records JAX's compile-pipeline duration events (one listener for the
-    process); ``since(mark)`` gives the events after a mark."""
-
-    def __init__(self):
-        self.events: list[tuple[str, float, str]] = []
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event in (TRACE, LOWER, COMPILE):
-            self.events.append((event, duration, str(kwargs.get("fun_name", ""))))
-
-    def mark(self) -> int:
-        return len(self.events)
-
-    def since(self, mark: int, fun: str | None = None) -> dict:
-        """Count and total seconds per event after ``mark``; only functions
-        whose name contains ``fun`` when given."""
-        count, secs = collections.Counter(), collections.Counter()
-        for event, d, name in self.events[mark:]:
-            if fun is None or fun in name:
-                count[event] += 1
-                secs[event] += d
-        short = {TRACE: "trace", LOWER: "lower", COMPILE: "compile"}
-        out = {}
-        for e, s in short.items():
-            out[f"{s}_count"] = count[e]
-            out[f"{s}_s"] = secs[e]
-        return out
 
 
 @functools.partial(jax.jit, static_argnames=(*STATIC, "sigma"))
@@ -244,7 +210,7 @@ def main(argv=None) -> dict:
     from uswim_jax.experiment import ExperimentConfig
 
     cfg = ExperimentConfig()
-    log = EventLog()
+    log = compile_log()
     num_images = args.images or (100 if args.quick else 500)
     num_steps = args.steps or (3 if args.quick else 10)
     num_trials = args.trials or (5 if args.quick else cfg.num_trials)

@@ -633,7 +633,9 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
         f"same run, before and after each round: "
         f"{', '.join(f'{g:.0f}' for g in rounds)} GFLOP/s (the % column uses the "
         f'highest, {max(rounds):.0f}). "x serial" is against a Python loop '
-        "over trials of the same jitted single-trial noisy forward pass.",
+        "over trials of the same jitted single-trial noisy forward pass. "
+        '"compile s" is the time XLA spent compiling during `evaluate`\'s first '
+        "call (JAX's own compile events); tracing and the first run come on top.",
         "",
         "| model | trials x images | per pass | trials/s | GFLOP/s | "
         "% of matmul | x serial loop | compile s |",

@@ -17,6 +17,8 @@ import uswim_jax as u
 from benchmarks import mc_scaling, recompile, sweep_vs_serial
 from benchmarks._common import (
     MAX_CALLS_PER_SAMPLE,
+    compile_log,
+    first_call,
     linear_fit,
     model_flops,
     round_robin,
@@ -161,10 +163,10 @@ def test_scaling_cases_and_summary():
     assert set(s["models"]) == set(p["models"])
 
 
-def test_event_log_counts_compiles_not_cache_hits():
-    """The recompile benchmark's counter: a traced sigma compiles once, a
+def test_compile_log_counts_compiles_not_cache_hits():
+    """The benchmarks' compile counter: a traced sigma compiles once, a
     static one once per value."""
-    log = recompile.EventLog()
+    log = compile_log()
     w = {"kernel": jnp.ones((3, 2))}
 
     @jax.jit
@@ -186,6 +188,14 @@ def test_event_log_counts_compiles_not_cache_hits():
     for s in (0.1, 0.2):
         static(jax.random.key(0), s).block_until_ready()
     assert log.since(m, "static_sigma")["compile_count"] == 2
+    # first_call's compile seconds are XLA's: some for a new program, none for
+    # a cached one, and never more than the call took.
+    fresh = jax.jit(lambda v: jnp.sin(v) * 3.0)
+    out, t, c = first_call(lambda: fresh(jnp.ones(5)))
+    assert 0 < c <= t
+    np.testing.assert_allclose(out, 3 * np.sin(1.0) * np.ones(5), rtol=1e-6)
+    assert first_call(lambda: fresh(jnp.ones(5)))[2] == 0
+    assert compile_log() is log
 
 
 def test_scaling_case_in_process(monkeypatch, problem):
@@ -212,7 +222,7 @@ def test_recompile_driver_loop_does_not_compile(problem):
     """The recompile benchmark's measurement on the toy model: new sigmas and
     budgets reuse the one compiled sweep."""
     params, x, y, order, counts = problem
-    log = recompile.EventLog()
+    log = compile_log()
     static = {
         "apply_fn": mlp_apply,
         "num_trials": 4,
@@ -441,6 +451,7 @@ def test_conv_paths_script(tmp_path):
     for r in case["policies"].values():
         assert r["trials_per_s"] > 0 and r["trials_differing_from_rule"] == 0
         assert sum(r["paths"].values()) == 2  # two convolutions
+        assert 0 < r["compile_s"] < r["first_call_s"]  # each policy compiles
     layers = case["policies"]["layers"]["layers"]
     assert all("ms" in layer for layer in layers)  # each layer shape timed
     measure = case["policies"]["measure"]
