@@ -14,6 +14,7 @@ from _user_models import KERNEL_COUNT, KINDS, build, make_data
 
 import uswim_jax as u
 from uswim_jax._tree import leaf_paths
+from uswim_jax.chip_programming import StopRule, program_chips
 
 KEY = jax.random.key(0)
 LOUD = u.UniformVariation(3.0, 0.03)  # noise that must change predictions
@@ -335,6 +336,94 @@ def test_nan_inputs_are_refused(lax_model, entry):
     apply_fn, params, x, y = lax_model
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         _label_cases()[entry](apply_fn, params, x.at[0, 0, 0, 0].set(jnp.inf), y)
+
+
+def test_a_model_left_whole_is_refused_with_how_to_split_it(lax_model):
+    """A pytree holding a function (an equinox module passed unsplit) gets one
+    message naming the leaf and how to partition, from every entry point, not
+    JAX's failure to trace it."""
+    import equinox as eqx
+
+    _, _, x, y = lax_model
+    mlp = eqx.nn.MLP(x[0].size, 4, 8, 1, key=jax.random.key(0))
+    f = lambda m, xs: jax.vmap(m)(xs.reshape(len(xs), -1))
+    message = r"params\.activation is a \w+, not an array: .*eqx\.partition"
+    for entry in ("evaluate", "sweep", "obd_over_dataset", "ggn_diagonal"):
+        with pytest.raises(ValueError, match=message):
+            _label_cases()[entry](f, mlp, x, y)
+    params, static = eqx.partition(mlp, eqx.is_array)
+    g = lambda p, xs: f(eqx.combine(p, static), xs)
+    _label_cases()["evaluate"](g, params, x, y)  # split, it runs
+
+
+def test_python_number_leaves_count_as_arrays(lax_model):
+    """A Python number among the params (a scale, a temperature) is traced as
+    an array, the same as the array holding it: evaluate and sweep give the
+    same per-trial accuracies either way."""
+    apply_fn, params, x, y = lax_model
+    f = lambda p, xs: apply_fn(p["net"], xs) * p["scale"] + p["shift"]
+    as_numbers = {"net": params, "scale": 2, "shift": 0.5}
+    as_arrays = {"net": params, "scale": jnp.asarray(2), "shift": jnp.asarray(0.5)}
+    for entry in ("evaluate", "sweep"):
+        a = _label_cases()[entry](f, as_numbers, x, y).accuracies
+        b = _label_cases()[entry](f, as_arrays, x, y).accuracies
+        np.testing.assert_array_equal(a, b)
+        assert len(np.unique(np.asarray(a))) > 1  # the noise mattered
+
+
+def _key_entries(lax_model):
+    """(name -> call(key)) for every public entry point that draws noise."""
+    apply_fn, params, x, y = lax_model
+    order = u.global_order(u.magnitude_score(params))
+    counts = jnp.asarray([0, 10], jnp.int32)
+    return {
+        "evaluate": lambda k: u.evaluate(k, apply_fn, params, x, y, LOUD, None, 3),
+        "sweep": lambda k: u.sweep(k, apply_fn, params, x, y, LOUD, order, counts, 3),
+        "hutchinson_diagonal": lambda k: u.hutchinson_diagonal(
+            k, u.make_loss_fn(apply_fn, x, y), params, num_probes=2
+        ),
+        "program_chips": lambda k: program_chips(
+            k, apply_fn, params, x, y, x, y, LOUD, order, counts, 3,
+            StopRule(target=0.5),
+        ),
+        "perturb": lambda k: u.perturb(k, params, LOUD),
+        "noise_like": lambda k: u.noise_like(k, params),
+        "random_score": lambda k: u.random_score(k, params),
+        "program": lambda k: u.program(k, params, u.PulseModel()),
+    }  # fmt: skip
+
+
+KEY_ENTRIES = (
+    "evaluate", "sweep", "hutchinson_diagonal", "program_chips", "perturb",
+    "noise_like", "random_score", "program",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", KEY_ENTRIES)
+def test_bad_keys_are_refused(lax_model, entry):
+    """Every entry point that draws noise takes one PRNG key; an int seed, a
+    float array or a batch of keys is one clear message, not JAX's."""
+    call = _key_entries(lax_model)[entry]
+    bad = [
+        (0, r"key must be a JAX PRNG key such as jax.random.key\(0\), got int 0"),
+        (jnp.zeros(2), r"got an array of shape \(2,\) and dtype float32"),
+        (jax.random.split(KEY, 3), r"one PRNG key, got an array of keys of shape \(3,"),
+    ]
+    for key, message in bad:
+        with pytest.raises(ValueError, match=message):
+            call(key)
+
+
+def test_typed_and_raw_keys_give_the_same_trials(lax_model):
+    """``jax.random.key(s)`` and the older ``jax.random.PRNGKey(s)`` hold the
+    same bits: evaluate and sweep give the same per-trial accuracies."""
+    entries = _key_entries(lax_model)
+    assert set(entries) == set(KEY_ENTRIES)
+    for name in ("evaluate", "sweep"):
+        typed = entries[name](jax.random.key(5)).accuracies
+        raw = entries[name](jax.random.PRNGKey(5)).accuracies
+        np.testing.assert_array_equal(typed, raw, err_msg=name)
+        assert len(np.unique(np.asarray(typed))) > 1  # the noise mattered
 
 
 # ------------------------------------------------------------- docs/byom.md

@@ -69,6 +69,49 @@ def all_finite(value: Any, block: int = 4096) -> bool:
     )
 
 
+def check_key(name: str, key: Any) -> None:
+    """Raises ``ValueError`` unless ``key`` is one JAX PRNG key: a typed key
+    (``jax.random.key(seed)``, shape ``()``) or a raw ``uint32`` key array
+    (``jax.random.PRNGKey(seed)``, one axis). Checks the type and shape only,
+    so it runs on traced keys too."""
+    dtype, ndim = getattr(key, "dtype", None), np.ndim(key)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if ndim == 0:
+            return
+        raise ValueError(
+            f"{name} must be one PRNG key, got an array of keys of shape "
+            f"{np.shape(key)}"
+        )
+    if dtype == np.uint32 and ndim == 1:
+        return
+    if ndim == 0:
+        got = f"{type(key).__name__} {key!r}"
+    else:
+        got = f"an array of shape {np.shape(key)} and dtype {dtype}"
+    raise ValueError(
+        f"{name} must be a JAX PRNG key such as jax.random.key(0), got {got}"
+    )
+
+
+def check_array_leaves(name: str, tree: Any) -> None:
+    """Raises ``ValueError`` naming the first leaf of ``tree`` that is neither an
+    array (JAX or NumPy, a tracer, a NumPy scalar) nor a Python number: a
+    function or other object left in a model's pytree (an equinox module's
+    activation, for one) cannot be traced, let alone put on a crossbar."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(
+            leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
+        ):
+            continue
+        where = jax.tree_util.keystr(path)
+        raise ValueError(
+            f"{name}{where} is a {type(leaf).__name__}, not an array: {name} must "
+            "be a pytree of arrays. Keep the rest out of it, e.g. for an equinox "
+            "module params, static = eqx.partition(model, eqx.is_array) and "
+            "apply_fn = lambda p, x: eqx.combine(p, static)(x)"
+        )
+
+
 def check_finite_tree(name: str, tree: Any) -> None:
     """Raises ``ValueError`` naming the first leaf that holds NaN or Inf."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -251,7 +294,8 @@ def check_model_data(
     """The one check of ``(apply_fn, params, x, y)`` every public function that
     takes data makes, before anything reaches JAX.
 
-    ``x`` holds at least one sample; ``params`` and ``x`` are finite;
+    ``x`` holds at least one sample; ``params`` is a pytree of arrays (or
+    Python numbers) and it and ``x`` are finite;
     ``apply_fn(params, x)`` returns logits of shape ``(N, C)`` (found by
     ``jax.eval_shape``: a trace, no compute); ``y`` fits them (see
     :func:`check_labels`: for ``labels="classes"``, integer class indices of
@@ -269,6 +313,7 @@ def check_model_data(
     """
     n = num_samples(x)
     check_labels(y, n, None, labels)  # cheap shape checks before any trace
+    check_array_leaves("params", params)
     check_finite_tree("params", params)
     check_finite_tree("x", x)
     check_labels(y, n, _logits_shape(apply_fn, params, x), labels)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax._checks import check_array_leaves
+
 CrossbarPredicate = Callable[[str, Any], bool]
 
 #: Leaf names treated as crossbar weights by :func:`default_crossbar`.
@@ -59,6 +61,27 @@ def leaf_name(path: str) -> str:
     while len(parts) > 1 and parts[-1] in CONTAINER_NAMES:
         parts.pop()
     return parts[-1]
+
+
+def numbers_as_arrays(tree: Any) -> Any:
+    """``tree`` with its Python-number leaves made JAX arrays (weakly typed, as
+    ``jit`` traces them), so that every leaf has a shape and a dtype."""
+    return jax.tree.map(
+        lambda a: jnp.asarray(a) if isinstance(a, (bool, int, float, complex)) else a,
+        tree,
+    )
+
+
+def abstract(leaf: Any, shape: tuple | None = None) -> jax.ShapeDtypeStruct:
+    """``leaf``'s shape (or ``shape``), dtype and weak type as a
+    ``jax.ShapeDtypeStruct``, for tracing without values: a weakly typed leaf
+    (a Python number, ``jnp.asarray(2)``) stays weak, so a trace of it promotes
+    as the call does."""
+    return jax.ShapeDtypeStruct(
+        np.shape(leaf) if shape is None else shape,
+        jnp.result_type(leaf),
+        weak_type=bool(getattr(leaf, "weak_type", False)),
+    )
 
 
 def _dtype(leaf: Any) -> Any:
@@ -117,6 +140,7 @@ def check_crossbar(
         predicate: the crossbar predicate in use (``None``: the default).
         fix: how the caller passes a predicate, for the message.
     """
+    check_array_leaves(name, tree)  # a function leaf has no dtype to test
     pairs = jax.tree_util.tree_leaves_with_path(tree)
     if any(on_crossbar(predicate, path_str(p), x) for p, x in pairs):
         return

@@ -73,6 +73,7 @@ from jax.extend import core as jcore
 from uswim_jax import _measure_cache
 from uswim_jax._distributed import from_writer
 from uswim_jax._obd import CALL_PRIMITIVES, ELEMENTWISE_PRIMITIVES, _bind, _inner
+from uswim_jax._tree import abstract
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +247,7 @@ class TrialBatched:
         #: ``"measure"`` times its candidates: each process times its own, and
         #: one may read its choice from a file while another times).
         self.agree = True
-        self._x_template = [
-            jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in jax.tree.leaves(x)
-        ]
+        self._x_template = [abstract(a) for a in jax.tree.leaves(x)]
         #: ``dot_general`` key -> its laid-out operand's (side, perm, rows); see
         #: :meth:`_discover_layouts`
         self._dots: dict | None = None
@@ -287,7 +286,7 @@ class TrialBatched:
         values), so that :meth:`prepare` can put the other operand, when it
         reads the params alone, in matrix form once per trial."""
         self._dots = {}
-        abstract = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]
+        structs = [abstract(a) for a in leaves]
 
         def run(leaves, xs):
             ins = [_V(a, b) for a, b in zip(leaves, self.batched, strict=True)]
@@ -299,7 +298,7 @@ class TrialBatched:
                 o.val for o in self._run(self.jaxpr, self.consts, ins + xs, "", cache)
             ]
 
-        jax.eval_shape(run, abstract, self._x_template)
+        jax.eval_shape(run, structs, self._x_template)
 
     def apply(self, prepared: dict, x: Any, num_trials: int | None = None) -> Any:
         """Outputs for every trial, each with a leading trial axis."""

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_model_data
+from uswim_jax._checks import check_key, check_model_data
 from uswim_jax._protocol import has_closed_form
 from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
 from uswim_jax.device import DEVICE_FIX, add_noise, noise_like
@@ -226,6 +226,7 @@ def program_chips(
             f"(UniformVariation, StateDependentVariation, ...), got {device!r}"
         )
     check_crossbar("params", params, device.crossbar, fix=DEVICE_FIX)
+    check_key("key", key)
     check_model_data(apply_fn, params, x_cal, y_cal)
     check_model_data(apply_fn, params, x_test, y_test)
     n = crossbar_size(params, device.crossbar)

@@ -38,6 +38,7 @@ from jax.flatten_util import ravel_pytree
 from uswim_jax import _obd, _random
 from uswim_jax._checks import (
     check_finite_tree,
+    check_key,
     check_labels,
     check_model_data,
     check_positive,
@@ -525,6 +526,7 @@ def hutchinson_diagonal(
       Hutchinson (1989); docs/method.md §4.4; optax
       ``hutchinson_estimator_diag_hessian``.
     """
+    check_key("key", key)
     check_positive("num_probes", num_probes)
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)

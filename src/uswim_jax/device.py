@@ -48,6 +48,7 @@ from jax.typing import ArrayLike
 
 from uswim_jax._checks import (
     check_finite_tree,
+    check_key,
     check_same_structure,
 )
 from uswim_jax._protocol import ClosedFormStd as ClosedFormStd
@@ -208,6 +209,7 @@ def noise_like(
     Raises:
         ValueError: if no leaf of ``params`` is on the crossbar.
     """
+    check_key("key", key)
     check_crossbar("params", params, predicate)
     pairs, treedef = jax.tree_util.tree_flatten_with_path(params)
     dtypes = [_float_dtype(x) for _, x in pairs]
@@ -903,4 +905,5 @@ def perturb(
         >>> bool(jnp.all(noisy["kernel"] == params["kernel"]))
         True
     """
+    check_key("key", key)
     return device.program(key, params, verified)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uswim_jax import _distributed
-from uswim_jax._checks import check_model_data
+from uswim_jax._checks import check_key, check_model_data
 from uswim_jax._chunking import AUTO_CACHE_FRACTION as AUTO_CACHE_FRACTION
 from uswim_jax._chunking import AUTO_MEMORY_FRACTION as AUTO_MEMORY_FRACTION
 from uswim_jax._chunking import _free_memory_bytes as _free_memory_bytes
@@ -29,7 +29,12 @@ from uswim_jax._jaxpr import _peak_bytes as _peak_bytes
 from uswim_jax._jaxpr import forward_bytes as forward_bytes
 from uswim_jax._jaxpr import split_params_only as split_params_only
 from uswim_jax._protocol import has_closed_form, resolve_device_model
-from uswim_jax._tree import check_crossbar, crossbar_flags
+from uswim_jax._tree import (
+    abstract,
+    check_crossbar,
+    crossbar_flags,
+    numbers_as_arrays,
+)
 from uswim_jax._trialbatch import conv_path_log as conv_path_log
 from uswim_jax._trialbatch import conv_paths as conv_paths
 from uswim_jax._trialbatch import trial_batched
@@ -160,10 +165,9 @@ def trials_correct(
     batches of ``batch_size`` (the last one padded and masked) when given.
     """
     n = x.shape[0]
+    stacked = numbers_as_arrays(stacked)
     template = jax.tree.map(
-        lambda a, b: jax.ShapeDtypeStruct(a.shape[1:] if b else a.shape, a.dtype),
-        stacked,
-        batched,
+        lambda a, b: abstract(a, np.shape(a)[1:] if b else None), stacked, batched
     )
     if batch_size is None or batch_size >= n:
         tb = trial_batched(apply_fn, template, x, batched)
@@ -419,6 +423,7 @@ def evaluate(
     device_model = resolve_device_model(device_model, device, "evaluate")
     if not isinstance(num_trials, int | np.integer) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
+    check_key("key", key)
     check_crossbar("params", params, device_model.crossbar, fix=DEVICE_FIX)
     check_model_data(apply_fn, params, x, y)
     mask = verified_mask(params, verified)

@@ -31,7 +31,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uswim_jax import _random
-from uswim_jax._checks import check_finite_tree
+from uswim_jax._checks import check_finite_tree, check_key
 from uswim_jax._protocol import Programmed
 from uswim_jax._tree import (
     CrossbarPredicate,
@@ -397,6 +397,7 @@ def program(
             ``params`` if a concrete leaf holds NaN or Inf or no leaf is on the
             crossbar.
     """
+    check_key("key", key)
     check_crossbar("params", params, model.crossbar, fix=DEVICE_FIX)
     check_finite_tree("params", params)
     mask = verified_mask(params, verified)

@@ -25,6 +25,7 @@ from uswim_jax import _random
 from uswim_jax._checks import (
     check_finite_tree,
     check_fraction,
+    check_key,
     check_positive,
     check_same_structure,
     is_concrete,
@@ -336,6 +337,7 @@ def random_score(
     Raises:
       ValueError: if no leaf of ``params`` is on the crossbar.
     """
+    check_key("key", key)
     check_crossbar("params", params, predicate)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = treedef.unflatten(

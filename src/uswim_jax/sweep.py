@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_model_data
+from uswim_jax._checks import check_key, check_model_data
 from uswim_jax._protocol import has_closed_form, resolve_device_model
 from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
 from uswim_jax.device import DEVICE_FIX, noise_like
@@ -213,6 +213,7 @@ def sweep(
         raise ValueError("order is required (e.g. uswim_jax.global_order(scores))")
     if counts is None:
         raise ValueError("counts is required (e.g. counts_for_fractions(...))")
+    check_key("key", key)
     check_crossbar("params", params, device_model.crossbar, fix=DEVICE_FIX)
     check_model_data(apply_fn, params, x, y)
     n = crossbar_size(params, device_model.crossbar)
