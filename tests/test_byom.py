@@ -371,6 +371,62 @@ def test_python_number_leaves_count_as_arrays(lax_model):
         assert len(np.unique(np.asarray(a))) > 1  # the noise mattered
 
 
+def test_nnx_state_holding_rng_keys_runs_and_matches_its_params(lax_model):
+    """A Flax NNX model with Dropout keeps PRNG keys in its state: evaluate,
+    sweep, the one-pass diagonal and the scores take the whole state (or the
+    module itself) and give what the params alone give, the keys passed
+    through."""
+    from flax import nnx
+
+    _, _, x, _ = lax_model
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.dense = nnx.Linear(4 * x[0].size, 4, rngs=rngs)
+
+        def __call__(self, xs):
+            h = self.drop(nnx.relu(self.conv(xs)))
+            return self.dense(h.reshape(len(xs), -1))
+
+    net = Net(nnx.Rngs(0))
+    net.eval()
+    graph, state = nnx.split(net)
+    keys = [
+        leaf
+        for leaf in jax.tree.leaves(state)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    ]
+    assert keys  # the case under test: keys among the leaves
+    graph_p, params, rest = nnx.split(net, nnx.Param, ...)
+    whole = lambda s, xs: nnx.merge(graph, s)(xs)
+    split = lambda p, xs: nnx.merge(graph_p, p, rest)(xs)
+    y = jnp.argmax(whole(state, x), -1)
+    ref = {}
+    for entry in ("evaluate", "sweep"):
+        ref[entry] = _label_cases()[entry](split, params, x, y).accuracies
+        assert len(np.unique(np.asarray(ref[entry]))) > 1  # the noise mattered
+        got = _label_cases()[entry](whole, state, x, y).accuracies
+        np.testing.assert_array_equal(got, ref[entry], err_msg=entry)
+    got = _label_cases()["evaluate"](lambda m, xs: m(xs), net, x, y).accuracies
+    np.testing.assert_array_equal(got, ref["evaluate"])
+    h_whole, g_whole = u.obd_over_dataset(whole, state, x, y)
+    h_split, g_split = u.obd_over_dataset(split, params, x, y)
+    scores = {
+        "hess": lambda p, h, g: h,
+        "swim": u.swim_score,
+        "uswim": lambda p, h, g: u.uswim_score(p, h, g, s=2.0),
+        "expected loss": lambda p, h, g: u.expected_loss_score(h, 0.3, 0.03),
+    }
+    for name, score in scores.items():
+        a = score(state, h_whole, g_whole)
+        b = score(params, h_split, g_split)
+        by_path = dict(zip(leaf_paths(a), jax.tree.leaves(a), strict=True))
+        for path, leaf in zip(leaf_paths(b), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(by_path[path], leaf, rtol=1e-6, err_msg=name)
+
+
 def _key_entries(lax_model):
     """(name -> call(key)) for every public entry point that draws noise."""
     apply_fn, params, x, y = lax_model

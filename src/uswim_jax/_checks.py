@@ -53,11 +53,12 @@ def all_finite(value: Any, block: int = 4096) -> bool:
     back); a host array is checked ``block`` rows at a time, so no full-size
     temporary is made.
     """
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and not jax.dtypes.issubdtype(dtype, jnp.inexact):
+        return True  # integers, booleans, PRNG keys (Flax NNX's RNG state)
     if isinstance(value, jax.Array) and any(
         d.platform != "cpu" for d in value.devices()
     ):
-        if not jnp.issubdtype(value.dtype, jnp.inexact):
-            return True
         return bool(jnp.all(jnp.isfinite(value)))
     arr = np.asarray(value)
     if arr.dtype.kind not in "fc":

@@ -101,8 +101,10 @@ _REDUCE = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
 
 
 def nbytes_of(shape: Sequence[int], dtype: Any) -> int:
-    """Bytes of an array of ``shape`` and ``dtype``."""
-    return math.prod(shape) * np.dtype(dtype).itemsize
+    """Bytes of an array of ``shape`` and ``dtype`` (a NumPy dtype or one of
+    JAX's extended dtypes, such as a PRNG key's, which know their size)."""
+    size = getattr(dtype, "itemsize", None)
+    return math.prod(shape) * (np.dtype(dtype).itemsize if size is None else size)
 
 
 def var_bytes(v: Any) -> int:

@@ -34,6 +34,7 @@ from uswim_jax._tree import (
     CrossbarPredicate,
     check_crossbar,
     crossbar_flags,
+    is_floating,
     map_crossbar,
 )
 
@@ -257,7 +258,9 @@ def uswim_score(
         raise ValueError(f"k_power must be 1 or 2, got {k_power!r}")
     if multiplier is None:
         multiplier = state_multiplier(params, s, predicate=predicate)
-    k = jax.tree_util.tree_map(lambda m: m**k_power, multiplier)
+    check_same_structure("multiplier", multiplier, params, "params")
+    on = crossbar_flags(params, predicate)  # elsewhere k is unused (and may be a key)
+    k = jax.tree_util.tree_map(lambda m, f: m**k_power if f else m, multiplier, on)
     return _swim_core(params, hess, grad, k, alpha, first_order, predicate)
 
 
@@ -294,6 +297,8 @@ def expected_loss_score(hess: Any, std_written: Any, std_verified: Any) -> Any:
         return jax.tree_util.tree_map(lambda _: std, hess)
 
     def score(h, sw, sv):
+        if not is_floating(h):  # an integer leaf, or a PRNG key (NNX's state)
+            return _zeros_like(h)
         sw = jnp.asarray(sw, h.dtype)
         sv = jnp.asarray(sv, h.dtype)
         return 0.5 * h * (sw * sw - sv * sv)
