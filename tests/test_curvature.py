@@ -570,22 +570,134 @@ def test_unsupported_primitive_raises(key):
     params = init_mlp(key, [3, 3, 4])
     x, y = data(key)
 
-    def scanned(p, x):
-        def step(a, _):
-            return jnp.tanh(a @ p["dense0"]["kernel"]), None
+    def looped(p, x):  # a trip count known only at run time
+        def body(c):
+            return c[0] + 1, jnp.tanh(c[1] @ p["dense0"]["kernel"])
 
-        a, _ = lax.scan(step, x, None, length=2)
+        _, a = lax.while_loop(lambda c: c[0] < jnp.sum(x > 0), body, (0, x))
         return a @ p["dense1"]["kernel"]
 
-    with pytest.raises(NotImplementedError, match="scan"):
-        uj.obd_diagonal(scanned, params, x, y)
-
-    def looped(p, x):
-        a = lax.fori_loop(0, 2, lambda i, a: jnp.tanh(a @ p["dense0"]["kernel"]), x)
-        return a @ p["dense1"]["kernel"]
-
-    with pytest.raises(NotImplementedError, match="while"):
+    with pytest.raises(NotImplementedError, match="'while'.*hutchinson_diagonal"):
         uj.obd_diagonal(looped, params, x, y)
+
+    def branched(p, x):
+        w = p["dense0"]["kernel"]
+        a = lax.cond(jnp.sum(x) > 0, lambda a: a @ w, lambda a: -(a @ w), x)
+        return a @ p["dense1"]["kernel"]
+
+    with pytest.raises(NotImplementedError, match="'cond'"):
+        uj.obd_diagonal(branched, params, x, y)
+
+
+def _rnn(loop, reverse=False):
+    """An Elman RNN over ``x`` (N, T, D): ``a_t = tanh(a_{t-1} W + x_t U + b)``,
+    logits from the mean of the states and the last one; ``loop`` is
+    ``"scan"``, ``"fori"`` (``lax.fori_loop`` with static bounds) or
+    ``"python"`` (the same arithmetic, unrolled by hand)."""
+
+    def cell(p, a, xt):
+        return jnp.tanh(a @ p["rec"]["kernel"] + xt @ p["inp"]["kernel"] + p["b"][None])
+
+    def apply(p, x):
+        steps = list(range(x.shape[1]))
+        steps = steps[::-1] if reverse else steps
+        a0 = jnp.zeros((x.shape[0], p["b"].shape[0]), x.dtype)
+        if loop == "scan":
+            xs = jnp.swapaxes(x, 0, 1)
+            step = lambda a, xt: (cell(p, a, xt),) * 2
+            a, states = lax.scan(step, a0, xs, reverse=reverse)
+            mean = states.mean(0)
+        elif loop == "fori":
+            assert not reverse
+            body = lambda t, c: (cell(p, c[0], x[:, t]), c[1] + cell(p, c[0], x[:, t]))
+            a, total = lax.fori_loop(0, len(steps), body, (a0, a0))
+            mean = total / len(steps)
+        else:
+            a, states = a0, []
+            for t in steps:
+                a = cell(p, a, x[:, t])
+                states.append(a)
+            mean = sum(states) / len(states)
+        return jnp.concatenate([a, mean], -1) @ p["out"]["kernel"]
+
+    return apply
+
+
+def _rnn_setup(key):
+    ks = jax.random.split(key, 5)
+    h, d, c = 5, 3, 4
+    params = {
+        "rec": {"kernel": jax.random.normal(ks[0], (h, h), jnp.float64) / h},
+        "inp": {"kernel": jax.random.normal(ks[1], (d, h), jnp.float64)},
+        "b": 0.1 * jax.random.normal(ks[2], (h,), jnp.float64),
+        "out": {"kernel": jax.random.normal(ks[3], (2 * h, c), jnp.float64)},
+    }
+    x = jax.random.normal(ks[4], (7, 4, d), jnp.float64)
+    y = jnp.argmax(_rnn("python")(params, x), -1)
+    return params, x, y
+
+
+@pytest.mark.parametrize(
+    ("loop", "reverse"), [("scan", False), ("scan", True), ("fori", False)]
+)
+def test_obd_unrolls_a_scan_as_a_python_loop(key, loop, reverse):
+    """A recurrent model written with ``lax.scan`` (forward or reverse) or a
+    static ``fori_loop`` gets the one-pass diagonal of the same model written
+    as a Python loop; on the output layer, the exact Hessian diagonal."""
+    params, x, y = _rnn_setup(key)
+    got = obd(_rnn(loop, reverse), params, x, y)
+    want = obd(_rnn("python", reverse), params, x, y)
+    assert_trees_close(got, want)
+    assert float(jnp.min(got["rec"]["kernel"])) > 0  # h reached through the carry
+    loss = uj.make_loss_fn(_rnn(loop, reverse), x, y)
+    exact = exact_diagonal(lambda out: loss({**params, "out": out}), params["out"])
+    assert_trees_close(got["out"], exact)
+
+
+def test_obd_of_flax_rnn_equals_the_cell_looped_by_hand(key):
+    """Flax linen's ``nn.RNN`` (a scan over the cell) against the same cell
+    called once per step in a Python loop, with the same params."""
+    import flax.linen as fnn
+
+    f64 = {"param_dtype": jnp.float64}
+
+    class ByScan(fnn.Module):
+        @fnn.compact
+        def __call__(self, x):
+            h = fnn.RNN(fnn.SimpleCell(5, **f64))(x)
+            return fnn.Dense(4, name="out", **f64)(h[:, -1])
+
+    class ByLoop(fnn.Module):
+        @fnn.compact
+        def __call__(self, x):
+            cell = fnn.SimpleCell(5, name="SimpleCell_0", **f64)
+            carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
+            for t in range(x.shape[1]):
+                carry, y = cell(carry, x[:, t])
+            return fnn.Dense(4, name="out", **f64)(y)
+
+    x = jax.random.normal(key, (6, 4, 3), jnp.float64)
+    variables = ByScan().init(jax.random.key(0), x)
+    y = jnp.argmax(ByScan().apply(variables, x), -1)
+    np.testing.assert_allclose(
+        ByLoop().apply(variables, x), ByScan().apply(variables, x), rtol=1e-12
+    )  # the same function, the same params
+    got = obd(ByScan().apply, variables, x, y)
+    assert_trees_close(got, obd(ByLoop().apply, variables, x, y))
+
+
+def test_obd_unrolls_a_scan_inside_a_jitted_call_and_nested(key):
+    params, x, y = _rnn_setup(key)
+    inner = jax.jit(_rnn("scan"))
+
+    def nested(p, x):  # a scan over two halves of the batch, each a jitted scan
+        halves = jnp.stack([x[:3], x[3:6]])
+        _, out = lax.scan(lambda c, xh: (c, inner(p, xh)), 0.0, halves)
+        return jnp.concatenate([out.reshape(6, -1), inner(p, x[6:])])
+
+    got = obd(nested, params, x, y)
+    want = obd(_rnn("python"), params, x, y)
+    assert_trees_close(got, want)
 
 
 def test_control_flow_off_the_param_path_is_fine(key):

@@ -23,9 +23,12 @@ interpreter):
   (max-pool), ``reduce_window_sum``, ...): the plain VJP;
 - **calls** (``jit``/``pjit``, ``closed_call``, ``custom_jvp_call``,
   ``custom_vjp_call``, ``remat``): recurse into the inner jaxpr;
+- **loops** with a static trip count (``scan``, so ``lax.scan``, a
+  ``fori_loop`` with static bounds, Flax's ``nn.RNN``) are unrolled first
+  (:func:`unroll_loops`), so their iterations are plain primitives;
 - ``stop_gradient`` passes nothing. Anything else that lies on a path from the
   params to the outputs raises ``NotImplementedError`` naming the primitive
-  (control flow: ``scan``, ``while``, ``cond``).
+  (other control flow: ``while``, ``cond``).
 
 Where a value fans out to several consumers whose paths re-merge through a
 non-elementwise primitive (a residual add), the contributions are summed and the
@@ -167,8 +170,14 @@ STRUCTURAL_PRIMITIVES = frozenset(
 #: Primitives through which no second-order information flows.
 BLOCKING_PRIMITIVES = frozenset({"stop_gradient"})
 
+#: Loops with a static trip count, unrolled before the passes: each iteration
+#: becomes its own copy of the body, so the rules see plain primitives and the
+#: carry's ``h`` flows back through the iterations like any other value.
+UNROLLED_PRIMITIVES = frozenset({"scan"})
+
 SUPPORTED_PRIMITIVES = (
     CALL_PRIMITIVES
+    | UNROLLED_PRIMITIVES
     | ELEMENTWISE_PRIMITIVES
     | BILINEAR_PRIMITIVES
     | STRUCTURAL_PRIMITIVES
@@ -338,6 +347,90 @@ def forward(
                 if t is not None:
                     rec.source[v] = t
     return rec
+
+
+# ------------------------------------------------------------------ unrolling
+
+#: Calls inlined when their body holds such a loop (custom derivatives are not:
+#: their rule is theirs).
+_INLINED_CALLS = CALL_PRIMITIVES - {
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+}
+
+
+def _holds_loop(jaxpr: Any) -> bool:
+    """Whether ``jaxpr`` or a call inside it that would be inlined runs a loop of
+    :data:`UNROLLED_PRIMITIVES`."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in UNROLLED_PRIMITIVES:
+            return True
+        if name in _INLINED_CALLS and _holds_loop(_inner(eqn)[0]):
+            return True
+    return False
+
+
+def unroll_loops(closed: jcore.ClosedJaxpr) -> jcore.ClosedJaxpr:
+    """``closed`` with every ``scan`` (``lax.scan``, a ``fori_loop`` with static
+    bounds, Flax's ``nn.RNN``) unrolled into ``length`` copies of its body, and
+    the calls around one inlined; ``closed`` itself when it holds none.
+
+    The unrolled program computes the same values with the same primitives, so
+    the one-pass diagonal of a model written with a scan equals that of the
+    same model written with a Python loop. Tracing grows with the trip count.
+    """
+    if not _holds_loop(closed.jaxpr):
+        return closed
+    structs = [
+        jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
+        for v in closed.jaxpr.invars
+    ]
+    return jax.make_jaxpr(
+        lambda *args: _eval_unrolled(closed.jaxpr, closed.consts, args)
+    )(*structs)
+
+
+def _eval_unrolled(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list:
+    env: dict = {}
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = c
+    for v, a in zip(jaxpr.invars, args, strict=True):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        invals = [_read(env, v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in UNROLLED_PRIMITIVES:
+            outs = _scan_unrolled(eqn, invals)
+        elif name in _INLINED_CALLS and _holds_loop(_inner(eqn)[0]):
+            outs = _eval_unrolled(*_inner(eqn), invals)
+        else:
+            outs = _bind(eqn, invals)
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            if not isinstance(v, jcore.DropVar):
+                env[v] = o
+    return [_read(env, v) for v in jaxpr.outvars]
+
+
+def _scan_unrolled(eqn: Any, invals: Sequence[Any]) -> list:
+    """One ``scan`` as a Python loop over its body: the carry threaded through,
+    the per-iteration outputs stacked on a new leading axis."""
+    p = eqn.params
+    body, nc, nk, n = p["jaxpr"], p["num_consts"], p["num_carry"], p["length"]
+    consts, carry, xs = invals[:nc], list(invals[nc : nc + nk]), invals[nc + nk :]
+    ys: list = [None] * n
+    for i in reversed(range(n)) if p["reverse"] else range(n):
+        step = [jax.lax.index_in_dim(x, i, keepdims=False) for x in xs]
+        out = _eval_unrolled(body.jaxpr, body.consts, [*consts, *carry, *step])
+        carry, ys[i] = out[:nk], out[nk:]
+    stacked = [
+        jnp.stack([y[j] for y in ys])
+        if n
+        else jnp.zeros((0, *v.aval.shape), v.aval.dtype)
+        for j, v in enumerate(body.jaxpr.outvars[nk:])
+    ]
+    return [*carry, *stacked]
 
 
 # --------------------------------------------------------------------------- plan
@@ -723,9 +816,10 @@ def backward(
             raise NotImplementedError(
                 f"obd_diagonal: no second-order rule for primitive '{name}' "
                 f"(supported: bilinear, elementwise, structural and call "
-                f"primitives; control flow such as scan/while/cond is not "
-                f"supported, unroll it or move it off the path from params to "
-                f"logits)"
+                f"primitives, and scan, which is unrolled; other control flow "
+                f"such as while/cond is not supported: unroll it or move it off "
+                f"the path from params to logits, or take a diagonal by autodiff, "
+                f"ggn_diagonal or hutchinson_diagonal)"
             )
     return [h.get(v) if _is_var(v) else None for v in jaxpr.invars]
 

@@ -278,9 +278,10 @@ def obd_diagonal(
         params or inputs, labels of the wrong dtype, shape or range, logits not
         of shape ``(B, C)``), or params with no crossbar leaf.
       NotImplementedError: naming a primitive on the path from params to logits
-        that has no rule (control flow such as ``scan``, ``while`` or ``cond``).
-        ``OBD_SUPPORTED_PRIMITIVES`` lists those handled; control flow that does
-        not touch the params (input preprocessing) is fine.
+        that has no rule (control flow such as ``while`` or ``cond``; a
+        ``scan`` is unrolled). ``OBD_SUPPORTED_PRIMITIVES`` lists those
+        handled; control flow that does not touch the params (input
+        preprocessing) is fine.
 
     References:
       docs/method.md §4.1 (per-layer rules, seed), §4.2 (the interpreter) and
@@ -297,7 +298,7 @@ def obd_diagonal(
     def flat_fn(*args: Any) -> Any:
         return apply_fn(treedef.unflatten(args[:n]), x_def.unflatten(args[n:]))
 
-    closed = jax.make_jaxpr(flat_fn)(*leaves, *x_leaves)
+    closed = _obd.unroll_loops(jax.make_jaxpr(flat_fn)(*leaves, *x_leaves))
     if len(closed.jaxpr.outvars) != 1:
         raise ValueError(
             "apply_fn must return a single logits array, got "
