@@ -352,6 +352,28 @@ def test_auto_image_batch_is_a_multiple_of_the_vector_width():
         choose_eval_batch_size(100, 10, 0, 2**20, multiple=0)
 
 
+def test_auto_image_batch_pads_less_than_a_vector_width_per_batch():
+    """Where no batch near the cache-sized one divides the images, the batches
+    are balanced: as many as the cache-sized batch needs, each padded by less
+    than ``AUTO_BATCH_MULTIPLE`` images (500 images at most 448 a pass: two of
+    256, not two of 448 with 396 padded)."""
+    from uswim_jax._chunking import AUTO_BATCH_MULTIPLE as m
+    from uswim_jax._chunking import choose_eval_batch_size
+
+    assert choose_eval_batch_size(500, 2**14, 2**20, 32 * 2**20) == 256
+    for n in range(17, 3000, 37):
+        for cache in (2**21, 2**23, 2**25):
+            b = choose_eval_batch_size(n, 2**12, 2**16, cache)
+            if b == n:
+                continue
+            cap = max(16, (cache // 4 - 2**16) // 2**12)
+            top = max(m, cap - cap % m)
+            batches = -(-n // b)
+            assert b % m == 0 and b <= top, (n, cache, b)
+            assert batches == -(-n // top) or n % b == 0, (n, cache, b)
+            assert batches * b - n < m * batches, (n, cache, b)
+
+
 def test_automatic_sizes_trace_a_model_once_per_shape(problem):
     """The sizes ``"auto"`` needs are traced once per apply_fn and shapes:
     a repeated un-jitted ``evaluate`` does not trace the model again for

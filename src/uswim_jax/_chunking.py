@@ -112,7 +112,10 @@ def choose_eval_batch_size(
     2. At least ``min_batch``; all ``num_images`` when they fit (one pass).
     3. Otherwise a multiple of ``multiple``: the largest one in ``(b / 2, b]``
        that divides ``num_images`` when there is one (no padded last batch),
-       else the largest one up to ``b``.
+       else the smallest one that covers the images in as many batches as the
+       largest one up to ``b`` needs, so the padding of the last batch is less
+       than ``multiple`` images per batch, not up to a whole batch (500 images
+       at most 464 a pass: 2 x 256, not 2 x 464).
 
     Examples:
         >>> choose_eval_batch_size(2000, 2**17, 2**20, 25 * 2**20)  # LeNet-sized
@@ -123,6 +126,8 @@ def choose_eval_batch_size(
         40
         >>> choose_eval_batch_size(999, 2**17, 2**20, 25 * 2**20)  # last padded
         40
+        >>> choose_eval_batch_size(500, 2**14, 2**20, 32 * 2**20)  # 2 x 256
+        256
         >>> choose_eval_batch_size(10, 2**10, 2**10, 25 * 2**20)  # all fit
         10
     """
@@ -145,7 +150,8 @@ def choose_eval_batch_size(
     for d in range(top, b // 2, -multiple):
         if num_images % d == 0:
             return d
-    return top
+    per_batch = -(-num_images // -(-num_images // top))  # ceil(n / batches)
+    return -(-per_batch // multiple) * multiple
 
 
 # Per apply_fn (held weakly): {(param shapes, image shape, batch): bytes}.
