@@ -167,7 +167,8 @@ def matmul_gflops(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
 
 def forward_flops(jaxpr) -> int:
     """2 x multiply-accumulates of every convolution and ``dot_general`` in
-    ``jaxpr``, nested jaxprs included: any model is counted the same way, from
+    ``jaxpr``, nested jaxprs included (a ``scan`` body once per iteration): any
+    model is counted the same way, from
     what it traces to (XLA's cost analysis cannot be used for this: it does not
     count cuDNN convolutions on GPU)."""
     total = 0
@@ -183,8 +184,9 @@ def forward_flops(jaxpr) -> int:
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += 2 * math.prod(out) * math.prod(lhs[i] for i in lc)
+        reps = eqn.params["length"] if name == "scan" else 1
         for sub in jcore.jaxprs_in_params(eqn.params):
-            total += forward_flops(getattr(sub, "jaxpr", sub))
+            total += reps * forward_flops(getattr(sub, "jaxpr", sub))
     return total
 
 

@@ -16,7 +16,10 @@ variant). In one process, side by side:
 - the project's ConvNet and ResNet-18 (32x32x3 input; ResNet width 64 and a
   narrow width 16), with fewer trials and images (stated per case): a ResNet-18
   forward pass is 0.56 GFLOP per image, so 100 trials of 2,000 images would take
-  over half an hour on two cores.
+  over half an hour on two cores;
+- models beyond CNNs, in ``flax.linen``: an MLP (784-256-256-10), a two-block
+  transformer (16 tokens of 49 features, width 64, 4 heads) and an RNN
+  (``nn.RNN``, 28 steps of 28 features, width 64).
 
 Each case is ``uswim_jax.evaluate`` as a user calls it (its defaults
 ``chunk_size="auto"`` and ``eval_batch_size="auto"``, jitted once; the sizes
@@ -181,6 +184,45 @@ def lenet_equinox(key):
     return params, lambda p, x: jax.vmap(eqx.combine(p, static))(x)
 
 
+# -- beyond CNNs (flax.linen) ---------------------------------------------------
+
+
+class _Mlp(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for width in (256, 256):
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(10)(x)
+
+
+class _Transformer(nn.Module):
+    """Two pre-norm blocks (4 heads, width 64, MLP 128) over 16 tokens."""
+
+    @nn.compact
+    def __call__(self, x):  # (N, 16 tokens, 49 features)
+        h = nn.Dense(64)(x)
+        for _ in range(2):
+            h = h + nn.SelfAttention(num_heads=4, qkv_features=64)(nn.LayerNorm()(h))
+            h = h + nn.Dense(64)(nn.gelu(nn.Dense(128)(nn.LayerNorm()(h))))
+        return nn.Dense(10)(nn.LayerNorm()(h).mean(1))
+
+
+class _Rnn(nn.Module):
+    """An Elman RNN (``nn.RNN`` of ``nn.SimpleCell``, width 64): a scan."""
+
+    @nn.compact
+    def __call__(self, x):  # (N, 28 steps, 28 features)
+        return nn.Dense(10)(nn.RNN(nn.SimpleCell(64))(x)[:, -1])
+
+
+def linen(module: nn.Module, shape: tuple):
+    def build(key):
+        return module.init(key, jnp.zeros((1, *shape), jnp.float32)), module.apply
+
+    return build
+
+
 # -- cases ----------------------------------------------------------------------
 
 
@@ -214,7 +256,17 @@ def main(argv=None) -> dict:
             "NHWC",
             (2, 20, 1) if q else (10, 100, 2),
         ),
-    }
+        "MLP 784-256-256-10, flax.linen": (
+            linen(_Mlp(), (28, 28, 1)), (28, 28, 1), "NHWC", lenet,
+        ),
+        "Transformer, 2 blocks, flax.linen": (
+            linen(_Transformer(), (16, 49)), (16, 49), "tokens",
+            (4, 40, 2) if q else (20, 500, 4),
+        ),
+        "RNN, 28 steps, flax.linen": (
+            linen(_Rnn(), (28, 28)), (28, 28), "steps", lenet,
+        ),
+    }  # fmt: skip
     cases = only_cases(parser, cases, args.only)
     info = machine_info()
     device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)

@@ -614,6 +614,28 @@ def _byom_targets(cases: dict) -> list[str]:
     return lines
 
 
+#: Name prefixes of the byom cases that are convolutional networks.
+CNN_CASES = ("LeNet", "ConvNet", "ResNet-18")
+
+
+def _beyond_cnns(cases: dict) -> list[str]:
+    """What trial batching gives the cases that are not CNNs (no target)."""
+    other = {n: c for n, c in cases.items() if not n.startswith(CNN_CASES)}
+    if not other:
+        return []
+    each = ", ".join(
+        f"{n.split(',')[0]} {c['x_serial']:.2f}x" for n, c in other.items()
+    )
+    return [
+        f"- Beyond CNNs (no target): {each} their serial loops. A serial trial of "
+        "these is already large matmuls over all its images, so running "
+        "trials together does not pay on a CPU as it does for CNNs; the "
+        "im2col rewrite, "
+        "which turns small convolutions into large matmuls, is where LeNet's "
+        "speed-up comes from."
+    ]
+
+
 def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json") -> str:
     """Monte Carlo throughput on users' own models (plain lax, flax.linen,
     flax.nnx, equinox) and the project's, from ``benchmarks/byom.py``."""
@@ -650,7 +672,7 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
             f"{c['pct_of_matmul']:.1f} | {c['x_serial']:.2f} | "
             f"{c['compile_s']:.1f} |"
         )
-    lines += ["", *_byom_targets(d["cases"])]
+    lines += ["", *_byom_targets(d["cases"]), *_beyond_cnns(d["cases"])]
     lines += [
         "",
         "From `python -m benchmarks.byom` (`benchmarks/results/byom.json`). The "

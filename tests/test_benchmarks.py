@@ -90,8 +90,9 @@ def test_timed_rounds_repeat_short_calls_to_the_minimum_duration():
 
 def test_model_flops_counts_every_contraction_by_hand():
     """2 x MACs of a grouped, strided, dilated NCHW convolution inside ``jit``,
-    a dense layer with two contracting dims inside ``custom_jvp``, and an
-    elementwise op that counts nothing, against the count by hand."""
+    a dense layer with two contracting dims inside ``custom_jvp``, an
+    elementwise op that counts nothing, and a scan, against the count by
+    hand."""
     x = jnp.zeros((3, 4, 9, 9))  # N C H W
     w = jnp.zeros((6, 2, 3, 3))  # O I/groups H W, 2 groups
     d = jnp.zeros((6, 4, 5))  # contracts C=6 and W'=4 of the conv output
@@ -116,6 +117,10 @@ def test_model_flops_counts_every_contraction_by_hand():
     # dense: out 3x4x5, each output sums 6 channels x 4 columns
     dot = 2 * (3 * 4 * 5) * (6 * 4)
     assert model_flops(f, {"w": w, "d": d}, x) == conv + dot
+    # a scan's body counts once per iteration: 7 steps of a (3, 5) x (5, 5) matmul
+    r = jnp.zeros((5, 5))
+    g = lambda r, h: jax.lax.scan(lambda c, _: (c @ r, None), h, None, length=7)[0]
+    assert model_flops(g, r, jnp.zeros((3, 5))) == 7 * 2 * (3 * 5) * 5
 
 
 def test_linear_fit_exact_and_noisy():

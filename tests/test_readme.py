@@ -185,6 +185,12 @@ def test_byom_targets_name_the_cases_that_miss_them():
         "- ResNet-18 width 16, project: 39.9 % of the matmul rate (target 40 %: "
         "missed).",
     ]
+    # the other models have no target: a line with each one's x serial, none
+    # when there are only CNNs
+    cases = {"ConvNet, project": case(1.0, 0.7, 50.0), "RNN, 28 steps": case(9, 1.2, 9)}
+    (line,) = readme._beyond_cnns(cases)
+    assert line.startswith("- Beyond CNNs (no target): RNN 1.20x their serial")
+    assert readme._beyond_cnns({"ConvNet, project": case(1.0, 0.7, 50.0)}) == []
 
 
 def test_cpu_performance_names_the_default_and_the_trials_that_differ(tmp_path):
