@@ -94,15 +94,17 @@ def check_key(name: str, key: Any) -> None:
     )
 
 
+#: Python number types, which ``jit`` traces as (weakly typed) arrays.
+NUMBER_TYPES = (bool, int, float, complex)
+
+
 def check_array_leaves(name: str, tree: Any) -> None:
     """Raises ``ValueError`` naming the first leaf of ``tree`` that is neither an
     array (JAX or NumPy, a tracer, a NumPy scalar) nor a Python number: a
     function or other object left in a model's pytree (an equinox module's
     activation, for one) cannot be traced, let alone put on a crossbar."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if isinstance(
-            leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
-        ):
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic, *NUMBER_TYPES)):
             continue
         where = jax.tree_util.keystr(path)
         raise ValueError(

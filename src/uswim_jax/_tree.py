@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uswim_jax._checks import check_array_leaves
+from uswim_jax._checks import NUMBER_TYPES, check_array_leaves
 
 CrossbarPredicate = Callable[[str, Any], bool]
 
@@ -67,7 +67,7 @@ def numbers_as_arrays(tree: Any) -> Any:
     """``tree`` with its Python-number leaves made JAX arrays (weakly typed, as
     ``jit`` traces them), so that every leaf has a shape and a dtype."""
     return jax.tree.map(
-        lambda a: jnp.asarray(a) if isinstance(a, (bool, int, float, complex)) else a,
+        lambda a: jnp.asarray(a) if isinstance(a, NUMBER_TYPES) else a,
         tree,
     )
 
