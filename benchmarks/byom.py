@@ -216,11 +216,14 @@ class _Rnn(nn.Module):
         return nn.Dense(10)(nn.RNN(nn.SimpleCell(64))(x)[:, -1])
 
 
-def linen(module: nn.Module, shape: tuple):
+def linen_case(module: nn.Module, shape: tuple, layout: str, sizes: tuple) -> tuple:
+    """The case of a flax.linen ``module`` on inputs of ``shape``: ``(build,
+    shape, layout, (trials, images, serial trials))``."""
+
     def build(key):
         return module.init(key, jnp.zeros((1, *shape), jnp.float32)), module.apply
 
-    return build
+    return build, shape, layout, sizes
 
 
 # -- cases ----------------------------------------------------------------------
@@ -256,17 +259,14 @@ def main(argv=None) -> dict:
             "NHWC",
             (2, 20, 1) if q else (10, 100, 2),
         ),
-        "MLP 784-256-256-10, flax.linen": (
-            linen(_Mlp(), (28, 28, 1)), (28, 28, 1), "NHWC", lenet,
+        "MLP 784-256-256-10, flax.linen": linen_case(
+            _Mlp(), (28, 28, 1), "NHWC", lenet
         ),
-        "Transformer, 2 blocks, flax.linen": (
-            linen(_Transformer(), (16, 49)), (16, 49), "tokens",
-            (4, 40, 2) if q else (20, 500, 4),
+        "Transformer, 2 blocks, flax.linen": linen_case(
+            _Transformer(), (16, 49), "tokens", (4, 40, 2) if q else (20, 500, 4)
         ),
-        "RNN, 28 steps, flax.linen": (
-            linen(_Rnn(), (28, 28)), (28, 28), "steps", lenet,
-        ),
-    }  # fmt: skip
+        "RNN, 28 steps, flax.linen": linen_case(_Rnn(), (28, 28), "steps", lenet),
+    }
     cases = only_cases(parser, cases, args.only)
     info = machine_info()
     device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)

@@ -427,39 +427,32 @@ def test_nnx_state_holding_rng_keys_runs_and_matches_its_params(lax_model):
             np.testing.assert_allclose(by_path[path], leaf, rtol=1e-6, err_msg=name)
 
 
-def _key_entries(lax_model):
-    """(name -> call(key)) for every public entry point that draws noise."""
-    apply_fn, params, x, y = lax_model
-    order = u.global_order(u.magnitude_score(params))
-    counts = jnp.asarray([0, 10], jnp.int32)
-    return {
-        "evaluate": lambda k: u.evaluate(k, apply_fn, params, x, y, LOUD, None, 3),
-        "sweep": lambda k: u.sweep(k, apply_fn, params, x, y, LOUD, order, counts, 3),
-        "hutchinson_diagonal": lambda k: u.hutchinson_diagonal(
-            k, u.make_loss_fn(apply_fn, x, y), params, num_probes=2
-        ),
-        "program_chips": lambda k: program_chips(
-            k, apply_fn, params, x, y, x, y, LOUD, order, counts, 3,
-            StopRule(target=0.5),
-        ),
-        "perturb": lambda k: u.perturb(k, params, LOUD),
-        "noise_like": lambda k: u.noise_like(k, params),
-        "random_score": lambda k: u.random_score(k, params),
-        "program": lambda k: u.program(k, params, u.PulseModel()),
-    }  # fmt: skip
+def _budget(params):
+    return u.global_order(u.magnitude_score(params)), jnp.asarray([0, 10], jnp.int32)
 
 
-KEY_ENTRIES = (
-    "evaluate", "sweep", "hutchinson_diagonal", "program_chips", "perturb",
-    "noise_like", "random_score", "program",
-)  # fmt: skip
+#: name -> call(model, key), model = (apply_fn, params, x, y): every public
+#: entry point that draws noise.
+KEY_ENTRIES = {
+    "evaluate": lambda m, k: u.evaluate(k, *m, LOUD, None, 3),
+    "sweep": lambda m, k: u.sweep(k, *m, LOUD, *_budget(m[1]), 3),
+    "hutchinson_diagonal": lambda m, k: u.hutchinson_diagonal(
+        k, u.make_loss_fn(m[0], m[2], m[3]), m[1], num_probes=2
+    ),
+    "program_chips": lambda m, k: program_chips(
+        k, *m, *m[2:], LOUD, *_budget(m[1]), 3, StopRule(target=0.5)
+    ),
+    "perturb": lambda m, k: u.perturb(k, m[1], LOUD),
+    "noise_like": lambda m, k: u.noise_like(k, m[1]),
+    "random_score": lambda m, k: u.random_score(k, m[1]),
+    "program": lambda m, k: u.program(k, m[1], u.PulseModel()),
+}
 
 
 @pytest.mark.parametrize("entry", KEY_ENTRIES)
 def test_bad_keys_are_refused(lax_model, entry):
     """Every entry point that draws noise takes one PRNG key; an int seed, a
     float array or a batch of keys is one clear message, not JAX's."""
-    call = _key_entries(lax_model)[entry]
     bad = [
         (0, r"key must be a JAX PRNG key such as jax.random.key\(0\), got int 0"),
         (jnp.zeros(2), r"got an array of shape \(2,\) and dtype float32"),
@@ -467,17 +460,15 @@ def test_bad_keys_are_refused(lax_model, entry):
     ]
     for key, message in bad:
         with pytest.raises(ValueError, match=message):
-            call(key)
+            KEY_ENTRIES[entry](lax_model, key)
 
 
 def test_typed_and_raw_keys_give_the_same_trials(lax_model):
     """``jax.random.key(s)`` and the older ``jax.random.PRNGKey(s)`` hold the
     same bits: evaluate and sweep give the same per-trial accuracies."""
-    entries = _key_entries(lax_model)
-    assert set(entries) == set(KEY_ENTRIES)
     for name in ("evaluate", "sweep"):
-        typed = entries[name](jax.random.key(5)).accuracies
-        raw = entries[name](jax.random.PRNGKey(5)).accuracies
+        typed = KEY_ENTRIES[name](lax_model, jax.random.key(5)).accuracies
+        raw = KEY_ENTRIES[name](lax_model, jax.random.PRNGKey(5)).accuracies
         np.testing.assert_array_equal(typed, raw, err_msg=name)
         assert len(np.unique(np.asarray(typed))) > 1  # the noise mattered
 

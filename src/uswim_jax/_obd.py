@@ -59,6 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from uswim_jax._tree import abstract
+
 #: Call-like primitives whose inner jaxpr is interpreted recursively.
 CALL_PRIMITIVES = frozenset(
     {
@@ -383,13 +385,9 @@ def unroll_loops(closed: jcore.ClosedJaxpr) -> jcore.ClosedJaxpr:
     """
     if not _holds_loop(closed.jaxpr):
         return closed
-    structs = [
-        jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
-        for v in closed.jaxpr.invars
-    ]
     return jax.make_jaxpr(
         lambda *args: _eval_unrolled(closed.jaxpr, closed.consts, args)
-    )(*structs)
+    )(*[abstract(v.aval) for v in closed.jaxpr.invars])
 
 
 def _eval_unrolled(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list:

@@ -158,9 +158,8 @@ def _swim_core(
     )
     if g_hat is None:
         g_hat = jax.tree_util.tree_map(_zeros_like, params)
-    if multiplier is None:
+    if multiplier is None:  # (uswim_score checks a given one against params)
         multiplier = jax.tree_util.tree_map(jnp.ones_like, params)
-    check_same_structure("multiplier", multiplier, params, "params")
 
     def score(w, h, g, k):
         w_hat = w / _layer_scale(w)
