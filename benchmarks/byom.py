@@ -32,7 +32,11 @@ call (JAX's compile events, ``benchmarks._common.first_call``). GFLOP/s counts
 2 x the multiply-accumulates of every convolution and matmul in the model's
 jaxpr (the real layer shapes, not the extra columns an im2col path computes,
 not the noise). Per-trial accuracies of ``evaluate`` are compared with the
-serial loop's on the common trials. Writes ``benchmarks/results/byom.json``
+serial loop's on the common trials. Each case also runs ``evaluate`` with
+``chunk_size="measure"`` (the sizes timed among a few candidates in its first
+call, in this run: no file of an earlier run is read), and records the sizes it
+chose, each candidate's time per trial, the seconds measuring took and its
+trials/s. Writes ``benchmarks/results/byom.json``
 (``byom_quick.json`` with ``--quick``).
 """
 
@@ -216,6 +220,18 @@ class _Rnn(nn.Module):
         return nn.Dense(10)(nn.RNN(nn.SimpleCell(64))(x)[:, -1])
 
 
+def _jitted_evaluate(apply_fn, device_model, t: int, **kw):
+    """``evaluate``'s per-trial accuracies of ``t`` trials, jitted, as a user
+    calls it (``kw``: its size arguments, the defaults when empty)."""
+    return jax.jit(
+        lambda key, params, x, y: (
+            evaluate(
+                key, apply_fn, params, x, y, device_model, None, t, **kw
+            ).accuracies
+        )
+    )
+
+
 def linen_case(module: nn.Module, shape: tuple, layout: str, sizes: tuple) -> tuple:
     """The case of a flax.linen ``module`` on inputs of ``shape``: ``(build,
     shape, layout, (trials, images, serial trials))``."""
@@ -227,6 +243,10 @@ def linen_case(module: nn.Module, shape: tuple, layout: str, sizes: tuple) -> tu
 
 
 # -- cases ----------------------------------------------------------------------
+
+#: What each case runs: evaluate with its defaults, the serial loop, and
+#: evaluate with ``chunk_size="measure"`` (its sizes timed in the first call).
+KINDS = ("evaluate", "serial", "measure")
 
 
 def main(argv=None) -> dict:
@@ -269,6 +289,9 @@ def main(argv=None) -> dict:
     }
     cases = only_cases(parser, cases, args.only)
     info = machine_info()
+    # chunk_size="measure" times its candidates in this run (no earlier
+    # process's file), so its first call shows what measuring costs
+    os.environ["USWIM_CONV_CACHE"] = ""
     device_model = uj.UniformVariation(0.3, 0.03, crossbar=crossbar)
     peaks = [matmul_gflops()]
     print(f"float32 matmul 2048^3: {peaks[0]:.1f} GFLOP/s", flush=True)
@@ -282,20 +305,8 @@ def main(argv=None) -> dict:
         y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
         flop_image = model_flops(apply_fn, params, x[:1])
         std = device_model.effective_std(params, None)
-        ev = jax.jit(
-            lambda key, params, x, y, t=t, apply_fn=apply_fn: (
-                evaluate(
-                    key,
-                    apply_fn,
-                    params,
-                    x,
-                    y,
-                    device_model,
-                    None,
-                    t,
-                ).accuracies
-            )
-        )
+        ev = _jitted_evaluate(apply_fn, device_model, t)
+        measured = _jitted_evaluate(apply_fn, device_model, t, chunk_size="measure")
         one = jax.jit(
             lambda k, params, x, y, apply_fn=apply_fn, std=std: noisy_accuracy(
                 k, apply_fn, params, std, x, y, crossbar=crossbar
@@ -311,6 +322,7 @@ def main(argv=None) -> dict:
         runs[name] = {
             "evaluate": lambda ev=ev, params=params, x=x, y=y: ev(key, params, x, y),
             "serial": serial,
+            "measure": lambda m=measured, params=params, x=x, y=y: m(key, params, x, y),
             "info": {
                 "layout": layout,
                 "input_shape": list(shape),
@@ -330,28 +342,34 @@ def main(argv=None) -> dict:
     results, accs = {}, {}
     for name, r in runs.items():
         out = {}
-        for kind in ("evaluate", "serial"):
+        for kind in KINDS:
+            uj.measured_sizes_log(clear=True)
             res, first, compiling = first_call(r[kind])
             accs[(name, kind)] = np.asarray(res)
             out[kind] = {"first_call_s": first, "compile_s": compiling, "times": []}
+            if kind == "measure":
+                (out[kind]["log"],) = uj.measured_sizes_log()
         results[name] = out
         print(
             f"first call {name:40s} evaluate {out['evaluate']['first_call_s']:7.1f} s"
             f" ({out['evaluate']['compile_s']:.1f} compiling)"
             f"  serial {out['serial']['first_call_s']:7.1f} s"
-            f" ({out['serial']['compile_s']:.1f} compiling)",
+            f" ({out['serial']['compile_s']:.1f} compiling)"
+            f"  measure {out['measure']['first_call_s']:7.1f} s"
+            f" ({out['measure']['log']['seconds']:.1f} measuring)",
             flush=True,
         )
     for _ in range(repeats):
         for name, r in runs.items():
-            for kind in ("evaluate", "serial"):
+            for kind in KINDS:
                 results[name][kind]["times"].append(block(r[kind])[1])
         peaks.append(matmul_gflops())
     peak = max(peaks)
     table = {}
     print(
         f"\n{'case':40s} {'trials/s':>9s} {'GFLOP/s':>8s} {'%mm':>5s} "
-        f"{'x serial':>8s} {'x project':>9s} {'compile s':>9s}"
+        f"{'x serial':>8s} {'x project':>9s} {'compile s':>9s} "
+        f"{'measure':>10s} {'trials/s':>9s} {'x serial':>8s}"
     )
     for name, r in runs.items():
         i = r["info"]
@@ -363,6 +381,8 @@ def main(argv=None) -> dict:
         gflops = rate * i["num_images"] * i["flops_per_image"] / 1e9
         common = i["serial_trials_timed"]
         diff = accs[(name, "evaluate")][:common] - accs[(name, "serial")]
+        m, log = results[name]["measure"], results[name]["measure"]["log"]
+        m_rate = i["num_trials"] / min(m["times"])
         table[name] = {
             **i,
             "trials_per_s": rate,
@@ -378,6 +398,19 @@ def main(argv=None) -> dict:
             "trials_differing_from_serial": int(np.sum(diff != 0)),
             "max_abs_acc_diff_vs_serial": float(np.max(np.abs(diff))),
             "mean_accuracy": float(accs[(name, "evaluate")].mean()),
+            "measure": {
+                "chosen": log["chosen"],
+                "ms_per_trial": log["ms_per_trial"],
+                "measuring_s": log["seconds"],
+                "first_call_s": m["first_call_s"],
+                "trials_per_s": m_rate,
+                "pct_of_matmul": 100 * gflops * m_rate / rate / peak,
+                "x_serial": m_rate / serial_rate,
+                "x_auto": m_rate / rate,
+                "trials_differing_from_auto": int(
+                    np.sum(accs[(name, "measure")] != accs[(name, "evaluate")])
+                ),
+            },
         }
     ref = table.get(PROJECT_LENET)
     for name, c in table.items():
@@ -387,7 +420,8 @@ def main(argv=None) -> dict:
         print(
             f"{name:40s} {c['trials_per_s']:9.2f} {c['gflops']:8.1f} "
             f"{c['pct_of_matmul']:5.1f} {c['x_serial']:8.2f} {vs} "
-            f"{c['compile_s']:9.1f}",
+            f"{c['compile_s']:9.1f} {c['measure']['chosen']:>10s} "
+            f"{c['measure']['trials_per_s']:9.2f} {c['measure']['x_serial']:8.2f}",
             flush=True,
         )
     out = {

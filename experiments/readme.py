@@ -636,6 +636,28 @@ def _beyond_cnns(cases: dict) -> list[str]:
     ]
 
 
+def _measured(cases: dict) -> list[str]:
+    """What ``chunk_size="measure"`` gave against the serial loops and the
+    defaults, and what measuring cost, naming the cases below their loops."""
+    m = {n: c["measure"] for n, c in cases.items()}
+    below = [n for n, r in m.items() if r["x_serial"] < 1]
+    verdict = (
+        "at least its serial loop's speed on every model"
+        if not below
+        else "below its serial loop on " + ", ".join(below)
+    )
+    return [
+        '- `chunk_size="measure"` (the "measure" columns) times a few '
+        "(trials at once, images per pass) candidates in its first call and "
+        f"runs the fastest: {_span([r['x_serial'] for r in m.values()], '.2f', 'x')}"
+        f" its serial loop ({verdict}), "
+        f"{_span([r['x_auto'] for r in m.values()], '.2f', 'x')} the defaults; "
+        f"measuring took {_span([r['measuring_s'] for r in m.values()], '.1f', ' s')}"
+        " of the first call, once per model, shapes and machine (the choice is "
+        "kept in a file that later processes read)."
+    ]
+
+
 def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json") -> str:
     """Monte Carlo throughput on users' own models (plain lax, flax.linen,
     flax.nnx, equinox) and the project's, from ``benchmarks/byom.py``."""
@@ -660,19 +682,27 @@ def byom_performance(path: Path = ROOT / "benchmarks" / "results" / "byom.json")
         "call (JAX's own compile events); tracing and the first run come on top.",
         "",
         "| model | trials x images | per pass | trials/s | GFLOP/s | "
-        "% of matmul | x serial loop | compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "% of matmul | x serial loop | compile s | measure: per pass | "
+        "trials/s | x serial loop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, c in d["cases"].items():
         b = c.get("auto_eval_batch_size", c["eval_batch_size"])
+        m = c["measure"]
         lines.append(
             f"| {name} | {c['num_trials']} x {c['num_images']:,} | "
             f"{c['auto_chunk_size']} x {b or 'all'} | "
             f"{c['trials_per_s']:.1f} | {c['gflops']:.1f} | "
             f"{c['pct_of_matmul']:.1f} | {c['x_serial']:.2f} | "
-            f"{c['compile_s']:.1f} |"
+            f"{c['compile_s']:.1f} | {m['chosen']} | {m['trials_per_s']:.1f} | "
+            f"{m['x_serial']:.2f} |"
         )
-    lines += ["", *_byom_targets(d["cases"]), *_beyond_cnns(d["cases"])]
+    lines += [
+        "",
+        *_byom_targets(d["cases"]),
+        *_beyond_cnns(d["cases"]),
+        *_measured(d["cases"]),
+    ]
     lines += [
         "",
         "From `python -m benchmarks.byom` (`benchmarks/results/byom.json`). The "

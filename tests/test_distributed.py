@@ -184,6 +184,30 @@ def _measured_paths(policy: str, process_id: int):
     return np.asarray(acc), u.conv_path_log()
 
 
+def _measured_sizes(process_id: int):
+    """Per-trial accuracies and the size log of ``evaluate`` with
+    ``chunk_size="measure"`` on :func:`_tiny_cnn`, the trials split over every
+    process; process 1's timings are made up (the last candidate fastest), as
+    in :func:`_measured_paths`."""
+    from uswim_jax import _chunking
+
+    if process_id == 1:
+        calls = [0]
+
+        def later_is_faster(run, *args):  # per trial too: 1000x each time
+            calls[0] += 1
+            return 1e-3 ** calls[0]
+
+        _chunking._time_call = later_is_faster
+    apply_fn, params, x, y = _tiny_cnn()
+    u.measured_sizes_log(clear=True)
+    acc = evaluate(
+        jax.random.key(3), apply_fn, params, x, y, u.UniformVariation(0.5, 0.05),
+        None, TRIALS, chunk_size="measure", shard=True,
+    ).accuracies  # fmt: skip
+    return np.asarray(acc), u.measured_sizes_log()
+
+
 def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -213,6 +237,9 @@ def _worker(kind: str, process_id: int, port: int, out_dir: str) -> None:
             acc, log = _measured_paths(policy, process_id)
             out[f"{policy}_acc"] = acc
             out[f"{policy}_log"] = np.asarray(json.dumps(log))
+        acc, log = _measured_sizes(process_id)
+        out["sizes_acc"] = acc
+        out["sizes_log"] = np.asarray(json.dumps(log))
     # Only process 0 writes; a folder the others cannot see is refused on all.
     atomic_write_text(os.path.join(out_dir, "written.txt"), str(process_id))
     _distributed.check_shared_folder(out_dir)
@@ -296,7 +323,7 @@ def _check_two_processes(kind: str, out_dir) -> None:
         assert bool(got["mismatch_refused"])
         assert bool(got["private_refused"])
         if kind == "mlp":
-            for policy in ("measure", "layers"):
+            for policy in ("measure", "layers", "sizes"):
                 np.testing.assert_array_equal(
                     got[f"{policy}_acc"], measured[f"{policy}_acc"], err_msg=policy
                 )
@@ -328,6 +355,11 @@ def _check_agreed_paths(logs: dict) -> None:
     assert l0["path"] == l1["path"] and l0["chosen_by"] == "process 0"
     assert l1.get("own_choice", l1["path"]) == list(l1["ms"])[-1]
     assert set(l1["ms"]) <= set(tbm.CONV_PATHS)
+    # chunk_size="measure": process 0's sizes on both
+    (s0,), (s1,) = logs["sizes"]
+    assert s0["chosen"] == s1["chosen"] and s1["chosen_by"] == "process 0"
+    assert "own_choice" not in s0
+    assert s1.get("own_choice", s1["chosen"]) == s1["candidates"][-1]
 
 
 def test_two_processes_match_one_process(tmp_path):

@@ -193,6 +193,17 @@ def test_byom_targets_name_the_cases_that_miss_them():
     assert readme._beyond_cnns({"ConvNet, project": case(1.0, 0.7, 50.0)}) == []
 
 
+def test_measured_sizes_line_names_the_cases_below_their_loops():
+    def case(xs, xa, sec):
+        return {"measure": {"x_serial": xs, "x_auto": xa, "measuring_s": sec}}
+
+    (line,) = readme._measured({"a": case(1.2, 1.0, 2.0), "b": case(0.97, 1.3, 9.5)})
+    assert "0.97–1.20x its serial loop (below its serial loop on b)" in line
+    assert "1.00–1.30x the defaults" in line and "took 2.0–9.5 s" in line
+    (line,) = readme._measured({"a": case(1.2, 1.0, 2.0)})
+    assert "1.20x its serial loop (at least its serial loop's speed on every" in line
+
+
 def test_cpu_performance_names_the_default_and_the_trials_that_differ(tmp_path):
     """The default line and the per-trial agreement come from the JSON: a case
     whose accuracies differ from the default's is named with its count."""

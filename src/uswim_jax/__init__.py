@@ -175,6 +175,7 @@ from uswim_jax.montecarlo import MCStats as MCStats
 from uswim_jax.montecarlo import conv_path_log as conv_path_log
 from uswim_jax.montecarlo import conv_paths as conv_paths
 from uswim_jax.montecarlo import evaluate as evaluate
+from uswim_jax.montecarlo import measured_sizes_log as measured_sizes_log
 from uswim_jax.sweep import MARGINS as MARGINS
 from uswim_jax.sweep import Curve as Curve
 from uswim_jax.sweep import CyclesToTarget as CyclesToTarget
@@ -246,6 +247,7 @@ __all__ = [
     "MCStats",
     "conv_path_log",
     "conv_paths",
+    "measured_sizes_log",
     "evaluate",
     "MARGINS",
     "Curve",

@@ -3,7 +3,9 @@ cache probing (free memory, last-level cache) and the choices made from them
 (``chunk_size="auto"`` and ``eval_batch_size="auto"`` of
 :func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
 
+import hashlib
 import os
+import time
 import weakref
 from typing import Any
 
@@ -11,9 +13,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uswim_jax import _measure_cache
+from uswim_jax._distributed import from_writer
 from uswim_jax._jaxpr import ApplyFn, _peak_bytes
+from uswim_jax._tree import abstract
+from uswim_jax._trialbatch import (
+    CONV_TIE,
+    _compiled,
+    _device_kind,
+    _fill,
+    _time_call,
+    trial_batched,
+)
 from uswim_jax._trialbatch import nbytes_of as _nbytes_of
-from uswim_jax._trialbatch import trial_batched
 
 #: ``chunk_size="auto"``: the share of the free memory the trials may take.
 AUTO_MEMORY_FRACTION = 0.5
@@ -242,19 +254,46 @@ def auto_sizes(
     chunk_size: int | str | None = "auto",
     eval_batch_size: int | str | None = "auto",
     *,
+    batched: Any = None,
     shard: bool = False,
 ) -> tuple[int | None, int | None]:
     """``(chunk_size, eval_batch_size)`` as :func:`uswim_jax.evaluate`,
     :func:`uswim_jax.sweep` and :func:`uswim_jax.program_chips` run them: the
     image batch first (:func:`auto_eval_batch_size`), then, for
     ``chunk_size="auto"``, the chunk for that batch (:func:`auto_chunk_size`);
-    other values pass through (the image batch validated)."""
+    for ``chunk_size="measure"`` the timed choice of :func:`measure_sizes`
+    (``batched`` flags the leaves that carry per-trial noise; default all);
+    other values pass through (the image batch validated). With several
+    processes every one runs process 0's sizes (each probed its own memory
+    and cache, and all must compile the same program)."""
+    if isinstance(chunk_size, str) and chunk_size == "measure":
+        return measure_sizes(
+            apply_fn,
+            params,
+            x,
+            num_trials,
+            eval_batch_size,
+            batched=batched,
+            shard=shard,
+        )
     eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
     if isinstance(chunk_size, str) and chunk_size == "auto":
         chunk_size = auto_chunk_size(
             apply_fn, params, x, num_trials, eval_batch_size, shard=shard
         )
-    return chunk_size, eval_batch_size
+    if chunk_size is not None and not isinstance(chunk_size, int | np.integer):
+        return chunk_size, eval_batch_size  # refused by the caller, by name
+    return _agreed_sizes((chunk_size, eval_batch_size))
+
+
+def _agreed_sizes(sizes: tuple) -> tuple[int | None, int | None]:
+    """``(chunk, image batch)`` as process 0 has them, on every process
+    (identity with one process; ``None`` for all). Every process reaches it
+    at the same point of the same trace (an all-gather run at once)."""
+    if jax.process_count() == 1:
+        return sizes
+    got = from_writer(np.asarray([-1 if v is None else int(v) for v in sizes]))
+    return tuple(None if v < 0 else int(v) for v in got)
 
 
 def _free_memory_bytes(device: Any) -> int:
@@ -348,3 +387,191 @@ def auto_chunk_size(
         block_bytes=max(1, activations + param_bytes),
         cache_bytes=cache,
     )
+
+
+# -- chunk_size="measure" ---------------------------------------------------------
+
+_MEASURED_SIZES: dict = {}  # signature -> the measurement (measure_sizes)
+_SIZE_DECISIONS: dict = {}  # signature -> how it last ran (measured_sizes_log)
+
+
+def _trials_per_device(num_trials: int, shard: bool) -> int:
+    if shard and jax.local_device_count() > 1:
+        return -(-num_trials // jax.local_device_count())
+    return num_trials
+
+
+def _label(sizes: tuple[int, int | None]) -> str:
+    c, b = sizes
+    return f"{c} x {'all' if b is None else b}"
+
+
+def size_candidates(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    eval_batch_size: int | str | None = "auto",
+    *,
+    shard: bool = False,
+) -> list[tuple[int, int | None]]:
+    """What ``chunk_size="measure"`` times, as ``(chunk, image batch)`` pairs,
+    the image batch ``None`` for all images at once; the rule's choice
+    (:func:`auto_sizes`) first, as it wins ties:
+
+    - image batches: the rule's (``eval_batch_size="auto"``:
+      :func:`auto_eval_batch_size`; else the one given) and, for ``"auto"``,
+      all images at once where one trial's forward pass over them fits the
+      memory budget of :func:`auto_chunk_size`;
+    - chunks, for each image batch: :func:`auto_chunk_size`'s and 1 (a trial
+      at a time: the program of a loop over trials, which is the fastest on a
+      model whose single trial already runs as large matmuls).
+    """
+    n = int(np.shape(x)[0])
+
+    def whole(b):
+        return None if b is None or b >= n else int(b)
+
+    batches = [whole(auto_eval_batch_size(apply_fn, params, x, eval_batch_size))]
+    if (
+        isinstance(eval_batch_size, str)
+        and batches[0] is not None
+        and 2 * (_one_trial_bytes(apply_fn, params, x, n) + 4 * _param_bytes(params))
+        <= AUTO_MEMORY_FRACTION * _free_memory_bytes(jax.local_devices()[0])
+    ):
+        batches.append(None)
+    out = []
+    for b in batches:
+        for c in (auto_chunk_size(apply_fn, params, x, num_trials, b, shard=shard), 1):
+            if (c, b) not in out:
+                out.append((c, b))
+    return out
+
+
+def measure_sizes(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    eval_batch_size: int | str | None = "auto",
+    *,
+    batched: Any = None,
+    shard: bool = False,
+) -> tuple[int, int | None]:
+    """``chunk_size="measure"``: the ``(chunk_size, eval_batch_size)`` of
+    :func:`size_candidates` under which this model's trials run fastest.
+
+    Each candidate's chunk of trials is timed through the trial-batched
+    forward pass and top-1 count over all of ``x``'s images in its image
+    batches (:func:`uswim_jax.montecarlo.trials_correct`; params and images
+    filled with 0.5: the timing does not depend on the values; compiled ahead
+    of time, one warm-up call, the fastest of at least 3 calls), per trial; a
+    candidate within :data:`uswim_jax._trialbatch.CONV_TIE` of the fastest
+    wins when it comes earlier (the rule's sizes first). What it costs is one
+    compilation and a few chunks per candidate, the first time per model,
+    shapes and machine: the choice is kept in memory and in the file of
+    :mod:`uswim_jax._measure_cache` (``$USWIM_CONV_CACHE``), which later
+    processes read. With several processes each times its own, and all run
+    process 0's choice (logged with ``"chosen_by"``, and ``"own_choice"``
+    where this process's timing differed).
+    :func:`measured_sizes_log` says what was timed and chosen. The accuracies
+    do not depend on the sizes (beyond float rounding of the image batch).
+    """
+    from uswim_jax.montecarlo import trials_correct  # montecarlo imports this
+
+    cands = size_candidates(
+        apply_fn, params, x, num_trials, eval_batch_size, shard=shard
+    )
+    labels = [_label(c) for c in cands]
+    leaves, tree = jax.tree.flatten(params)
+    flags = [True] * len(leaves) if batched is None else jax.tree.leaves(batched)
+    structs = [abstract(p) for p in leaves]
+    x_struct, n = abstract(x), int(np.shape(x)[0])
+    text = str(jax.make_jaxpr(apply_fn)(jax.tree.unflatten(tree, structs), x_struct))
+    t = _trials_per_device(num_trials, shard)
+    sig = repr(
+        (
+            "sizes",
+            jax.default_backend(),
+            _device_kind(),
+            hashlib.sha256(text.encode()).hexdigest(),
+            [(s.shape, str(s.dtype)) for s in structs],
+            flags,
+            (x_struct.shape, str(x_struct.dtype)),
+            t,
+            labels,
+        )
+    )
+    if sig not in _MEASURED_SIZES:
+        cached = _measure_cache.lookup(sig, labels)
+        if cached is not None:
+            _MEASURED_SIZES[sig] = {**cached, "reused": True}
+    if sig not in _MEASURED_SIZES:
+        t0 = time.perf_counter()
+        y_struct = jax.ShapeDtypeStruct((n,), jnp.int32)
+        ms = {}
+        for (c, b), label in zip(cands, labels, strict=True):
+            stacked = [
+                jax.ShapeDtypeStruct((c, *s.shape), s.dtype, weak_type=s.weak_type)
+                if f
+                else s
+                for s, f in zip(structs, flags, strict=True)
+            ]
+
+            def run(ps, xs, ys, b=b):
+                return trials_correct(
+                    apply_fn,
+                    jax.tree.unflatten(tree, ps),
+                    jax.tree.unflatten(tree, flags),
+                    xs,
+                    ys,
+                    b,
+                )
+
+            args = _fill([*stacked, x_struct, y_struct])
+            compiled = _compiled(run, stacked, x_struct, y_struct)
+            ms[label] = 1e3 * _time_call(compiled, args[:-2], *args[-2:]) / c
+        fastest = min(ms.values())
+        path = next(lb for lb in labels if ms[lb] <= fastest * (1 + CONV_TIE))
+        _MEASURED_SIZES[sig] = {
+            "model": f"{t} trials, {n} images",
+            "path": path,
+            "ms": ms,
+            "seconds": time.perf_counter() - t0,
+            "reused": False,
+        }
+        _measure_cache.remember(sig, _MEASURED_SIZES[sig])
+    record = _MEASURED_SIZES[sig]
+    sizes = _agreed_sizes(cands[labels.index(record["path"])])
+    _SIZE_DECISIONS[sig] = {
+        "trials": t,
+        "images": n,
+        "candidates": labels,
+        "ms_per_trial": dict(record["ms"]),
+        "chosen": _label(sizes),
+        "seconds": record["seconds"],
+        "reused": record["reused"],
+        **({"cached": record["cached"]} if "cached" in record else {}),
+    }
+    if jax.process_count() > 1:
+        _SIZE_DECISIONS[sig]["chosen_by"] = "process 0"
+        if record["path"] != _label(sizes):
+            _SIZE_DECISIONS[sig]["own_choice"] = record["path"]
+    return sizes
+
+
+def measured_sizes_log(clear: bool = False) -> list[dict]:
+    """What each ``chunk_size="measure"`` choice of this process timed and
+    chose: one dict per model and shapes, with ``"trials"`` (per device),
+    ``"images"``, ``"candidates"`` (``"chunk x image batch"``, ``"all"`` for
+    all images at once), ``"ms_per_trial"`` (each candidate's milliseconds
+    per trial), ``"chosen"``, ``"seconds"`` (what timing took, compilations
+    included) and ``"reused"`` (timed before: earlier in this process, or by
+    an earlier process, then with ``"cached"``, the file). ``clear=True``
+    empties the log after reading it (the choices stay cached)."""
+    out = [dict(r) for r in _SIZE_DECISIONS.values()]
+    if clear:
+        _SIZE_DECISIONS.clear()
+        for r in _MEASURED_SIZES.values():
+            r["reused"] = True
+    return out

@@ -1206,10 +1206,15 @@ def _logged_measurement(m: dict, path: str) -> dict:
 
 def _fill(structs) -> list:
     """Arrays of ``structs``' shapes and dtypes filled with 0.5 (0 for
-    integers), made where they are used."""
+    integers, key 0 for PRNG keys), made where they are used."""
+
+    def one(s):
+        if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key):
+            return jnp.zeros(s.shape, s.dtype)
+        return jnp.full(s.shape, 0.5).astype(s.dtype)
 
     def make():
-        return [jnp.full(s.shape, 0.5).astype(s.dtype) for s in structs]
+        return [one(s) for s in structs]
 
     return _compiled(make)()
 

@@ -240,7 +240,14 @@ def program_chips(
     x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
     big = x_cal if x_cal.shape[0] >= x_test.shape[0] else x_test
     chunk_size, eval_batch_size = auto_sizes(
-        apply_fn, params, big, num_trials, chunk_size, eval_batch_size, shard=shard
+        apply_fn,
+        params,
+        big,
+        num_trials,
+        chunk_size,
+        eval_batch_size,
+        batched=crossbar_flags(params, device.crossbar),
+        shard=shard,
     )
     crossbar = device.crossbar
     keys = trial_keys(key, num_trials)

@@ -25,6 +25,8 @@ from uswim_jax._chunking import auto_eval_batch_size as auto_eval_batch_size
 from uswim_jax._chunking import auto_sizes as auto_sizes
 from uswim_jax._chunking import choose_chunk_size as choose_chunk_size
 from uswim_jax._chunking import choose_eval_batch_size as choose_eval_batch_size
+from uswim_jax._chunking import measure_sizes as measure_sizes
+from uswim_jax._chunking import measured_sizes_log as measured_sizes_log
 from uswim_jax._jaxpr import _peak_bytes as _peak_bytes
 from uswim_jax._jaxpr import forward_bytes as forward_bytes
 from uswim_jax._jaxpr import split_params_only as split_params_only
@@ -277,7 +279,7 @@ def _check_chunk_size(chunk_size: Any) -> None:
     ):
         raise ValueError(
             f"chunk_size must be a positive integer or None, got {chunk_size!r} "
-            '(evaluate and sweep also take "auto")'
+            '(evaluate, sweep and program_chips also take "auto" and "measure")'
         )
 
 
@@ -380,8 +382,12 @@ def evaluate(
         chunk_size: trials evaluated at once (``lax.map`` batch size); bounds
             memory. ``None``: all at once. ``"auto"`` (default): chosen from the
             model's and data's sizes, the free memory and, on CPU, the cache
-            (:func:`auto_chunk_size`, :func:`choose_chunk_size`). The
-            accuracies do not depend on it.
+            (:func:`auto_chunk_size`, :func:`choose_chunk_size`).
+            ``"measure"``: this and, with ``eval_batch_size="auto"``, the
+            image batch timed among a few candidates (the rule's sizes, one
+            trial at a time, all images at once) in the first call, once per
+            model, shapes and machine (:func:`measure_sizes`,
+            :func:`measured_sizes_log`). The accuracies do not depend on it.
         eval_batch_size: images per forward pass inside a trial; ``None``:
             all. ``"auto"`` (default): on CPU as many as let a few trials'
             working sets fit the cache, a multiple of 8
@@ -429,7 +435,14 @@ def evaluate(
     mask = verified_mask(params, verified)
     x, y = jnp.asarray(x), jnp.asarray(y)
     chunk_size, eval_batch_size = auto_sizes(
-        apply_fn, params, x, num_trials, chunk_size, eval_batch_size, shard=shard
+        apply_fn,
+        params,
+        x,
+        num_trials,
+        chunk_size,
+        eval_batch_size,
+        batched=crossbar_flags(params, device_model.crossbar),
+        shard=shard,
     )
 
     if has_closed_form(device_model):

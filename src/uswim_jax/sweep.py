@@ -179,8 +179,9 @@ def sweep(
         num_trials: T (required).
         chunk_size, eval_batch_size, shard: as in :func:`uswim_jax.evaluate`
             (``"auto"``: :func:`uswim_jax.montecarlo.auto_chunk_size` and
-            :func:`uswim_jax.montecarlo.auto_eval_batch_size`, chosen once for
-            every step).
+            :func:`uswim_jax.montecarlo.auto_eval_batch_size`; ``"measure"``:
+            :func:`uswim_jax.montecarlo.measure_sizes`, which times one
+            evaluation of a chunk; chosen once for every step).
         reference, baseline: (T,) per-trial accuracies with every / no weight
             verified, when already computed with the same key (e.g. shared by
             the methods of one setting); computed here when ``None``.
@@ -225,7 +226,14 @@ def sweep(
             raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
     x, y = jnp.asarray(x), jnp.asarray(y)
     chunk_size, eval_batch_size = auto_sizes(
-        apply_fn, params, x, num_trials, chunk_size, eval_batch_size, shard=shard
+        apply_fn,
+        params,
+        x,
+        num_trials,
+        chunk_size,
+        eval_batch_size,
+        batched=crossbar_flags(params, device_model.crossbar),
+        shard=shard,
     )
     if not has_closed_form(device_model):
         return _programmed_sweep(

@@ -1,0 +1,188 @@
+"""``chunk_size="measure"``: evaluate, sweep and program_chips time a few
+``(chunk, image batch)`` candidates once per model, shapes and machine and run
+the fastest; the trials do not depend on the choice, ties go to the rule, the
+choice is kept (in memory and in the measurement file) and logged."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _toy import mlp_apply, toy_problem
+
+import uswim_jax as u
+from uswim_jax import _chunking
+from uswim_jax.chip_programming import StopRule, program_chips
+from uswim_jax.montecarlo import evaluate
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch, tmp_path):
+    """Each test measures afresh, into its own file, and leaves no record."""
+    monkeypatch.setattr(_chunking, "_MEASURED_SIZES", {})
+    monkeypatch.setattr(_chunking, "_SIZE_DECISIONS", {})
+    monkeypatch.setenv("USWIM_CONV_CACHE", str(tmp_path / "measure.json"))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return toy_problem()
+
+
+DEVICE = u.UniformVariation(0.5, 0.05)
+
+
+def _scripted_timing(monkeypatch, per_trial_s):
+    """``_time_call`` replaced by one that returns, for the ``i``-th candidate
+    timed, ``per_trial_s[i]`` seconds per trial (times its chunk) and counts
+    its calls."""
+    calls = []
+
+    def fake(compiled, ps, *rest):
+        chunk = max(np.shape(p)[0] for p in ps if np.ndim(p))
+        calls.append(chunk)
+        return per_trial_s[len(calls) - 1] * chunk
+
+    monkeypatch.setattr(_chunking, "_time_call", fake)
+    return calls
+
+
+def _small_cache(monkeypatch):
+    """A cache so small that the rule batches 40 images 16 at a time, so all
+    images at once is a candidate too."""
+    monkeypatch.setattr(_chunking, "_last_level_cache_bytes", lambda: 2**16)
+
+
+@pytest.mark.parametrize("kind", ["lax", "linen", "nnx", "equinox"])
+def test_measured_sizes_give_the_same_trials(kind, monkeypatch):
+    """On a user's model written four ways, ``chunk_size="measure"`` gives the
+    per-trial accuracies of all trials and images at once (float64), in
+    evaluate and sweep (and program_chips on one of them); every candidate was
+    timed, the rule's sizes first, and the one run is within the tie of the
+    fastest."""
+    import _user_models as um
+
+    _small_cache(monkeypatch)
+    apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
+    x, _ = um.make_data(apply_fn, params, jax.random.key(1), n=40)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(x, jnp.float64)
+        y = jnp.argmax(apply_fn(params, x), -1).astype(jnp.int32)
+        device = u.UniformVariation(1.0, 0.1)
+        key = jax.random.key(4)
+        whole = evaluate(
+            key, apply_fn, params, x, y, device, None, 6, chunk_size=None,
+            eval_batch_size=None,
+        )  # fmt: skip
+        got = evaluate(
+            key, apply_fn, params, x, y, device, None, 6, chunk_size="measure"
+        )
+        np.testing.assert_array_equal(got.accuracies, whole.accuracies)
+        assert np.std(np.asarray(whole.accuracies)) > 0  # the noise acts
+        (record,) = u.measured_sizes_log()
+        rule = _chunking.auto_sizes(apply_fn, params, x, 6)
+        assert record["candidates"][0] == _chunking._label(rule)
+        assert "1 x all" in record["candidates"]  # a trial at a time, all images
+        assert set(record["ms_per_trial"]) == set(record["candidates"])
+        fastest = min(record["ms_per_trial"].values())
+        assert record["ms_per_trial"][record["chosen"]] <= fastest * (
+            1 + _chunking.CONV_TIE
+        )
+        assert record["seconds"] > 0 and not record["reused"]
+
+        order = u.global_order(u.magnitude_score(params))
+        counts = jnp.asarray([0, u.crossbar_size(params) // 2])
+        a = u.sweep(
+            key, apply_fn, params, x, y, device, order, counts, 6,
+            chunk_size="measure",
+        )  # fmt: skip
+        w = u.sweep(
+            key, apply_fn, params, x, y, device, order, counts, 6, chunk_size=None,
+            eval_batch_size=None,
+        )  # fmt: skip
+        np.testing.assert_array_equal(a.accuracies, w.accuracies)
+        if kind != "lax":  # program_chips resolves the sizes as sweep does
+            return
+        args = (key, apply_fn, params, x, y, x, y, device, order, counts, 6)
+        runs = [
+            program_chips(*args, StopRule(target=0.5), chunk_size=c, eval_batch_size=b)
+            for c, b in (("measure", "auto"), (None, None))
+        ]
+        np.testing.assert_array_equal(runs[0].test, runs[1].test)
+        np.testing.assert_array_equal(runs[0].stop_step, runs[1].stop_step)
+
+
+def test_measure_runs_the_fastest_and_the_rule_on_ties(problem, monkeypatch):
+    """The candidate timed fastest runs; one within the tie of it that comes
+    earlier (the rule's sizes first) wins instead."""
+    _small_cache(monkeypatch)
+    params, x, _ = problem
+    cands = _chunking.size_candidates(mlp_apply, params, x, 12)
+    assert len(cands) >= 3 and cands[0] == _chunking.auto_sizes(
+        mlp_apply, params, x, 12
+    )
+    times = [3.0] * len(cands)
+    times[2] = 1.0
+    calls = _scripted_timing(monkeypatch, times)
+    assert _chunking.measure_sizes(mlp_apply, params, x, 12) == cands[2]
+    assert calls == [c for c, _ in cands]  # each candidate's chunk timed once
+    (record,) = u.measured_sizes_log()
+    assert record["chosen"] == _chunking._label(cands[2])
+    assert record["ms_per_trial"][_chunking._label(cands[0])] == pytest.approx(3e3)
+
+    monkeypatch.setattr(_chunking, "_MEASURED_SIZES", {})
+    monkeypatch.setenv("USWIM_CONV_CACHE", "")
+    times = [1.0 + _chunking.CONV_TIE / 2] + [1.0] * (len(cands) - 1)
+    _scripted_timing(monkeypatch, times)
+    assert _chunking.measure_sizes(mlp_apply, params, x, 12) == cands[0]
+
+
+def test_measure_is_kept_per_model_and_in_the_file(problem, monkeypatch, tmp_path):
+    """A second call with the same shapes times nothing (in-process, then from
+    the file in a fresh process state, logged as ``"cached"``); other trial
+    counts or another model measure again."""
+    _small_cache(monkeypatch)
+    params, x, y = problem
+    calls = _scripted_timing(monkeypatch, [1.0] * 100)
+    first = _chunking.measure_sizes(mlp_apply, params, x, 12)
+    n = len(calls)
+    assert _chunking.measure_sizes(mlp_apply, params, x, 12) == first
+    assert len(calls) == n
+    (record,) = u.measured_sizes_log(clear=True)
+    assert not record["reused"] and "cached" not in record
+    assert _chunking.measure_sizes(mlp_apply, params, x, 12) == first
+    assert u.measured_sizes_log()[0]["reused"]
+
+    monkeypatch.setattr(_chunking, "_MEASURED_SIZES", {})  # a new process
+    monkeypatch.setattr(_chunking, "_SIZE_DECISIONS", {})
+    assert _chunking.measure_sizes(mlp_apply, params, x, 12) == first
+    assert len(calls) == n
+    (record,) = u.measured_sizes_log()
+    assert record["reused"] and record["cached"] == str(tmp_path / "measure.json")
+
+    _chunking.measure_sizes(mlp_apply, params, x, 10)
+    assert len(calls) > n
+    n = len(calls)
+    _chunking.measure_sizes(lambda p, xs: mlp_apply(p, 2 * xs), params, x, 12)
+    assert len(calls) > n
+
+
+def test_measure_candidates_follow_the_given_batch_and_the_memory(problem, monkeypatch):
+    """A given ``eval_batch_size`` is kept (only the chunk is chosen); all
+    images at once is no candidate where one trial of them overflows the
+    memory budget; a chunk size that is neither a number nor a known word is
+    refused by name."""
+    _small_cache(monkeypatch)
+    params, x, y = problem
+    cands = _chunking.size_candidates(mlp_apply, params, x, 12, 8)
+    assert {b for _, b in cands} == {8} and (1, 8) in cands
+    assert any(
+        b is None for _, b in _chunking.size_candidates(mlp_apply, params, x, 12)
+    )
+    monkeypatch.setattr(_chunking, "_free_memory_bytes", lambda device: 1)
+    assert all(
+        b is not None for _, b in _chunking.size_candidates(mlp_apply, params, x, 12)
+    )
+    with pytest.raises(ValueError, match='"measure"'):
+        evaluate(jax.random.key(0), mlp_apply, params, x, y, DEVICE, None, 3,
+                 chunk_size="fastest")  # fmt: skip
