@@ -369,7 +369,7 @@ def main(argv=None) -> dict:
     print(
         f"\n{'case':40s} {'trials/s':>9s} {'GFLOP/s':>8s} {'%mm':>5s} "
         f"{'x serial':>8s} {'x project':>9s} {'compile s':>9s} "
-        f"{'measure':>10s} {'trials/s':>9s} {'x serial':>8s}"
+        f"{'measure':>14s} {'trials/s':>9s} {'x serial':>8s}"
     )
     for name, r in runs.items():
         i = r["info"]
@@ -420,7 +420,7 @@ def main(argv=None) -> dict:
         print(
             f"{name:40s} {c['trials_per_s']:9.2f} {c['gflops']:8.1f} "
             f"{c['pct_of_matmul']:5.1f} {c['x_serial']:8.2f} {vs} "
-            f"{c['compile_s']:9.1f} {c['measure']['chosen']:>10s} "
+            f"{c['compile_s']:9.1f} {c['measure']['chosen']:>14s} "
             f"{c['measure']['trials_per_s']:9.2f} {c['measure']['x_serial']:8.2f}",
             flush=True,
         )

@@ -646,6 +646,13 @@ def _measured(cases: dict) -> list[str]:
         if not below
         else "below its serial loop on " + ", ".join(below)
     )
+    slower = [n for n, r in m.items() if r["x_auto"] < 0.9]
+    missed = (
+        " Timed on a loaded machine a choice can miss: slower than the "
+        "defaults by more than 10 % on " + ", ".join(slower) + "."
+        if slower
+        else ""
+    )
     return [
         '- `chunk_size="measure"` (the "measure" columns) times a few '
         "(trials at once, images per pass) candidates in its first call and "
@@ -654,7 +661,7 @@ def _measured(cases: dict) -> list[str]:
         f"{_span([r['x_auto'] for r in m.values()], '.2f', 'x')} the defaults; "
         f"measuring took {_span([r['measuring_s'] for r in m.values()], '.1f', ' s')}"
         " of the first call, once per model, shapes and machine (the choice is "
-        "kept in a file that later processes read)."
+        "kept in a file that later processes read)." + missed
     ]
 
 

@@ -31,16 +31,17 @@ def problem():
 DEVICE = u.UniformVariation(0.5, 0.05)
 
 
-def _scripted_timing(monkeypatch, per_trial_s):
+def _scripted_timing(monkeypatch, per_trial_s, cands):
     """``_time_call`` replaced by one that returns, for the ``i``-th candidate
-    timed, ``per_trial_s[i]`` seconds per trial (times its chunk) and counts
-    its calls."""
+    timed (of ``cands``, in order), ``per_trial_s[i]`` seconds per trial
+    (times its chunk), and records each call's leading params axis (the
+    chunk, where every leaf is batched)."""
     calls = []
 
     def fake(compiled, ps, *rest):
-        chunk = max(np.shape(p)[0] for p in ps if np.ndim(p))
-        calls.append(chunk)
-        return per_trial_s[len(calls) - 1] * chunk
+        calls.append(max(np.shape(p)[0] for p in ps if np.ndim(p)))
+        i = len(calls) - 1
+        return per_trial_s[i] * cands[i].chunk_size
 
     monkeypatch.setattr(_chunking, "_time_call", fake)
     return calls
@@ -80,9 +81,10 @@ def test_measured_sizes_give_the_same_trials(kind, monkeypatch):
         np.testing.assert_array_equal(got.accuracies, whole.accuracies)
         assert np.std(np.asarray(whole.accuracies)) > 0  # the noise acts
         (record,) = u.measured_sizes_log()
-        rule = _chunking.auto_sizes(apply_fn, params, x, 6)
+        rule = _chunking.resolve_sizes(apply_fn, params, x, 6)
         assert record["candidates"][0] == _chunking._label(rule)
         assert "1 x all" in record["candidates"]  # a trial at a time, all images
+        assert record["candidates"][-1] == "1 x all, vmap"  # a loop's program
         assert set(record["ms_per_trial"]) == set(record["candidates"])
         fastest = min(record["ms_per_trial"].values())
         assert record["ms_per_trial"][record["chosen"]] <= fastest * (
@@ -112,20 +114,75 @@ def test_measured_sizes_give_the_same_trials(kind, monkeypatch):
         np.testing.assert_array_equal(runs[0].stop_step, runs[1].stop_step)
 
 
+@pytest.mark.parametrize("kind", ["linen", "equinox"])
+def test_the_vmap_candidate_runs_a_loops_program(kind, monkeypatch):
+    """Timed fastest, ``"1 x all, vmap"`` runs: evaluate and sweep trace the
+    whole forward pass under ``jax.vmap`` (no trial-batched rewrite) and give
+    the trials of every other way (float64). ``conv_paths("vmap")`` is that
+    program for any chunk."""
+    import _user_models as um
+
+    from uswim_jax import _trialbatch as tbm
+
+    _small_cache(monkeypatch)
+    apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
+    x, _ = um.make_data(apply_fn, params, jax.random.key(1), n=40)
+    vmapped = []
+    plain_apply = tbm.TrialBatched._vmap_apply
+
+    def counted(self, *args):
+        vmapped.append(1)
+        return plain_apply(self, *args)
+
+    monkeypatch.setattr(tbm.TrialBatched, "_vmap_apply", counted)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(x, jnp.float64)
+        y = jnp.argmax(apply_fn(params, x), -1).astype(jnp.int32)
+        device = u.UniformVariation(1.0, 0.1)
+        key = jax.random.key(4)
+        cands = _chunking.size_candidates(apply_fn, params, x, 6)
+        assert cands[-1] == _chunking.Sizes(1, None, "vmap")
+        _scripted_timing(monkeypatch, [2.0] * (len(cands) - 1) + [1.0], cands)
+        whole = evaluate(
+            key, apply_fn, params, x, y, device, None, 6, chunk_size=None,
+            eval_batch_size=None,
+        )  # fmt: skip
+        assert not vmapped
+        got = evaluate(
+            key, apply_fn, params, x, y, device, None, 6, chunk_size="measure"
+        )
+        log = u.measured_sizes_log()
+        assert vmapped and log[0]["chosen"] == "1 x all, vmap", log
+        np.testing.assert_array_equal(got.accuracies, whole.accuracies)
+        order = u.global_order(u.magnitude_score(params))
+        counts = jnp.asarray([0, u.crossbar_size(params) // 2])
+        sweeps = [
+            u.sweep(key, apply_fn, params, x, y, device, order, counts, 6, chunk_size=c)
+            for c in ("measure", None)
+        ]
+        np.testing.assert_array_equal(sweeps[0].accuracies, sweeps[1].accuracies)
+        n = len(vmapped)
+        with u.conv_paths("vmap"):
+            every = evaluate(key, apply_fn, params, x, y, device, None, 6, chunk_size=3)
+        assert len(vmapped) > n
+        np.testing.assert_array_equal(every.accuracies, whole.accuracies)
+
+
 def test_measure_runs_the_fastest_and_the_rule_on_ties(problem, monkeypatch):
     """The candidate timed fastest runs; one within the tie of it that comes
     earlier (the rule's sizes first) wins instead."""
     _small_cache(monkeypatch)
     params, x, _ = problem
     cands = _chunking.size_candidates(mlp_apply, params, x, 12)
-    assert len(cands) >= 3 and cands[0] == _chunking.auto_sizes(
+    assert len(cands) >= 3 and cands[0] == _chunking.resolve_sizes(
         mlp_apply, params, x, 12
     )
     times = [3.0] * len(cands)
     times[2] = 1.0
-    calls = _scripted_timing(monkeypatch, times)
+    calls = _scripted_timing(monkeypatch, times, cands)
     assert _chunking.measure_sizes(mlp_apply, params, x, 12) == cands[2]
-    assert calls == [c for c, _ in cands]  # each candidate's chunk timed once
+    assert calls == [c.chunk_size for c in cands]  # each candidate timed once
     (record,) = u.measured_sizes_log()
     assert record["chosen"] == _chunking._label(cands[2])
     assert record["ms_per_trial"][_chunking._label(cands[0])] == pytest.approx(3e3)
@@ -133,7 +190,7 @@ def test_measure_runs_the_fastest_and_the_rule_on_ties(problem, monkeypatch):
     monkeypatch.setattr(_chunking, "_MEASURED_SIZES", {})
     monkeypatch.setenv("USWIM_CONV_CACHE", "")
     times = [1.0 + _chunking.CONV_TIE / 2] + [1.0] * (len(cands) - 1)
-    _scripted_timing(monkeypatch, times)
+    _scripted_timing(monkeypatch, times, cands)
     assert _chunking.measure_sizes(mlp_apply, params, x, 12) == cands[0]
 
 
@@ -143,7 +200,7 @@ def test_measure_is_kept_per_model_and_in_the_file(problem, monkeypatch, tmp_pat
     counts or another model measure again."""
     _small_cache(monkeypatch)
     params, x, y = problem
-    calls = _scripted_timing(monkeypatch, [1.0] * 100)
+    calls = _scripted_timing(monkeypatch, [1.0] * 100, [_chunking.Sizes(1, None)] * 100)
     first = _chunking.measure_sizes(mlp_apply, params, x, 12)
     n = len(calls)
     assert _chunking.measure_sizes(mlp_apply, params, x, 12) == first
@@ -175,14 +232,17 @@ def test_measure_candidates_follow_the_given_batch_and_the_memory(problem, monke
     _small_cache(monkeypatch)
     params, x, y = problem
     cands = _chunking.size_candidates(mlp_apply, params, x, 12, 8)
-    assert {b for _, b in cands} == {8} and (1, 8) in cands
-    assert any(
-        b is None for _, b in _chunking.size_candidates(mlp_apply, params, x, 12)
-    )
+    assert {c.eval_batch_size for c in cands} == {8} and (1, 8, None) in cands
+    assert not any(c.conv_path for c in cands)  # the loop's program: all images
+    batches = [
+        c.eval_batch_size for c in _chunking.size_candidates(mlp_apply, params, x, 12)
+    ]
+    assert None in batches
     monkeypatch.setattr(_chunking, "_free_memory_bytes", lambda device: 1)
-    assert all(
-        b is not None for _, b in _chunking.size_candidates(mlp_apply, params, x, 12)
-    )
+    batches = [
+        c.eval_batch_size for c in _chunking.size_candidates(mlp_apply, params, x, 12)
+    ]
+    assert None not in batches
     with pytest.raises(ValueError, match='"measure"'):
         evaluate(jax.random.key(0), mlp_apply, params, x, y, DEVICE, None, 3,
                  chunk_size="fastest")  # fmt: skip

@@ -200,6 +200,9 @@ def test_measured_sizes_line_names_the_cases_below_their_loops():
     (line,) = readme._measured({"a": case(1.2, 1.0, 2.0), "b": case(0.97, 1.3, 9.5)})
     assert "0.97–1.20x its serial loop (below its serial loop on b)" in line
     assert "1.00–1.30x the defaults" in line and "took 2.0–9.5 s" in line
+    assert "can miss" not in line
+    (line,) = readme._measured({"a": case(1.2, 0.8, 2.0), "b": case(1.1, 1.0, 2.0)})
+    assert line.endswith("slower than the defaults by more than 10 % on a.")
     (line,) = readme._measured({"a": case(1.2, 1.0, 2.0)})
     assert "1.20x its serial loop (at least its serial loop's speed on every" in line
 

@@ -3,11 +3,12 @@ cache probing (free memory, last-level cache) and the choices made from them
 (``chunk_size="auto"`` and ``eval_batch_size="auto"`` of
 :func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
 
+import contextlib
 import hashlib
 import os
 import time
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +20,13 @@ from uswim_jax._jaxpr import ApplyFn, _peak_bytes
 from uswim_jax._tree import abstract
 from uswim_jax._trialbatch import (
     CONV_TIE,
+    VMAP,
     _compiled,
     _device_kind,
     _fill,
     _time_call,
+    conv_paths,
+    conv_policy,
     trial_batched,
 )
 from uswim_jax._trialbatch import nbytes_of as _nbytes_of
@@ -246,7 +250,19 @@ def auto_eval_batch_size(
     return int(eval_batch_size)
 
 
-def auto_sizes(
+class Sizes(NamedTuple):
+    """How :func:`uswim_jax.evaluate`, :func:`uswim_jax.sweep` and
+    :func:`uswim_jax.program_chips` run their trials: ``chunk_size`` trials at
+    once over ``eval_batch_size`` images per forward pass (``None``: all), the
+    trial-batched program under ``conv_path`` (a :func:`uswim_jax.conv_paths`
+    policy; ``None``: the current one)."""
+
+    chunk_size: Any
+    eval_batch_size: int | None
+    conv_path: str | None = None
+
+
+def resolve_sizes(
     apply_fn: ApplyFn,
     params: Any,
     x: Any,
@@ -256,16 +272,16 @@ def auto_sizes(
     *,
     batched: Any = None,
     shard: bool = False,
-) -> tuple[int | None, int | None]:
-    """``(chunk_size, eval_batch_size)`` as :func:`uswim_jax.evaluate`,
-    :func:`uswim_jax.sweep` and :func:`uswim_jax.program_chips` run them: the
-    image batch first (:func:`auto_eval_batch_size`), then, for
-    ``chunk_size="auto"``, the chunk for that batch (:func:`auto_chunk_size`);
-    for ``chunk_size="measure"`` the timed choice of :func:`measure_sizes`
-    (``batched`` flags the leaves that carry per-trial noise; default all);
-    other values pass through (the image batch validated). With several
-    processes every one runs process 0's sizes (each probed its own memory
-    and cache, and all must compile the same program)."""
+) -> Sizes:
+    """:class:`Sizes` as :func:`uswim_jax.evaluate`, :func:`uswim_jax.sweep`
+    and :func:`uswim_jax.program_chips` run them: the image batch first
+    (:func:`auto_eval_batch_size`), then, for ``chunk_size="auto"``, the chunk
+    for that batch (:func:`auto_chunk_size`); for ``chunk_size="measure"``
+    the timed choice of :func:`measure_sizes` (``batched`` flags the leaves
+    that carry per-trial noise; default all), the only one that may set
+    ``conv_path``; other values pass through (the image batch validated). With
+    several processes every one runs process 0's sizes (each probed its own
+    memory and cache, and all must compile the same program)."""
     if isinstance(chunk_size, str) and chunk_size == "measure":
         return measure_sizes(
             apply_fn,
@@ -282,18 +298,52 @@ def auto_sizes(
             apply_fn, params, x, num_trials, eval_batch_size, shard=shard
         )
     if chunk_size is not None and not isinstance(chunk_size, int | np.integer):
-        return chunk_size, eval_batch_size  # refused by the caller, by name
-    return _agreed_sizes((chunk_size, eval_batch_size))
+        return Sizes(chunk_size, eval_batch_size)  # refused by the caller, by name
+    return _agreed_sizes(Sizes(chunk_size, eval_batch_size))
 
 
-def _agreed_sizes(sizes: tuple) -> tuple[int | None, int | None]:
-    """``(chunk, image batch)`` as process 0 has them, on every process
-    (identity with one process; ``None`` for all). Every process reaches it
-    at the same point of the same trace (an all-gather run at once)."""
+def auto_sizes(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    chunk_size: int | str | None = "auto",
+    eval_batch_size: int | str | None = "auto",
+    *,
+    shard: bool = False,
+) -> tuple[int | None, int | None]:
+    """``(chunk_size, eval_batch_size)`` of the rule (:func:`resolve_sizes`
+    without ``"measure"``, whose choice may also set a policy).
+
+    Raises:
+        ValueError: ``chunk_size="measure"`` (use :func:`resolve_sizes`).
+    """
+    if isinstance(chunk_size, str) and chunk_size == "measure":
+        raise ValueError('chunk_size="measure" may set a policy: use resolve_sizes')
+    sizes = resolve_sizes(
+        apply_fn, params, x, num_trials, chunk_size, eval_batch_size, shard=shard
+    )
+    return sizes.chunk_size, sizes.eval_batch_size
+
+
+#: ``Sizes.conv_path`` values that cross processes (:func:`_agreed_sizes`).
+_AGREED_PATHS = (None, VMAP)
+
+
+def _agreed_sizes(sizes: Sizes) -> Sizes:
+    """``sizes`` as process 0 has them, on every process (identity with one
+    process). Every process reaches it at the same point of the same trace
+    (an all-gather run at once)."""
     if jax.process_count() == 1:
         return sizes
-    got = from_writer(np.asarray([-1 if v is None else int(v) for v in sizes]))
-    return tuple(None if v < 0 else int(v) for v in got)
+    c, b, path = sizes
+    got = from_writer(
+        np.asarray(
+            [-1 if v is None else int(v) for v in (c, b)] + [_AGREED_PATHS.index(path)]
+        )
+    )
+    c, b = (None if v < 0 else int(v) for v in got[:2])
+    return Sizes(c, b, _AGREED_PATHS[int(got[2])])
 
 
 def _free_memory_bytes(device: Any) -> int:
@@ -401,9 +451,9 @@ def _trials_per_device(num_trials: int, shard: bool) -> int:
     return num_trials
 
 
-def _label(sizes: tuple[int, int | None]) -> str:
-    c, b = sizes
-    return f"{c} x {'all' if b is None else b}"
+def _label(sizes: Sizes) -> str:
+    c, b, path = sizes
+    return f"{c} x {'all' if b is None else b}" + (f", {path}" if path else "")
 
 
 def size_candidates(
@@ -414,18 +464,22 @@ def size_candidates(
     eval_batch_size: int | str | None = "auto",
     *,
     shard: bool = False,
-) -> list[tuple[int, int | None]]:
-    """What ``chunk_size="measure"`` times, as ``(chunk, image batch)`` pairs,
-    the image batch ``None`` for all images at once; the rule's choice
-    (:func:`auto_sizes`) first, as it wins ties:
+) -> list[Sizes]:
+    """What ``chunk_size="measure"`` times, as :class:`Sizes` (the image batch
+    ``None`` for all images at once); the rule's choice (:func:`auto_sizes`)
+    first, as it wins ties:
 
     - image batches: the rule's (``eval_batch_size="auto"``:
       :func:`auto_eval_batch_size`; else the one given) and, for ``"auto"``,
       all images at once where one trial's forward pass over them fits the
       memory budget of :func:`auto_chunk_size`;
     - chunks, for each image batch: :func:`auto_chunk_size`'s and 1 (a trial
-      at a time: the program of a loop over trials, which is the fastest on a
-      model whose single trial already runs as large matmuls).
+      at a time, fastest on some models whose single trial already runs as
+      large matmuls), under the current :func:`uswim_jax.conv_paths` policy;
+    - with all images at once, also one trial at a time under ``"vmap"``
+      (nothing rewritten: the program of a loop over trials, fastest where
+      XLA runs the model's own forward pass faster than the trial-batched
+      one even at one trial).
     """
     n = int(np.shape(x)[0])
 
@@ -443,8 +497,10 @@ def size_candidates(
     out = []
     for b in batches:
         for c in (auto_chunk_size(apply_fn, params, x, num_trials, b, shard=shard), 1):
-            if (c, b) not in out:
-                out.append((c, b))
+            if Sizes(c, b) not in out:
+                out.append(Sizes(c, b))
+    if batches[-1] is None and conv_policy() != VMAP:
+        out.append(Sizes(1, None, VMAP))
     return out
 
 
@@ -457,13 +513,14 @@ def measure_sizes(
     *,
     batched: Any = None,
     shard: bool = False,
-) -> tuple[int, int | None]:
-    """``chunk_size="measure"``: the ``(chunk_size, eval_batch_size)`` of
-    :func:`size_candidates` under which this model's trials run fastest.
+) -> Sizes:
+    """``chunk_size="measure"``: the :class:`Sizes` of :func:`size_candidates`
+    under which this model's trials run fastest.
 
     Each candidate's chunk of trials is timed through the trial-batched
-    forward pass and top-1 count over all of ``x``'s images in its image
-    batches (:func:`uswim_jax.montecarlo.trials_correct`; params and images
+    forward pass (under the candidate's policy) and top-1 count over all of
+    ``x``'s images in its image batches
+    (:func:`uswim_jax.montecarlo.trials_correct`; params and images
     filled with 0.5: the timing does not depend on the values; compiled ahead
     of time, one warm-up call, the fastest of at least 3 calls), per trial; a
     candidate within :data:`uswim_jax._trialbatch.CONV_TIE` of the fastest
@@ -500,6 +557,7 @@ def measure_sizes(
             (x_struct.shape, str(x_struct.dtype)),
             t,
             labels,
+            conv_policy(),
         )
     )
     if sig not in _MEASURED_SIZES:
@@ -510,7 +568,7 @@ def measure_sizes(
         t0 = time.perf_counter()
         y_struct = jax.ShapeDtypeStruct((n,), jnp.int32)
         ms = {}
-        for (c, b), label in zip(cands, labels, strict=True):
+        for (c, b, path), label in zip(cands, labels, strict=True):
             stacked = [
                 jax.ShapeDtypeStruct((c, *s.shape), s.dtype, weak_type=s.weak_type)
                 if f
@@ -529,7 +587,8 @@ def measure_sizes(
                 )
 
             args = _fill([*stacked, x_struct, y_struct])
-            compiled = _compiled(run, stacked, x_struct, y_struct)
+            with conv_paths(path) if path else contextlib.nullcontext():
+                compiled = _compiled(run, stacked, x_struct, y_struct)
             ms[label] = 1e3 * _time_call(compiled, args[:-2], *args[-2:]) / c
         fastest = min(ms.values())
         path = next(lb for lb in labels if ms[lb] <= fastest * (1 + CONV_TIE))

@@ -215,6 +215,7 @@ class TrialBatched:
         conv_path: str = "rule",
     ):
         closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, x)
+        self.apply_fn = apply_fn
         self.jaxpr, self.consts = closed.jaxpr, closed.consts
         self.out_tree = jax.tree.structure(out_shape)
         self.param_tree = jax.tree.structure(params)
@@ -269,6 +270,8 @@ class TrialBatched:
                 f"batched leaves disagree on the number of trials: {sorted(ts)}"
             )
         t = next(iter(ts)) if ts else None
+        if self._active == VMAP:
+            return {"num_trials": t, VMAP: stacked}
         if self.conv_path == "measure":
             active = _measure_model(self, leaves, t)
             if active != self._active:
@@ -305,6 +308,8 @@ class TrialBatched:
     def apply(self, prepared: dict, x: Any, num_trials: int | None = None) -> Any:
         """Outputs for every trial, each with a leading trial axis."""
         t = prepared["num_trials"] or num_trials
+        if VMAP in prepared:
+            return self._vmap_apply(prepared[VMAP], x, t)
         xs = [_V(a) for a in jax.tree.leaves(x)]
         outs = self._run(self.jaxpr, self.consts, prepared["params"] + xs, "", prepared)
         res = []
@@ -320,6 +325,17 @@ class TrialBatched:
 
     def __call__(self, stacked: Any, x: Any) -> Any:
         return self.apply(self.prepare(stacked), x)
+
+    def _vmap_apply(self, stacked: Any, x: Any, t: int | None) -> Any:
+        """``"vmap"``: ``apply_fn`` under ``jax.vmap`` over the batched leaves
+        (outputs that read none of them broadcast to the ``t`` trials)."""
+        if not any(self.batched):
+            if t is None:
+                raise ValueError("no batched params: pass num_trials")
+            out = self.apply_fn(stacked, x)
+            return jax.tree.map(lambda a: jnp.broadcast_to(a, (t, *a.shape)), out)
+        axes = self.param_tree.unflatten([0 if b else None for b in self.batched])
+        return jax.vmap(self.apply_fn, in_axes=(axes, None))(stacked, x)
 
     # -- interpreter ---------------------------------------------------------
 
@@ -980,8 +996,13 @@ CPU_CONV_PATCH_ROWS = 128
 #: output features for a shared input). Earlier ones win measured ties.
 CONV_PATHS = ("im2col", "per_trial", "xla")
 
+#: The policy under which no operation is rewritten: the whole forward pass
+#: runs under ``jax.vmap`` over the trials (XLA's batching rules), which for one
+#: trial at a time is the program of a loop over trials.
+VMAP = "vmap"
+
 #: Policies of :func:`conv_paths`.
-CONV_POLICIES = ("auto", "rule", "measure", "layers", *CONV_PATHS)
+CONV_POLICIES = ("auto", "rule", "measure", "layers", VMAP, *CONV_PATHS)
 
 #: What ``"measure"`` times on the whole forward pass, in the order that wins
 #: ties (the rule only where it differs from im2col: on CPU).
@@ -1040,7 +1061,11 @@ def conv_paths(policy: str):
       a process's own timing differed);
     - ``"im2col"``, ``"per_trial"``, ``"xla"``: that path for every
       convolution (``"im2col"`` where the rewrite applies, ``"xla"``
-      elsewhere).
+      elsewhere);
+    - ``"vmap"`` (:data:`VMAP`): nothing rewritten, no work shared between
+      trials: the whole forward pass under ``jax.vmap`` over the trials,
+      which for one trial at a time is the program of a loop over trials
+      (a candidate of ``chunk_size="measure"``).
 
     The paths compute the same sums in other orders (the last float bits may
     differ). :func:`conv_path_log` says which path each layer shape took and

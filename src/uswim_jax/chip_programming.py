@@ -42,8 +42,8 @@ from uswim_jax._tree import check_crossbar, crossbar_flags, crossbar_size
 from uswim_jax.device import DEVICE_FIX, add_noise, noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
-    auto_sizes,
     noisy_accuracies,
+    resolve_sizes,
     run_chunks,
     stack_noisy,
     trial_keys,
@@ -239,7 +239,7 @@ def program_chips(
     x_cal, y_cal = jnp.asarray(x_cal), jnp.asarray(y_cal)
     x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
     big = x_cal if x_cal.shape[0] >= x_test.shape[0] else x_test
-    chunk_size, eval_batch_size = auto_sizes(
+    chunk_size, eval_batch_size, conv_path = resolve_sizes(
         apply_fn,
         params,
         big,
@@ -280,7 +280,7 @@ def program_chips(
             )
 
         calibration_reference = run_chunks(
-            keys, ref_chunk, chunk_size=chunk_size, shard=shard
+            keys, ref_chunk, chunk_size=chunk_size, shard=shard, conv_path=conv_path
         )
     threshold = rule.threshold(calibration_reference)
 
@@ -331,7 +331,7 @@ def program_chips(
         return stop_step, reached, cal, correct.astype(f32) / f32(x_test.shape[0])
 
     stop_step, reached, cal, test = run_chunks(
-        keys, chunk, chunk_size=chunk_size, shard=shard
+        keys, chunk, chunk_size=chunk_size, shard=shard, conv_path=conv_path
     )
 
     def step_cycles(carry, count):

@@ -27,6 +27,7 @@ from uswim_jax._chunking import choose_chunk_size as choose_chunk_size
 from uswim_jax._chunking import choose_eval_batch_size as choose_eval_batch_size
 from uswim_jax._chunking import measure_sizes as measure_sizes
 from uswim_jax._chunking import measured_sizes_log as measured_sizes_log
+from uswim_jax._chunking import resolve_sizes as resolve_sizes
 from uswim_jax._jaxpr import _peak_bytes as _peak_bytes
 from uswim_jax._jaxpr import forward_bytes as forward_bytes
 from uswim_jax._jaxpr import split_params_only as split_params_only
@@ -296,20 +297,35 @@ def _map_chunks(fn: Callable, keys: jax.Array, chunk_size: int | None) -> Any:
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), main, last)
 
 
+def _under_policy(fn: Callable, policy: str) -> Callable:
+    """``fn`` traced inside ``conv_paths(policy)``."""
+
+    def traced(*args):
+        with conv_paths(policy):
+            return fn(*args)
+
+    return traced
+
+
 def run_chunks(
     keys: jax.Array,
     fn: Callable[[jax.Array], Any],
     *,
     chunk_size: int | None = None,
     shard: bool = False,
+    conv_path: str | None = None,
 ) -> Any:
     """Applies ``fn(keys) -> (T, ...)``, which evaluates a chunk of trials at
     once, to ``keys`` in chunks of ``chunk_size`` (``lax.map`` over the chunks,
     the remainder as one more chunk), and, with ``shard=True``, the trial axis
     split over all local devices (``jax.shard_map``). Results do not depend on
     ``chunk_size`` or the device count as long as ``fn``'s result for a trial
-    does not depend on the other trials of its chunk."""
+    does not depend on the other trials of its chunk. ``fn`` is traced under
+    the :func:`conv_paths` policy ``conv_path`` when given (a
+    :class:`~uswim_jax._chunking.Sizes`' ``conv_path``)."""
     _check_chunk_size(chunk_size)
+    if conv_path is not None:
+        fn = _under_policy(fn, conv_path)
     if (mesh := _distributed.trial_mesh(shard)) is not None:
         return _distributed.run_on_mesh(
             keys, lambda k: _map_chunks(fn, k, chunk_size), mesh
@@ -385,7 +401,8 @@ def evaluate(
             (:func:`auto_chunk_size`, :func:`choose_chunk_size`).
             ``"measure"``: this and, with ``eval_batch_size="auto"``, the
             image batch timed among a few candidates (the rule's sizes, one
-            trial at a time, all images at once) in the first call, once per
+            trial at a time, all images at once, a loop over trials'
+            program) in the first call, once per
             model, shapes and machine (:func:`measure_sizes`,
             :func:`measured_sizes_log`). The accuracies do not depend on it.
         eval_batch_size: images per forward pass inside a trial; ``None``:
@@ -434,7 +451,7 @@ def evaluate(
     check_model_data(apply_fn, params, x, y)
     mask = verified_mask(params, verified)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    chunk_size, eval_batch_size = auto_sizes(
+    chunk_size, eval_batch_size, conv_path = resolve_sizes(
         apply_fn,
         params,
         x,
@@ -475,6 +492,10 @@ def evaluate(
             )[:, 0]
 
     accs = run_chunks(
-        trial_keys(key, num_trials), chunk, chunk_size=chunk_size, shard=shard
+        trial_keys(key, num_trials),
+        chunk,
+        chunk_size=chunk_size,
+        shard=shard,
+        conv_path=conv_path,
     )
     return summarize(accs)

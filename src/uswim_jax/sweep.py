@@ -27,9 +27,9 @@ from uswim_jax.device import DEVICE_FIX, noise_like
 from uswim_jax.montecarlo import (
     ApplyFn,
     MCStats,
-    auto_sizes,
     noisy_accuracies,
     programmed_trials,
+    resolve_sizes,
     run_chunks,
     stack_noisy,
     summarize,
@@ -225,7 +225,7 @@ def sweep(
         if len(c) and (c.min() < 0 or c.max() > n or np.any(np.diff(c) < 0)):
             raise ValueError(f"counts must be non-decreasing integers in [0, {n}]")
     x, y = jnp.asarray(x), jnp.asarray(y)
-    chunk_size, eval_batch_size = auto_sizes(
+    chunk_size, eval_batch_size, conv_path = resolve_sizes(
         apply_fn,
         params,
         x,
@@ -250,6 +250,7 @@ def sweep(
             chunk_size=chunk_size,
             eval_batch_size=eval_batch_size,
             shard=shard,
+            conv_path=conv_path,
             reference=reference,
             baseline=baseline,
         )
@@ -275,7 +276,9 @@ def sweep(
                 eval_batch_size=eval_batch_size,
             )
 
-        return run_chunks(keys, chunk, chunk_size=chunk_size, shard=shard)
+        return run_chunks(
+            keys, chunk, chunk_size=chunk_size, shard=shard, conv_path=conv_path
+        )
 
     counts = jnp.asarray(counts, jnp.int32)
     flags = crossbar_flags(params, crossbar)
@@ -303,7 +306,9 @@ def sweep(
     cyc0 = device_model.write_cycles(none, params)
     every = jax.tree.map(lambda s: jnp.ones(s.shape, bool), std_w)
     _, (cycles, cycles_v) = jax.lax.scan(step_cycles, None, counts)
-    accs = run_chunks(keys, chunk_curve, chunk_size=chunk_size, shard=shard).T
+    accs = run_chunks(
+        keys, chunk_curve, chunk_size=chunk_size, shard=shard, conv_path=conv_path
+    ).T
     return Curve(
         counts=counts,
         fractions=counts.astype(jnp.float32) / jnp.float32(n),
@@ -331,6 +336,7 @@ def _programmed_sweep(
     chunk_size: int | None,
     eval_batch_size: int | None,
     shard: bool,
+    conv_path: str | None,
     reference: jax.Array | None,
     baseline: jax.Array | None,
 ) -> Curve:
@@ -358,7 +364,9 @@ def _programmed_sweep(
                 eval_batch_size=eval_batch_size,
             )
 
-        return run_chunks(keys, chunk, chunk_size=chunk_size, shard=shard)
+        return run_chunks(
+            keys, chunk, chunk_size=chunk_size, shard=shard, conv_path=conv_path
+        )
 
     def step(carry, count):
         mask = mask_from_order(order, params, count=count, predicate=crossbar)
