@@ -53,6 +53,20 @@ def _small_cache(monkeypatch):
     monkeypatch.setattr(_chunking, "_last_level_cache_bytes", lambda: 2**16)
 
 
+def _f64_user_problem(kind: str):
+    """The user model ``kind`` in float64 (call under ``jax.enable_x64``) on
+    40 images labelled by its clean predictions: ``(apply_fn, params, x, y)``."""
+    import _user_models as um
+
+    with jax.enable_x64(False):  # built and drawn in float32, as users do
+        apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
+        x, _ = um.make_data(apply_fn, params, jax.random.key(1), n=40)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    x = jnp.asarray(x, jnp.float64)
+    y = jnp.argmax(apply_fn(params, x), -1).astype(jnp.int32)
+    return apply_fn, params, x, y
+
+
 @pytest.mark.parametrize("kind", ["lax", "linen", "nnx", "equinox"])
 def test_measured_sizes_give_the_same_trials(kind, monkeypatch):
     """On a user's model written four ways, ``chunk_size="measure"`` gives the
@@ -60,15 +74,9 @@ def test_measured_sizes_give_the_same_trials(kind, monkeypatch):
     evaluate and sweep (and program_chips on one of them); every candidate was
     timed, the rule's sizes first, and the one run is within the tie of the
     fastest."""
-    import _user_models as um
-
     _small_cache(monkeypatch)
-    apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
-    x, _ = um.make_data(apply_fn, params, jax.random.key(1), n=40)
     with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        x = jnp.asarray(x, jnp.float64)
-        y = jnp.argmax(apply_fn(params, x), -1).astype(jnp.int32)
+        apply_fn, params, x, y = _f64_user_problem(kind)
         device = u.UniformVariation(1.0, 0.1)
         key = jax.random.key(4)
         whole = evaluate(
@@ -120,13 +128,9 @@ def test_the_vmap_candidate_runs_a_loops_program(kind, monkeypatch):
     whole forward pass under ``jax.vmap`` (no trial-batched rewrite) and give
     the trials of every other way (float64). ``conv_paths("vmap")`` is that
     program for any chunk."""
-    import _user_models as um
-
     from uswim_jax import _trialbatch as tbm
 
     _small_cache(monkeypatch)
-    apply_fn, params, _, _ = um.build(kind, jax.random.key(0))
-    x, _ = um.make_data(apply_fn, params, jax.random.key(1), n=40)
     vmapped = []
     plain_apply = tbm.TrialBatched._vmap_apply
 
@@ -136,9 +140,7 @@ def test_the_vmap_candidate_runs_a_loops_program(kind, monkeypatch):
 
     monkeypatch.setattr(tbm.TrialBatched, "_vmap_apply", counted)
     with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        x = jnp.asarray(x, jnp.float64)
-        y = jnp.argmax(apply_fn(params, x), -1).astype(jnp.int32)
+        apply_fn, params, x, y = _f64_user_problem(kind)
         device = u.UniformVariation(1.0, 0.1)
         key = jax.random.key(4)
         cands = _chunking.size_candidates(apply_fn, params, x, 6)
