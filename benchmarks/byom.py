@@ -65,9 +65,9 @@ from benchmarks._common import (
     write_result,
 )
 from uswim_jax.montecarlo import (
-    auto_sizes,
     evaluate,
     noisy_accuracy,
+    resolve_sizes,
     trial_keys,
 )
 
@@ -318,7 +318,7 @@ def main(argv=None) -> dict:
         def serial(keys=keys, one=one, params=params, x=x, y=y):
             return jnp.stack([one(k, params, x, y) for k in keys])
 
-        chunk, b = auto_sizes(apply_fn, params, x, t)
+        chunk, b = resolve_sizes(apply_fn, params, x, t)[:2]
         runs[name] = {
             "evaluate": lambda ev=ev, params=params, x=x, y=y: ev(key, params, x, y),
             "serial": serial,

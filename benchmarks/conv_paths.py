@@ -9,7 +9,7 @@ variant; it runs on any backend). For each model, side by side in one process,
   ``CPU_CONV_PATCH_ROWS`` patch rows: one XLA convolution per trial; on
   accelerators im2col throughout);
 - ``measure``: the default on accelerators: the whole forward pass timed under
-  the rule, each fixed path and ``layers``, the fastest taken;
+  the rule, each fixed path but the rule's and ``layers``, the fastest taken;
 - ``layers``: each layer shape timed along every path, the fastest taken
   (greedy: one layer at a time);
 - ``im2col``, ``per_trial``, ``xla``: that path for every convolution
@@ -63,7 +63,7 @@ from benchmarks.byom import (
     lenet_nnx,
 )
 from uswim_jax import _trialbatch
-from uswim_jax.montecarlo import auto_sizes, evaluate
+from uswim_jax.montecarlo import evaluate, resolve_sizes
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "conv_paths.json")
 POLICIES = ("rule", "measure", "layers", *_trialbatch.CONV_PATHS)
@@ -198,7 +198,7 @@ def main(argv=None) -> dict:
         params, apply_fn = build(jax.random.key(0))
         x = jnp.asarray(generated_images(n, shape)[0])
         y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
-        chunk, b = auto_sizes(apply_fn, params, x, t)
+        chunk, b = resolve_sizes(apply_fn, params, x, t)[:2]
         m = {
             "input_shape": list(shape),
             "num_trials": t,

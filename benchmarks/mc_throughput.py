@@ -55,9 +55,9 @@ from benchmarks._common import (
 )
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import (
-    auto_sizes,
     evaluate,
     noisy_accuracy,
+    resolve_sizes,
     trial_keys,
 )
 
@@ -158,7 +158,7 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         )
         return lambda: f(key, x, y)
 
-    c, b = auto_sizes(model.apply_fn, params, x, num_trials)
+    c, b = resolve_sizes(model.apply_fn, params, x, num_trials)[:2]
     cases[DEFAULT] = (
         ev(model.apply_fn, "auto", "auto"),
         {
@@ -173,9 +173,9 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         ev(model.apply_fn, "auto", None),
         {
             "chunk_size": "auto",
-            "auto_chunk_size": auto_sizes(
+            "auto_chunk_size": resolve_sizes(
                 model.apply_fn, params, x, num_trials, "auto", None
-            )[0],
+            ).chunk_size,
             "eval_batch_size": None,
             "num_trials": num_trials,
         },
@@ -193,9 +193,9 @@ def make_cases(model, params, x, y, device, num_trials, grid) -> dict:
         chunk = cs or "auto"
         info = {"chunk_size": chunk, "eval_batch_size": bs}
         if chunk == "auto":
-            info["auto_chunk_size"] = auto_sizes(
+            info["auto_chunk_size"] = resolve_sizes(
                 model.apply_fn, params, x, num_trials, "auto", bs
-            )[0]
+            ).chunk_size
         cases[f"evaluate chunk={chunk} batch={bs}"] = (
             ev(model.apply_fn, chunk, bs),
             {**info, "num_trials": num_trials},

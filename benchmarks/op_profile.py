@@ -46,7 +46,7 @@ from benchmarks._common import (
     write_result,
 )
 from uswim_jax.models import build_model
-from uswim_jax.montecarlo import auto_sizes
+from uswim_jax.montecarlo import resolve_sizes
 
 RESULTS = os.path.join(RESULTS_DIR, "op_profile.json")
 #: HLO ops that contain other ops (their time is their body's).
@@ -170,14 +170,14 @@ def main(argv=None) -> dict:
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     device = uj.UniformVariation(0.3, 0.03)
     key = jax.random.key(42)
-    chunk, batch = auto_sizes(
+    chunk, batch = resolve_sizes(
         model.apply_fn,
         params,
         x,
         num_trials,
         args.chunk or "auto",
         args.batch or "auto",
-    )
+    )[:2]
     jitted = jax.jit(
         lambda k: uj.evaluate(
             k, model.apply_fn, params, x, y, device, None, num_trials,

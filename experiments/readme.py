@@ -827,6 +827,7 @@ def conv_paths_performance(
         "in this run, the noise to read the other differences against.",
         "- Per-trial accuracies equal the rule's under every policy"
         + (f" except {', '.join(differ)}." if differ else "."),
+        *_conv_fusion_line(path.parent / "conv_fusion.json"),
         "",
         "From `python -m benchmarks.conv_paths` (`benchmarks/results/conv_paths.json`"
         ", which also holds each layer shape's path, `measure`'s time per "
@@ -836,6 +837,27 @@ def conv_paths_performance(
         "layer shapes per path.",
     ]
     return "\n".join(lines)
+
+
+def _conv_fusion_line(path: Path) -> list[str]:
+    """What ``per_trial`` gains by keeping each trial's convolution beside its
+    ReLU and pooling, from ``benchmarks/conv_fusion.py`` (nothing when it has
+    not run)."""
+    d = _load(path)
+    if d is None:
+        return []
+    shapes = d["shapes"]
+    top = max(shapes, key=lambda s: s["before_over_after"])
+    return [
+        "- `per_trial` keeps each trial's layers apart until a dense layer "
+        "stacks the trials, so a convolution meets its ReLU and pooling: "
+        f"{d['trials']} trials of ConvNet's layer shapes ran "
+        f"x{_span([s['before_over_after'] for s in shapes], '.2f')} as fast so "
+        "as with the convolution's output stacked first "
+        f"(x{top['before_over_after']:.2f} on {top['shape']}; "
+        "`python -m benchmarks.conv_fusion`, "
+        "`benchmarks/results/conv_fusion.json`)."
+    ]
 
 
 def _load(path: Path) -> dict | None:

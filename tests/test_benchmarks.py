@@ -472,3 +472,18 @@ def test_conv_paths_script(tmp_path):
     (tmp_path / "cut.json").write_text(json.dumps(cut))
     text = readme.conv_paths_performance(tmp_path / "cut.json")
     assert "stopped after 1 of 2 models (its time limit); missing: X." in text
+
+
+def test_conv_fusion_script(tmp_path):
+    """Both orders of stacking give the same values (the script checks) and
+    every layer shape gets a time for each."""
+    from benchmarks import conv_fusion
+
+    out = conv_fusion.main(
+        ["--quick", "--repeats", "1", "--output", str(tmp_path / "f.json")]
+    )
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert len(saved["shapes"]) == len(out["shapes"]) == 3
+    for s in saved["shapes"]:
+        assert set(s["ms"]) == {"stacked after", "stacked before"}
+        assert s["before_over_after"] > 0

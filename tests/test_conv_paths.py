@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
@@ -28,9 +29,10 @@ import uswim_jax as uj
 from uswim_jax import _trialbatch as tbm
 from uswim_jax.montecarlo import evaluate
 
-#: The rule is a candidate of "measure" only where it differs from im2col
-#: (``trial_batched`` sets the patch-row threshold on CPU).
-_RULE = {"rule"} if jax.default_backend() == "cpu" else set()
+#: What "measure" leaves out for the small models here: on CPU the rule
+#: (``trial_batched`` sets its patch-row threshold there) takes im2col, timed
+#: once, as "rule"; elsewhere there is no rule to time.
+_SKIPPED = {"im2col"} if jax.default_backend() == "cpu" else {"rule"}
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +103,68 @@ def test_every_path_gives_the_plain_result(cfg, policy):
         assert not models and layers[0]["path"] == policy
 
 
+def _three_convs(widths):  # built in float32, returned in float64
+    """A CNN with a shared first convolution (8 features of 3x3x3: 27 patch
+    rows) and per-trial ones after it, of ``widths`` features each (the second
+    reads 72 rows), each followed by a ReLU and a 2x2 max-pool, then a dense
+    layer; its params and one input batch, in float64."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for f in (8, *widths):
+                x = nn.max_pool(nn.relu(nn.Conv(f, (3, 3))(x)), (2, 2), (2, 2))
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    with jax.enable_x64(False):
+        x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+        params = Net().init(jax.random.key(0), x)
+    return Net().apply, _f64(params), _f64(x)
+
+
+def _noisy_stack(params, t):
+    return jax.tree.map(
+        lambda a: jnp.stack([a * (1 + 0.1 * i) for i in range(t)]), params
+    )
+
+
+@pytest.mark.parametrize("widths, path", [((16,), "im2col"), ((16, 16), "per_trial")])
+def test_rule_is_one_path_per_model(widths, path):
+    """The rule picks one path for the whole model: im2col while every
+    convolution has at most ``CPU_CONV_PATCH_ROWS`` patch rows, one XLA
+    convolution per trial for all of them, the shared first layer's included,
+    once one has more (the third conv reads 144); either equals the plain
+    path."""
+    with jax.enable_x64(True):
+        f, params, x = _three_convs(widths)
+        stacked = _noisy_stack(params, 3)
+        tb = tbm.TrialBatched(f, params, x, None, tbm.CPU_CONV_PATCH_ROWS, "rule")
+        got = jax.jit(tb)(stacked, x)
+        np.testing.assert_allclose(got, _plain(f, stacked, x), rtol=RTOL, atol=RTOL)
+    log = uj.conv_path_log()
+    assert len(log) == 1 + len(widths)
+    assert {r["policy"] for r in log} == {"rule"}
+    assert {r["path"] for r in log} == {path}
+
+
+def test_per_trial_keeps_each_trials_layers_apart():
+    """``"per_trial"``: each trial's convolutions, ReLUs and max-pools are its
+    own steps, the pooling kept as ``reduce_window_max`` (so XLA can fuse a
+    convolution with what follows it), and the trials are stacked once, for
+    the dense layer; the result equals the plain path."""
+    t = 3
+    with jax.enable_x64(True):
+        f, params, x = _three_convs((16,))
+        stacked = _noisy_stack(params, t)
+        tb = tbm.TrialBatched(f, params, x, None, None, "per_trial")
+        text = str(jax.make_jaxpr(tb)(stacked, x))
+        got = jax.jit(tb)(stacked, x)
+        np.testing.assert_allclose(got, _plain(f, stacked, x), rtol=RTOL, atol=RTOL)
+    assert text.count("conv_general_dilated[") == 2 * t
+    assert text.count("reduce_window_max[") == 2 * t
+    assert text.count(" stack[") == 1
+
+
 def test_layers_take_the_fastest_once_per_shape(monkeypatch):
     """``"layers"``: every path is timed; the chosen one is the first within
     ``CONV_TIE`` of the fastest; a second trace of the same shapes, even of
@@ -138,7 +202,7 @@ def test_per_trial_candidate_is_skipped_for_large_chunks():
     x = jnp.ones((2, 4, 4, 2))
     _traced("measure", f, k, x)
     (model,) = [r for r in uj.conv_path_log() if "model" in r]
-    assert set(model["ms"]) == {"im2col", "xla", "layers"} | _RULE
+    assert set(model["ms"]) == {"rule", "im2col", "xla", "layers"} - _SKIPPED
     _traced("layers", f, k, x)
     (layer,) = [r for r in uj.conv_path_log() if "conv" in r]
     assert set(layer["ms"]) == {"im2col", "xla"}
@@ -158,7 +222,7 @@ def test_measure_times_the_whole_forward_pass_once(monkeypatch):
     (model,) = [r for r in log if "model" in r]
     (layer,) = [r for r in log if "conv" in r]
     ms = model["ms"]
-    assert list(ms) == [c for c in tbm.MEASURE_CANDIDATES if c != "rule" or _RULE]
+    assert list(ms) == [c for c in tbm.MEASURE_CANDIDATES if c not in _SKIPPED]
     assert model["path"] == _first_within_tie(ms, ms)
     assert layer["policy"] == model["path"] and model["seconds"] > 0
     assert "1 convolutions, 3 trials, input 6x8x8x2" == model["model"]
@@ -207,7 +271,7 @@ def _evaluate_every_policy(kind, policies):
         if policy == "measure":
             assert len(models) == 1
             assert list(models[0]["ms"]) == [
-                c for c in tbm.MEASURE_CANDIDATES if c != "rule" or _RULE
+                c for c in tbm.MEASURE_CANDIDATES if c not in _SKIPPED
             ]
             policy = models[0]["path"]
         assert all(r["policy"] == policy for r in layers)

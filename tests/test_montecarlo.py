@@ -404,17 +404,19 @@ def test_automatic_sizes_trace_a_model_once_per_shape(problem):
     assert len(calls) > n
 
 
-def test_auto_sizes_is_the_image_batch_then_the_chunk_for_it(problem):
-    """``auto_sizes`` (what evaluate, sweep and program_chips call) resolves
-    the image batch first and the chunk for that batch; given values pass."""
+def test_resolved_sizes_are_the_image_batch_then_the_chunk_for_it(problem):
+    """``resolve_sizes`` (what evaluate, sweep and program_chips call) resolves
+    the image batch first and the chunk for that batch; given values pass,
+    and no policy is set outside ``"measure"``."""
     from uswim_jax import _chunking
 
     params, x, _ = problem
     b = _chunking.auto_eval_batch_size(mlp_apply, params, x, "auto")
     c = _chunking.auto_chunk_size(mlp_apply, params, x, 10, b)
-    assert _chunking.auto_sizes(mlp_apply, params, x, 10) == (c, b)
-    assert _chunking.auto_sizes(mlp_apply, params, x, 10, 3, None) == (3, None)
+    assert _chunking.resolve_sizes(mlp_apply, params, x, 10) == (c, b, None)
+    assert _chunking.resolve_sizes(mlp_apply, params, x, 10, 3, None) == (3, None, None)
     c_all = _chunking.auto_chunk_size(mlp_apply, params, x, 10, None)
-    assert _chunking.auto_sizes(mlp_apply, params, x, 10, "auto", None) == (c_all, None)
+    got = _chunking.resolve_sizes(mlp_apply, params, x, 10, "auto", None)
+    assert got == (c_all, None, None)
     with pytest.raises(ValueError, match="eval_batch_size"):
-        _chunking.auto_sizes(mlp_apply, params, x, 10, 3, "all")
+        _chunking.resolve_sizes(mlp_apply, params, x, 10, 3, "all")

@@ -4,7 +4,6 @@ cache probing (free memory, last-level cache) and the choices made from them
 :func:`uswim_jax.evaluate` and :func:`uswim_jax.sweep`)."""
 
 import contextlib
-import hashlib
 import os
 import time
 import weakref
@@ -27,6 +26,7 @@ from uswim_jax._trialbatch import (
     _time_call,
     conv_paths,
     conv_policy,
+    program_digest,
     trial_batched,
 )
 from uswim_jax._trialbatch import nbytes_of as _nbytes_of
@@ -302,30 +302,6 @@ def resolve_sizes(
     return _agreed_sizes(Sizes(chunk_size, eval_batch_size))
 
 
-def auto_sizes(
-    apply_fn: ApplyFn,
-    params: Any,
-    x: Any,
-    num_trials: int,
-    chunk_size: int | str | None = "auto",
-    eval_batch_size: int | str | None = "auto",
-    *,
-    shard: bool = False,
-) -> tuple[int | None, int | None]:
-    """``(chunk_size, eval_batch_size)`` of the rule (:func:`resolve_sizes`
-    without ``"measure"``, whose choice may also set a policy).
-
-    Raises:
-        ValueError: ``chunk_size="measure"`` (use :func:`resolve_sizes`).
-    """
-    if isinstance(chunk_size, str) and chunk_size == "measure":
-        raise ValueError('chunk_size="measure" may set a policy: use resolve_sizes')
-    sizes = resolve_sizes(
-        apply_fn, params, x, num_trials, chunk_size, eval_batch_size, shard=shard
-    )
-    return sizes.chunk_size, sizes.eval_batch_size
-
-
 #: ``Sizes.conv_path`` values that cross processes (:func:`_agreed_sizes`).
 _AGREED_PATHS = (None, VMAP)
 
@@ -466,8 +442,8 @@ def size_candidates(
     shard: bool = False,
 ) -> list[Sizes]:
     """What ``chunk_size="measure"`` times, as :class:`Sizes` (the image batch
-    ``None`` for all images at once); the rule's choice (:func:`auto_sizes`)
-    first, as it wins ties:
+    ``None`` for all images at once); the rule's choice (:func:`resolve_sizes` with
+    ``chunk_size="auto"``) first, as it wins ties:
 
     - image batches: the rule's (``eval_batch_size="auto"``:
       :func:`auto_eval_batch_size`; else the one given) and, for ``"auto"``,
@@ -544,14 +520,14 @@ def measure_sizes(
     flags = [True] * len(leaves) if batched is None else jax.tree.leaves(batched)
     structs = [abstract(p) for p in leaves]
     x_struct, n = abstract(x), int(np.shape(x)[0])
-    text = str(jax.make_jaxpr(apply_fn)(jax.tree.unflatten(tree, structs), x_struct))
+    program = jax.make_jaxpr(apply_fn)(jax.tree.unflatten(tree, structs), x_struct)
     t = _trials_per_device(num_trials, shard)
     sig = repr(
         (
             "sizes",
             jax.default_backend(),
             _device_kind(),
-            hashlib.sha256(text.encode()).hexdigest(),
+            program_digest(program),
             [(s.shape, str(s.dtype)) for s in structs],
             flags,
             (x_struct.shape, str(x_struct.dtype)),

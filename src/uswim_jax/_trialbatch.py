@@ -44,7 +44,12 @@ values carry the trial axis:
 
 Whether a convolution with a per-trial kernel takes the rewrite (``"im2col"``),
 one XLA convolution per trial (``"per_trial"``) or ``vmap``'s rule (``"xla"``)
-is the :func:`conv_paths` policy: a rule on CPU, on accelerators the whole
+is the :func:`conv_paths` policy. Along ``"per_trial"`` the output is held as
+one array per trial, and every later step runs once per trial on it (the
+steps of a loop over trials) until a ``dot_general`` stacks the trials (a
+dense layer reads the stacked kernels as they are): each trial's convolution
+then meets its ReLU and pooling, which XLA's CPU backend fuses with it. The
+policy is a rule on CPU (one path per model), on accelerators the whole
 forward pass timed under each candidate (the rule, each path, every layer
 shape's fastest path) and the fastest taken; :func:`conv_path_log` records the
 paths taken.
@@ -122,14 +127,27 @@ class _V:
     logical axes that are merges of several axes stored in another order
     (``((axis, sizes, order), ...)``: logical ``axis`` is the row-major merge
     of axes of ``sizes``, held physically in the merge of ``[sizes[i] for i in
-    order]``; ``None``: none; see :meth:`TrialBatched._reshape`)."""
+    order]``; ``None``: none; see :meth:`TrialBatched._reshape`).
 
-    __slots__ = ("val", "batched", "perm", "rows")
+    A batched value may instead be held as ``parts``, one array per trial in
+    its logical layout (``val`` is then ``None``): the output of one XLA
+    convolution per trial and every step after it, so that each trial's
+    convolution meets the steps that read it (XLA fuses a convolution with the
+    elementwise steps and the pooling after it) and no stacked copy is made
+    until a step needs one (:func:`_stacked`)."""
+
+    __slots__ = ("val", "batched", "perm", "rows", "parts")
 
     def __init__(
-        self, val: Any, batched: bool = False, perm: Any = None, rows: Any = None
+        self,
+        val: Any,
+        batched: bool = False,
+        perm: Any = None,
+        rows: Any = None,
+        parts: Any = None,
     ) -> None:
         self.val, self.batched = val, batched
+        self.parts = None if parts is None else tuple(parts)
         self.perm = (
             None
             if perm is None or tuple(perm) == tuple(range(len(perm)))
@@ -149,6 +167,17 @@ def _rows_to(x: Any, j: int, sizes: Sequence[int], order: Sequence[int]) -> Any:
     return jnp.reshape(x, shape)
 
 
+def _split(parts: Sequence[Any]) -> _V:
+    """A batched value held as one array per trial (see :class:`_V`)."""
+    return _V(None, True, parts=parts)
+
+
+def _stacked(v: _V) -> _V:
+    """``v`` with its trials on one leading axis (a value held as ``parts``
+    stacked; any other returned as it is)."""
+    return v if v.parts is None else _V(jnp.stack(v.parts), True)
+
+
 def _unrow(v: _V) -> _V:
     """``v`` with every merged axis back in its logical row order (same
     ``perm``)."""
@@ -165,7 +194,7 @@ def _unrow(v: _V) -> _V:
 
 def _logical(v: _V) -> Any:
     """The array in its logical layout (trial axis first when batched)."""
-    v = _unrow(v)
+    v = _unrow(_stacked(v))
     if v.perm is None:
         return v.val
     return jnp.transpose(v.val, (0, *[1 + v.perm.index(i) for i in range(len(v.perm))]))
@@ -179,7 +208,7 @@ def _in_order(v: _V, order: Sequence[int]) -> Any:
             if tuple(order) != tuple(range(len(order)))
             else v.val
         )
-    v = _unrow(v)
+    v = _unrow(_stacked(v))
     perm = v.perm or tuple(range(len(order)))
     axes = (0, *[1 + perm.index(o) for o in order])
     return v.val if axes == tuple(range(len(axes))) else jnp.transpose(v.val, axes)
@@ -225,9 +254,13 @@ class TrialBatched:
         else:
             self.batched = [bool(b) for b in self.param_tree.flatten_up_to(batched)]
         self._logged: set = set()
-        #: Convolutions with a per-trial input whose patch matrix has more rows
-        #: than this run as one XLA convolution per trial (``None``: never).
+        #: The rule's threshold: a model with a convolution whose patch matrix
+        #: has more rows than this runs every convolution as one XLA
+        #: convolution per trial (``None``: never; :meth:`_per_trial_conv`).
         self.conv_patch_rows = conv_patch_rows
+        #: The most patch rows of any convolution of the model (the rule's
+        #: input; made when first needed).
+        self._most_patch_rows: int | None = None
         if conv_path not in CONV_POLICIES[1:]:
             raise ValueError(
                 f"conv_path must be one of {CONV_POLICIES[1:]}, got {conv_path!r}"
@@ -420,6 +453,14 @@ class TrialBatched:
         if not any(a.batched for a in ins):
             return [_V(o) for o in _bind(eqn, [a.val for a in ins])]
         name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            return self._conv_step(eqn, [_unrow(a) for a in ins], key, cache)
+        if any(a.parts is not None for a in ins):
+            if name != "dot_general":
+                return self._each_trial(eqn, ins)
+            # a dense layer reads its per-trial kernels from one stacked array
+            # (one per trial would copy each out of it); its input is small
+            ins = [_stacked(a) for a in ins]
         if name == "reshape" and len(ins) == 1 and (ins[0].perm or ins[0].rows):
             return [self._reshape(eqn, ins[0])]
         if name == "squeeze" and (ins[0].perm or ins[0].rows):
@@ -435,20 +476,6 @@ class TrialBatched:
             if out is not None:
                 return [out]
         ins = [_unrow(a) for a in ins]
-        if name == "conv_general_dilated":
-            if not ins[1].batched:  # a per-trial input, a shared kernel
-                return self._fallback(eqn, ins)
-            path = self._conv_path(eqn, ins)
-            if path == "im2col":
-                kmat = cache.get(key + "/kernel")
-                if kmat is None:
-                    kmat = self._conv_kernel(eqn, ins[1])
-                return [self._conv(eqn, ins[0], kmat)]
-            if path == "per_trial":
-                return [self._conv_each_trial(eqn, ins)]
-            if not self._conv_rewritable(eqn):
-                return self._fallback(eqn, ins, "batch_group_count > 1")
-            return self._vmapped(eqn, ins)
         if name in _ELEMENTWISE:
             return self._elementwise(eqn, ins)
         if name == "transpose" and len(ins) == 1:
@@ -461,6 +488,55 @@ class TrialBatched:
         if name in _REDUCE and len(ins) == 1 and ins[0].perm is not None:
             return [self._reduce(eqn, ins[0])]
         return self._fallback(eqn, ins)
+
+    def _conv_step(self, eqn, ins, key, cache) -> list:
+        lhs, rhs = ins
+        if not rhs.batched or rhs.parts is not None:
+            # a shared kernel (so a per-trial input), or one made per trial
+            if lhs.parts is not None or rhs.parts is not None:
+                return self._each_trial(eqn, ins)
+            return self._fallback(eqn, ins)
+        if lhs.parts is None:
+            path = self._conv_path(eqn, ins)
+        else:  # the path depends on the shapes alone: no stacked copy made
+            part = lhs.parts[0]
+            whole = jax.ShapeDtypeStruct((len(lhs.parts), *part.shape), part.dtype)
+            path = self._conv_path(eqn, [_V(whole, True), rhs])
+        if path == "per_trial":
+            return [self._conv_each_trial(eqn, ins)]
+        ins = [_stacked(lhs), rhs]
+        if path == "im2col":
+            kmat = cache.get(key + "/kernel")
+            if kmat is None:
+                kmat = self._conv_kernel(eqn, rhs)
+            return [self._conv(eqn, ins[0], kmat)]
+        if not self._conv_rewritable(eqn):
+            return self._fallback(eqn, ins, "batch_group_count > 1")
+        return self._vmapped(eqn, ins)
+
+    @staticmethod
+    def _each_trial(eqn, ins) -> list:
+        """``eqn`` bound once per trial on each trial's operands (shared ones
+        read by every trial), its outputs held as ``parts``: the steps of a
+        loop over trials, exactly."""
+        per = []
+        for a in ins:
+            if a.parts is not None:
+                per.append(a.parts)
+            elif a.batched:
+                x = _logical(a)
+                per.append([x[t] for t in range(x.shape[0])])
+            else:
+                per.append(None)
+        t = len(next(p for p in per if p is not None))
+        outs = [
+            _bind(
+                eqn,
+                [a.val if p is None else p[i] for a, p in zip(ins, per, strict=True)],
+            )
+            for i in range(t)
+        ]
+        return [_split([o[k] for o in outs]) for k in range(len(eqn.outvars))]
 
     # -- layout-keeping rules --------------------------------------------------
 
@@ -758,27 +834,27 @@ class TrialBatched:
         return path
 
     def _per_trial_conv(self, eqn, ins) -> bool:
-        """The rule: a convolution with a per-trial input and kernel runs as one
-        XLA convolution per trial instead of im2col where the patch matrix
-        (``W*C`` rows) has more rows than :attr:`conv_patch_rows`: building it
-        per trial then costs more memory traffic than the convolution (on
-        CPU; see :data:`CPU_CONV_PATCH_ROWS`)."""
-        if self.conv_patch_rows is None or not ins[0].batched:
+        """The rule, made once per model: where any convolution of the model
+        has a patch matrix (``W*C`` rows) of more than :attr:`conv_patch_rows`
+        rows, every convolution with a per-trial kernel runs as one XLA
+        convolution per trial, and im2col otherwise (on CPU; see
+        :data:`CPU_CONV_PATCH_ROWS`): building big patch matrices costs more
+        memory traffic than the convolutions, and a model that runs some
+        convolutions per trial runs fastest with all of them so (each trial's
+        layers stay in the layout XLA's convolutions want, and fuse with the
+        steps between them)."""
+        del eqn, ins
+        if self.conv_patch_rows is None:
             return False
-        rhs = eqn.invars[1].aval.shape
-        _, rhs_spec, _ = eqn.params["dimension_numbers"]
-        rows = rhs[rhs_spec[1]] * math.prod(rhs[i] for i in rhs_spec[2:])
-        return rows > self.conv_patch_rows
+        if self._most_patch_rows is None:
+            self._most_patch_rows = max(map(_patch_rows, _convs(self.jaxpr)), default=0)
+        return self._most_patch_rows > self.conv_patch_rows
 
-    @staticmethod
-    def _conv_each_trial(eqn, ins) -> _V:
-        """One XLA convolution per trial (a shared input is read by each)."""
-        lhs, rhs = _logical(ins[0]), _logical(ins[1])
-        outs = [
-            _bind(eqn, [lhs[t] if ins[0].batched else lhs, rhs[t]])[0]
-            for t in range(rhs.shape[0])
-        ]
-        return _V(jnp.stack(outs), True)
+    @classmethod
+    def _conv_each_trial(cls, eqn, ins) -> _V:
+        """One XLA convolution per trial (a shared input is read by each), the
+        outputs held as ``parts``."""
+        return cls._each_trial(eqn, ins)[0]
 
     @staticmethod
     def _conv_rewritable(eqn) -> bool:
@@ -983,10 +1059,39 @@ def _flat_blocks(x, lead, ks, strides, rd, ld, pads, outs):
     return blocks, grid
 
 
-#: CPU default of :attr:`TrialBatched.conv_patch_rows`: LeNet's second conv
-#: (54 patch rows) is faster as im2col (16.5 against 12.8 trials/s per trial
-#: convs, 2,000 images), ResNet-18 width 16 (144 rows and up) as one XLA
-#: convolution per trial (8.0 against 2.9 trials/s all im2col, 2.0 mixed).
+def _patch_rows(eqn) -> int:
+    """A convolution's patch-matrix rows: its kernel positions times its input
+    features per group."""
+    rhs = eqn.invars[1].aval.shape
+    _, rhs_spec, _ = eqn.params["dimension_numbers"]
+    return rhs[rhs_spec[1]] * math.prod(rhs[i] for i in rhs_spec[2:])
+
+
+def program_digest(jaxpr) -> str:
+    """The SHA-256 of a program's text (a jaxpr): how the timed choices of
+    ``"measure"`` and ``chunk_size="measure"`` know a model."""
+    return hashlib.sha256(str(jaxpr).encode()).hexdigest()
+
+
+def _convs(jaxpr):
+    """Every ``conv_general_dilated`` of ``jaxpr``, inner jaxprs included (call
+    primitives, loops, branches)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            yield from _convs(sub)
+
+
+#: CPU default of :attr:`TrialBatched.conv_patch_rows` (the rule): a model
+#: whose convolutions all have at most this many patch rows runs them as
+#: im2col, any other model all of its convolutions as one XLA convolution per
+#: trial. Measured by ``python -m benchmarks.conv_paths`` on 2 CPU cores
+#: (``benchmarks/results/conv_paths.json``, ``evaluate`` at its default
+#: sizes): the LeNets (9 and 54 rows) ran 290-377 trials/s as im2col against
+#: 54-86 per trial; ConvNet (27, then 576 rows and up) 6.1 trials/s per
+#: trial against 3.8 im2col, ResNet-18 width 16 (27, then 144 and up) 21.4
+#: against 11.7, width 64 3.9 against 2.5.
 CPU_CONV_PATCH_ROWS = 128
 
 #: The ways a convolution with a per-trial kernel runs: ``"im2col"`` (the
@@ -1005,7 +1110,8 @@ VMAP = "vmap"
 CONV_POLICIES = ("auto", "rule", "measure", "layers", VMAP, *CONV_PATHS)
 
 #: What ``"measure"`` times on the whole forward pass, in the order that wins
-#: ties (the rule only where it differs from im2col: on CPU).
+#: ties (the rule only where it has a threshold, on CPU, and then not the
+#: fixed path it takes: it is the same program).
 MEASURE_CANDIDATES = ("rule", "im2col", "per_trial", "xla", "layers")
 
 #: A measured candidate within this fraction of the fastest wins when it comes
@@ -1034,10 +1140,10 @@ def conv_paths(policy: str):
 
     - ``"auto"`` (the default outside any block): ``"rule"`` on CPU,
       ``"measure"`` on accelerators;
-    - ``"rule"``: im2col, except a per-trial input whose patch matrix has more
-      than :data:`CPU_CONV_PATCH_ROWS` rows runs as one XLA convolution per
-      trial (on CPU; on accelerators im2col throughout), from the CPU
-      measurements cited there;
+    - ``"rule"``: im2col, except in a model with a convolution whose patch
+      matrix has more than :data:`CPU_CONV_PATCH_ROWS` rows, which runs every
+      convolution as one XLA convolution per trial (on CPU; on accelerators
+      im2col throughout), from the CPU measurements cited there;
     - ``"layers"``: each layer shape (input and kernel shapes and layouts,
       stride, padding, dilation, groups, trials, dtype) is timed once per
       machine (kept in the same file as ``"measure"``'s choices) on the
@@ -1050,10 +1156,11 @@ def conv_paths(policy: str):
     - ``"measure"``: the whole trial-batched forward pass (one image batch,
       the chunk's trials, operands filled with 0.5) is timed once per model,
       shapes and machine under each of :data:`MEASURE_CANDIDATES` (the rule,
-      each fixed path, ``"layers"``), and the fastest runs (ties within
-      :data:`CONV_TIE` go to the earlier one). It costs a compilation of the
-      forward pass per candidate, plus ``"layers"``' own, the first time; the
-      choice is kept in a file that later processes read
+      each fixed path but the one the rule takes, ``"layers"``), and the
+      fastest runs (ties within :data:`CONV_TIE` go to the earlier one). It
+      costs a compilation of the forward pass per candidate, plus
+      ``"layers"``' own, the first time; the choice is kept in a file that
+      later processes read
       (``$USWIM_CONV_CACHE``; see :mod:`uswim_jax._measure_cache`);
     - with several JAX processes each one times (or reads its file), and all
       run process 0's choice, so that every process compiles the same program
@@ -1186,7 +1293,7 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
                 return tb._conv(eqn, a, second).val
             b = _V(second, True, rhs.perm, rhs.rows)
             if path == "per_trial":
-                return tb._conv_each_trial(eqn, [a, b]).val
+                return _logical(tb._conv_each_trial(eqn, [a, b]))
             return tb._vmapped(eqn, [a, b])[0].val
 
         return run
@@ -1263,11 +1370,7 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
     machine (:func:`conv_paths`; the in-process cache, then the file's)."""
     structs = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]
     if tb._model_key is None:  # the program's text, printed once per instance
-        text = str(tb.jaxpr)
-        tb._model_key = (
-            hashlib.sha256(text.encode()).hexdigest(),
-            text.count("conv_general_dilated"),
-        )
+        tb._model_key = (program_digest(tb.jaxpr), sum(1 for _ in _convs(tb.jaxpr)))
     digest, n_conv = tb._model_key
     sig = repr(
         (
@@ -1286,10 +1389,15 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
             _MEASURED_MODELS[sig] = {**cached, "policy": "measure", "clears": None}
     if sig not in _MEASURED_MODELS:
         t0 = time.perf_counter()
+        # the rule is one fixed path for the whole model: timed once, as "rule"
+        rule = None
+        if tb.conv_patch_rows is not None:
+            rule = "per_trial" if tb._per_trial_conv(None, None) else "im2col"
         cands = [
             c
             for c in MEASURE_CANDIDATES
-            if (c != "rule" or tb.conv_patch_rows is not None)
+            if (c != "rule" or rule is not None)
+            and c != rule
             and (c != "per_trial" or (t or 1) <= MEASURE_PER_TRIAL_MAX)
         ]
         args = _fill(structs + tb._x_template)

@@ -22,7 +22,6 @@ from uswim_jax._chunking import _free_memory_bytes as _free_memory_bytes
 from uswim_jax._chunking import _last_level_cache_bytes as _last_level_cache_bytes
 from uswim_jax._chunking import auto_chunk_size as auto_chunk_size
 from uswim_jax._chunking import auto_eval_batch_size as auto_eval_batch_size
-from uswim_jax._chunking import auto_sizes as auto_sizes
 from uswim_jax._chunking import choose_chunk_size as choose_chunk_size
 from uswim_jax._chunking import choose_eval_batch_size as choose_eval_batch_size
 from uswim_jax._chunking import measure_sizes as measure_sizes
