@@ -13,8 +13,9 @@ times side by side in one round robin (``benchmarks._common.round_robin``):
   outputs stacked (what ``"per_trial"`` runs: each trial's layers are its own
   steps, and XLA's CPU backend may fuse the convolution with what follows);
 - ``stacked before``: per trial ``conv``, the outputs stacked, then ReLU and
-  max-pool over the stack (what ``"per_trial"`` ran before it kept the trials
-  apart).
+  max-pool over the stack (the stack between each convolution and what reads
+  it, as ``"per_trial"`` had it before it kept the trials apart; it pooled
+  through strided slices, here ``reduce_window``).
 
 Both compute the same values (checked). It reports each shape's steady
 milliseconds and ``before / after`` ratio. Results go to

@@ -5,9 +5,10 @@ Run as ``python -m benchmarks.conv_paths`` (``--quick`` for a small CI-sized
 variant; it runs on any backend). For each model, side by side in one process,
 ``uswim_jax.evaluate`` (its default sizes, jitted) under every policy:
 
-- ``rule``: the default on CPU (im2col, except per-trial inputs with more than
-  ``CPU_CONV_PATCH_ROWS`` patch rows: one XLA convolution per trial; on
-  accelerators im2col throughout);
+- ``rule``: the default on CPU (one path per model: im2col, except in a model
+  with a convolution of more than ``CPU_CONV_PATCH_ROWS`` patch rows, which
+  runs every convolution as one XLA convolution per trial; on accelerators
+  im2col throughout);
 - ``measure``: the default on accelerators: the whole forward pass timed under
   the rule, each fixed path but the rule's and ``layers``, the fastest taken;
 - ``layers``: each layer shape timed along every path, the fastest taken

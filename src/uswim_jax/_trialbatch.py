@@ -228,7 +228,7 @@ class TrialBatched:
         x: one input batch (array or ``jax.ShapeDtypeStruct``).
         batched: a pytree of bools like ``params`` (or ``None``: every leaf),
             True where the leaf carries a per-trial leading axis.
-        conv_patch_rows: the rule's threshold (:meth:`_per_trial_conv`;
+        conv_patch_rows: the rule's threshold (:attr:`_rule_path`;
             ``None``: im2col for every rewritable convolution).
         conv_path: ``"rule"``, ``"measure"`` or one of :data:`CONV_PATHS`
             (:func:`conv_paths`).
@@ -256,11 +256,10 @@ class TrialBatched:
         self._logged: set = set()
         #: The rule's threshold: a model with a convolution whose patch matrix
         #: has more rows than this runs every convolution as one XLA
-        #: convolution per trial (``None``: never; :meth:`_per_trial_conv`).
+        #: convolution per trial (``None``: never; :attr:`_rule_path`).
         self.conv_patch_rows = conv_patch_rows
-        #: The most patch rows of any convolution of the model (the rule's
-        #: input; made when first needed).
-        self._most_patch_rows: int | None = None
+        #: The most patch rows of any convolution of the model (the rule's input).
+        self._most_patch_rows = max(map(_patch_rows, _convs(self.jaxpr)), default=0)
         if conv_path not in CONV_POLICIES[1:]:
             raise ValueError(
                 f"conv_path must be one of {CONV_POLICIES[1:]}, got {conv_path!r}"
@@ -825,7 +824,7 @@ class TrialBatched:
             record.update(_logged_measurement(measured, path))
         else:  # the rule
             record["policy"] = "rule"
-            path = "per_trial" if self._per_trial_conv(eqn, ins) else "im2col"
+            path = self._rule_path
         if path == "im2col" and not rewritable:
             path = "xla"
         record["path"] = path
@@ -833,22 +832,20 @@ class TrialBatched:
             _DECISIONS[sig] = record
         return path
 
-    def _per_trial_conv(self, eqn, ins) -> bool:
-        """The rule, made once per model: where any convolution of the model
-        has a patch matrix (``W*C`` rows) of more than :attr:`conv_patch_rows`
-        rows, every convolution with a per-trial kernel runs as one XLA
-        convolution per trial, and im2col otherwise (on CPU; see
+    @property
+    def _rule_path(self) -> str:
+        """The rule's path, one for the whole model: where any convolution of
+        the model has a patch matrix (``W*C`` rows) of more than
+        :attr:`conv_patch_rows` rows, ``"per_trial"`` for every convolution
+        with a per-trial kernel, else ``"im2col"`` (on CPU; see
         :data:`CPU_CONV_PATCH_ROWS`): building big patch matrices costs more
         memory traffic than the convolutions, and a model that runs some
         convolutions per trial runs fastest with all of them so (each trial's
         layers stay in the layout XLA's convolutions want, and fuse with the
         steps between them)."""
-        del eqn, ins
-        if self.conv_patch_rows is None:
-            return False
-        if self._most_patch_rows is None:
-            self._most_patch_rows = max(map(_patch_rows, _convs(self.jaxpr)), default=0)
-        return self._most_patch_rows > self.conv_patch_rows
+        rows = self.conv_patch_rows
+        big = rows is not None and self._most_patch_rows > rows
+        return "per_trial" if big else "im2col"
 
     @classmethod
     def _conv_each_trial(cls, eqn, ins) -> _V:
@@ -1088,7 +1085,7 @@ def _convs(jaxpr):
 #: im2col, any other model all of its convolutions as one XLA convolution per
 #: trial. Measured by ``python -m benchmarks.conv_paths`` on 2 CPU cores
 #: (``benchmarks/results/conv_paths.json``, ``evaluate`` at its default
-#: sizes): the LeNets (9 and 54 rows) ran 290-377 trials/s as im2col against
+#: sizes): the LeNets (9 and 54 rows) ran 290-365 trials/s as im2col against
 #: 54-86 per trial; ConvNet (27, then 576 rows and up) 6.1 trials/s per
 #: trial against 3.8 im2col, ResNet-18 width 16 (27, then 144 and up) 21.4
 #: against 11.7, width 64 3.9 against 2.5.
@@ -1390,9 +1387,7 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
     if sig not in _MEASURED_MODELS:
         t0 = time.perf_counter()
         # the rule is one fixed path for the whole model: timed once, as "rule"
-        rule = None
-        if tb.conv_patch_rows is not None:
-            rule = "per_trial" if tb._per_trial_conv(None, None) else "im2col"
+        rule = None if tb.conv_patch_rows is None else tb._rule_path
         cands = [
             c
             for c in MEASURE_CANDIDATES
