@@ -14,6 +14,7 @@ from flax import linen as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
+from test_fast_eval import _eqns
 from test_trialbatch import (
     BUILDERS,
     RTOL,
@@ -163,6 +164,65 @@ def test_per_trial_keeps_each_trials_layers_apart():
     assert text.count("conv_general_dilated[") == 2 * t
     assert text.count("reduce_window_max[") == 2 * t
     assert text.count(" stack[") == 1
+
+
+def _reads_a_kernel(jaxpr, kernel_shapes) -> int:
+    """How many steps of ``jaxpr`` (inner jaxprs included) other than the
+    convolutions read a value of one of ``kernel_shapes``."""
+    return sum(
+        eqn.primitive.name != "conv_general_dilated"
+        and any(
+            tuple(getattr(v.aval, "shape", ())) in kernel_shapes for v in eqn.invars
+        )
+        for eqn in _eqns(jaxpr)
+    )
+
+
+@pytest.mark.parametrize("policy", ["per_trial", "rule"])
+def test_per_trial_kernels_are_cut_once_per_chunk(policy):
+    """Along ``"per_trial"`` (as a policy, or the rule's one path) ``prepare``
+    cuts each trial's kernels out of the stack, so the work per image batch
+    (``apply``) reads the stacked kernels nowhere but in the convolutions'
+    own operands; and the result equals the plain path."""
+    t = 3
+    with jax.enable_x64(True):
+        f, params, x = _three_convs((16, 16))
+        stacked = _noisy_stack(params, t)
+        rows = tbm.CPU_CONV_PATCH_ROWS if policy == "rule" else None
+        tb = tbm.TrialBatched(f, params, x, None, rows, policy)
+        assert tb._fixed_path == "per_trial"
+        prepared = tb.prepare(stacked)
+        kernels = {a.shape for a in jax.tree.leaves(stacked) if a.ndim == 5} | {
+            a.shape[1:] for a in jax.tree.leaves(stacked) if a.ndim == 5
+        }
+        per_batch = jax.make_jaxpr(lambda x: tb.apply(prepared, x))(x).jaxpr
+        got = tb.apply(prepared, x)
+        np.testing.assert_allclose(got, _plain(f, stacked, x), rtol=RTOL, atol=RTOL)
+    assert len(kernels) == 2 * 3  # (T, 3, 3, I, O) and (3, 3, I, O) per conv
+    assert _reads_a_kernel(per_batch, kernels) == 0
+    # without the cut kernels apply cuts them itself, and the check sees it
+    uncut = {k: v for k, v in prepared.items() if not k.endswith("/kernel_parts")}
+    assert len(uncut) == len(prepared) - 3
+    per_batch = jax.make_jaxpr(lambda x: tb.apply(uncut, x))(x).jaxpr
+    assert _reads_a_kernel(per_batch, kernels) > 0
+
+
+def test_vmap_policy_traces_nothing_up_front():
+    """``"vmap"`` interprets nothing, so making its ``TrialBatched`` does not
+    trace the model (``apply_fn`` runs only under ``jax.vmap``)."""
+    calls = []
+    f = _conv_fn()
+
+    def counted(p, xi):
+        calls.append(1)
+        return f(p, xi)
+
+    k = jax.random.normal(jax.random.key(0), (2, 3, 3, 2, 5))
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2))
+    tb = tbm.TrialBatched(counted, k[0], x, None, None, tbm.VMAP)
+    assert calls == []
+    np.testing.assert_allclose(tb(k, x), _plain(f, k, x), rtol=1e-5, atol=1e-5)
+    assert calls == [1]
 
 
 def test_layers_take_the_fastest_once_per_shape(monkeypatch):

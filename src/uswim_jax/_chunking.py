@@ -176,8 +176,11 @@ _TRIAL_BYTES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary
 
 def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
     """Peak activation bytes of one trial's trial-batched forward pass over
-    ``b`` images (im2col patches included). Cached per ``apply_fn`` by the
-    shapes and dtypes, so repeated un-jitted calls trace the model once."""
+    ``b`` images (im2col patches included): the values ``apply`` makes per
+    image batch; what ``prepare`` makes once per chunk (kernels in matrix form
+    or cut per trial) is budgeted with the params (:func:`auto_chunk_size`).
+    Cached per ``apply_fn`` by the shapes and dtypes, so repeated un-jitted
+    calls trace the model once."""
     shape_key = (
         jax.tree.structure(params),
         tuple((np.shape(p), str(jnp.result_type(p))) for p in jax.tree.leaves(params)),
@@ -197,8 +200,24 @@ def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
         # sizes only: the rule's paths (no timing), kept out of conv_path_log
         tb = trial_batched(apply_fn, params, xb, conv_path="rule")
         tb.record = False
-        known[shape_key] = _peak_bytes(jax.make_jaxpr(tb)(one, xb).jaxpr)
+        known[shape_key] = _peak_bytes(_apply_jaxpr(tb, one, xb))
     return known[shape_key]
+
+
+def _apply_jaxpr(tb: Any, stacked: Any, x: Any) -> Any:
+    """The jaxpr of ``tb.apply`` alone, what ``tb.prepare(stacked)`` returns
+    among its inputs."""
+    trials = []
+
+    def prepare(p):
+        out = dict(tb.prepare(p))
+        trials.append(out.pop("num_trials"))
+        return out
+
+    prepared = jax.eval_shape(prepare, stacked)
+    return jax.make_jaxpr(lambda p, x: tb.apply({**p, "num_trials": trials[0]}, x))(
+        prepared, x
+    ).jaxpr
 
 
 def _param_bytes(params: Any) -> int:

@@ -13,7 +13,8 @@ values carry the trial axis:
 - ``prepare`` runs, once per trial, every step that reads the params alone and
   makes nothing larger than its largest input (reshapes, transposes and
   gathers of kernels, quantizers; ``split_params_only``'s rule), and puts each
-  convolution's per-trial kernel into matrix form; ``apply`` runs the rest, so a
+  convolution's per-trial kernel into matrix form (along ``"per_trial"``: cuts
+  it out of the stack, one array per trial); ``apply`` runs the rest, so a
   loop over image batches does that work once;
 - ``conv_general_dilated`` with a per-trial kernel becomes im2col: the patches
   (built once when the input is shared, per trial otherwise; written in place
@@ -156,6 +157,15 @@ class _V:
         self.rows = tuple(rows) if rows else None
 
 
+# A pytree (its arrays the leaves), so that what ``prepare`` returns can be a
+# jaxpr's input (``_chunking`` sizes ``apply`` on its own).
+jax.tree_util.register_pytree_node(
+    _V,
+    lambda v: ((v.val, v.parts), (v.batched, v.perm, v.rows)),
+    lambda aux, ch: _V(ch[0], aux[0], aux[1], aux[2], ch[1]),
+)
+
+
 def _rows_to(x: Any, j: int, sizes: Sequence[int], order: Sequence[int]) -> Any:
     """Axis ``j`` of ``x``, the row-major merge of axes of ``sizes``, rearranged
     to the merge of ``[sizes[i] for i in order]``."""
@@ -243,10 +253,17 @@ class TrialBatched:
         conv_patch_rows: int | None = None,
         conv_path: str = "rule",
     ):
-        closed, out_shape = jax.make_jaxpr(apply_fn, return_shape=True)(params, x)
+        if conv_path not in CONV_POLICIES[1:]:
+            raise ValueError(
+                f"conv_path must be one of {CONV_POLICIES[1:]}, got {conv_path!r}"
+            )
         self.apply_fn = apply_fn
-        self.jaxpr, self.consts = closed.jaxpr, closed.consts
-        self.out_tree = jax.tree.structure(out_shape)
+        if conv_path == VMAP:  # nothing is interpreted: no jaxpr to trace
+            self.jaxpr, self.consts, self.out_tree = None, (), None
+        else:
+            closed, out = jax.make_jaxpr(apply_fn, return_shape=True)(params, x)
+            self.jaxpr, self.consts = closed.jaxpr, closed.consts
+            self.out_tree = jax.tree.structure(out)
         self.param_tree = jax.tree.structure(params)
         self.n_params = self.param_tree.num_leaves
         if batched is None:
@@ -259,11 +276,8 @@ class TrialBatched:
         #: convolution per trial (``None``: never; :attr:`_rule_path`).
         self.conv_patch_rows = conv_patch_rows
         #: The most patch rows of any convolution of the model (the rule's input).
-        self._most_patch_rows = max(map(_patch_rows, _convs(self.jaxpr)), default=0)
-        if conv_path not in CONV_POLICIES[1:]:
-            raise ValueError(
-                f"conv_path must be one of {CONV_POLICIES[1:]}, got {conv_path!r}"
-            )
+        convs = () if self.jaxpr is None else _convs(self.jaxpr)
+        self._most_patch_rows = max(map(_patch_rows, convs), default=0)
         #: How convolutions with a per-trial kernel run: ``"rule"``
         #: (:attr:`conv_patch_rows`), ``"layers"`` (each layer shape's fastest
         #: path), ``"measure"`` (the fastest of those policies and the fixed
@@ -424,9 +438,15 @@ class TrialBatched:
             eqn.primitive.name == "conv_general_dilated"
             and ins[1] is not None
             and ins[1].batched
-            and self._conv_rewritable(eqn)
         ):
-            cache[key + "/kernel"] = self._conv_kernel(eqn, ins[1])
+            path = self._fixed_path
+            if path == "per_trial":
+                # each trial's kernel cut out of the stack once per chunk, not
+                # once per image batch
+                k = _logical(ins[1])
+                cache[key + "/kernel_parts"] = [k[i] for i in range(k.shape[0])]
+            elif path in (None, "im2col") and self._conv_rewritable(eqn):
+                cache[key + "/kernel"] = self._conv_kernel(eqn, ins[1])
         return [None] * len(eqn.outvars)
 
     def _fallback(self, eqn, ins, why: str = "") -> list:
@@ -502,6 +522,9 @@ class TrialBatched:
             whole = jax.ShapeDtypeStruct((len(lhs.parts), *part.shape), part.dtype)
             path = self._conv_path(eqn, [_V(whole, True), rhs])
         if path == "per_trial":
+            parts = cache.get(key + "/kernel_parts")
+            if parts is not None:
+                ins = [lhs, _split(parts)]
             return [self._conv_each_trial(eqn, ins)]
         ins = [_stacked(lhs), rhs]
         if path == "im2col":
@@ -847,6 +870,15 @@ class TrialBatched:
         big = rows is not None and self._most_patch_rows > rows
         return "per_trial" if big else "im2col"
 
+    @property
+    def _fixed_path(self) -> str | None:
+        """The path every convolution with a per-trial kernel takes under the
+        policy in effect when that does not depend on the layer (the rule, or
+        one of :data:`CONV_PATHS`); ``None`` under ``"layers"``."""
+        if self._active == "rule":
+            return self._rule_path
+        return self._active if self._active in CONV_PATHS else None
+
     @classmethod
     def _conv_each_trial(cls, eqn, ins) -> _V:
         """One XLA convolution per trial (a shared input is read by each), the
@@ -1146,18 +1178,19 @@ def conv_paths(policy: str):
       machine (kept in the same file as ``"measure"``'s choices) on the
       running backend along every path of :data:`CONV_PATHS` (operands of the
       real shapes filled with 0.5; compiled ahead of time, one warm-up call,
-      the fastest of several calls), and runs along the fastest (ties
+      then the paths timed in turns, each its fastest call: :func:`_time_calls`),
+      and runs along the fastest (ties
       within :data:`CONV_TIE` go to the earlier path). Greedy: a layer is timed
       with its input in the layout the layers before it left, so it misses a
       choice that pays off only in the next layer's layout;
     - ``"measure"``: the whole trial-batched forward pass (one image batch,
       the chunk's trials, operands filled with 0.5) is timed once per model,
       shapes and machine under each of :data:`MEASURE_CANDIDATES` (the rule,
-      each fixed path but the one the rule takes, ``"layers"``), and the
-      fastest runs (ties within :data:`CONV_TIE` go to the earlier one). It
-      costs a compilation of the forward pass per candidate, plus
-      ``"layers"``' own, the first time; the choice is kept in a file that
-      later processes read
+      each fixed path but the one the rule takes, ``"layers"``; timed in
+      turns, as the layers are), and the fastest runs (ties within
+      :data:`CONV_TIE` go to the earlier one). It costs a compilation of the
+      forward pass per candidate, plus ``"layers"``' own, the first time; the
+      choice is kept in a file that later processes read
       (``$USWIM_CONV_CACHE``; see :mod:`uswim_jax._measure_cache`);
     - with several JAX processes each one times (or reads its file), and all
       run process 0's choice, so that every process compiles the same program
@@ -1295,7 +1328,7 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
 
         return run
 
-    ms = {}
+    calls = {}
     for path in cands:
         second = rv
         if path == "im2col":  # the kernel matrix is made once per chunk
@@ -1307,7 +1340,8 @@ def _measure_conv(tb, eqn, ins, sig: str, cands) -> dict:
         run = _compiled(
             wrap(path), structs[0], jax.ShapeDtypeStruct(second.shape, second.dtype)
         )
-        ms[path] = 1e3 * _time_call(run, lv, second)
+        calls[path] = (run, (lv, second))
+    ms = {c: 1e3 * s for c, s in _time_calls(calls).items()}
     fastest = min(ms.values())
     path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
     out = {"path": path, "ms": ms, "seconds": time.perf_counter() - t0}
@@ -1351,13 +1385,26 @@ def _fill(structs) -> list:
 def _time_call(run, *args) -> float:
     """Seconds of the fastest of at least 3 calls (up to 20 within 0.2 s),
     after one warm-up call."""
-    jax.block_until_ready(run(*args))
-    best, spent, calls = math.inf, 0.0, 0
-    while calls < 3 or (spent < 0.2 and calls < 20):
-        s0 = time.perf_counter()
+    return _time_calls({None: (run, args)})[None]
+
+
+def _time_calls(calls: dict) -> dict:
+    """``{name: (run, args)}`` -> the seconds of each ``run(*args)``'s fastest
+    call, after one warm-up call of each: the calls take turns, round after
+    round (at least 3 rounds, up to 20 while they have spent under 0.2 s
+    each), so that a change of load on the machine meets every candidate."""
+    for run, args in calls.values():
         jax.block_until_ready(run(*args))
-        dt = time.perf_counter() - s0
-        best, spent, calls = min(best, dt), spent + dt, calls + 1
+    best = dict.fromkeys(calls, math.inf)
+    spent = dict.fromkeys(calls, 0.0)
+    rounds = 0
+    while rounds < 3 or (min(spent.values()) < 0.2 and rounds < 20):
+        for name, (run, args) in calls.items():
+            s0 = time.perf_counter()
+            jax.block_until_ready(run(*args))
+            dt = time.perf_counter() - s0
+            best[name], spent[name] = min(best[name], dt), spent[name] + dt
+        rounds += 1
     return best
 
 
@@ -1397,7 +1444,7 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
         ]
         args = _fill(structs + tb._x_template)
         n = len(structs)
-        ms = {}
+        calls = {}
         for c in cands:
             cand = copy.copy(tb)
             cand.conv_path = cand._active = c
@@ -1408,8 +1455,8 @@ def _measure_model(tb: TrialBatched, leaves: list, t: int | None) -> str:
                 stacked = jax.tree.unflatten(tb.param_tree, ps)
                 return cand.apply(cand.prepare(stacked), xs, t)
 
-            compiled = _compiled(run, structs, tb._x_template)
-            ms[c] = 1e3 * _time_call(compiled, args[:n], args[n:])
+            calls[c] = (_compiled(run, structs, tb._x_template), (args[:n], args[n:]))
+        ms = {c: 1e3 * s for c, s in _time_calls(calls).items()}
         fastest = min(ms.values())
         path = next(c for c in cands if ms[c] <= fastest * (1 + CONV_TIE))
         x_shape = "x".join(map(str, tb._x_template[0].shape)) if tb._x_template else ""
