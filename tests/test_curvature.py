@@ -580,13 +580,185 @@ def test_unsupported_primitive_raises(key):
     with pytest.raises(NotImplementedError, match="'while'.*hutchinson_diagonal"):
         uj.obd_diagonal(looped, params, x, y)
 
-    def branched(p, x):
-        w = p["dense0"]["kernel"]
-        a = lax.cond(jnp.sum(x) > 0, lambda a: a @ w, lambda a: -(a @ w), x)
-        return a @ p["dense1"]["kernel"]
 
-    with pytest.raises(NotImplementedError, match="'cond'"):
-        uj.obd_diagonal(branched, params, x, y)
+# ------------------------------------------------------------------ cond
+
+
+def _branches(p):
+    """Three heads on a shared hidden layer, each through its own params."""
+    return [
+        lambda a: jnp.tanh(a) @ p["dense1"]["kernel"],
+        lambda a: jax.nn.sigmoid(a) @ p["dense2"]["kernel"] + p["dense2"]["bias"][None],
+        lambda a: jnp.sin(a) ** 2 @ p["dense1"]["kernel"],
+    ]
+
+
+def _branched(style):
+    """``style``: ``"cond"`` (``lax.cond`` on the sign of the batch's mean
+    input: head 0 or 1), ``"switch"`` (``lax.switch`` over all three heads on
+    ``round(mean)``, clamped), ``"jit"`` (the ``cond`` inside a jitted call),
+    or an int: that head alone, no ``cond``."""
+
+    def apply(p, x):
+        a = x @ p["dense0"]["kernel"] + p["dense0"]["bias"][None]
+        heads = _branches(p)
+        if style == "switch":
+            return lax.switch(jnp.round(jnp.mean(x)).astype(jnp.int32), heads, a)
+        if isinstance(style, int):
+            return heads[style](a)
+        pick = lambda a: lax.cond(jnp.mean(x) > 0, heads[0], heads[1], a)
+        return jax.jit(pick)(a) if style == "jit" else pick(a)
+
+    return apply
+
+
+def _cond_setup(key, shift):
+    params = init_mlp(key, [3, 5, 4])
+    params["dense2"] = init_mlp(jax.random.fold_in(key, 2), [5, 4])["dense0"]
+    x, y = data(jax.random.fold_in(key, 1))
+    return params, x - jnp.mean(x) + shift, y
+
+
+@pytest.mark.parametrize("shift", [0.7, -0.7])
+@pytest.mark.parametrize("style", ["cond", "jit"])
+def test_obd_through_a_cond_is_that_of_the_taken_branch(key, style, shift):
+    """A ``cond`` gets the one-pass diagonal of the same model with the taken
+    branch written in its place, for either branch; the other branch's params
+    get exactly zero; on the taken head, the exact Hessian diagonal."""
+    params, x, y = _cond_setup(key, shift)
+    got = obd(_branched(style), params, x, y)
+    taken = 0 if shift > 0 else 1
+    assert (float(jnp.mean(x)) > 0) == (taken == 0)
+    assert_trees_close(got, obd(_branched(taken), params, x, y))
+    head, idle = ("dense1", "dense2") if taken == 0 else ("dense2", "dense1")
+    assert float(jnp.min(got["dense0"]["kernel"])) > 0
+    assert not np.any(np.asarray(got[idle]["kernel"]))
+    loss = uj.make_loss_fn(_branched(style), x, y)
+    exact = exact_diagonal(
+        lambda k: loss({**params, head: {**params[head], "kernel": k}}),
+        params[head]["kernel"],
+    )
+    assert_trees_close(got[head]["kernel"], exact)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_obd_through_a_switch_follows_its_index(key, index):
+    """``lax.switch`` over three heads: the diagonal on each head's kernel is
+    the exact Hessian diagonal where the index takes it, zero elsewhere
+    (heads 0 and 2 share a kernel, so it is nonzero under either)."""
+    params, x, y = _cond_setup(key, float(index))
+    got = obd(_branched("switch"), params, x, y)
+    loss = uj.make_loss_fn(_branched("switch"), x, y)
+    name = "dense2" if index == 1 else "dense1"
+    exact = exact_diagonal(
+        lambda k: loss({**params, name: {**params[name], "kernel": k}}),
+        params[name]["kernel"],
+    )
+    assert_trees_close(got[name]["kernel"], exact)
+    other = "dense1" if index == 1 else "dense2"
+    assert not np.any(np.asarray(got[other]["kernel"]))
+
+
+def test_obd_through_cond_in_flax_and_equinox(key):
+    """The same branched model written with ``flax.linen``'s ``nn.cond``,
+    ``flax.nnx``'s ``nnx.cond`` and an equinox module calling ``lax.cond``
+    gets, layer for layer, the plain ``lax`` version's diagonal."""
+    import equinox as eqx
+
+    params, x, y = _cond_setup(key, 0.7)
+    want = obd(_branched("cond"), params, x, y)
+    f64 = {"param_dtype": jnp.float64}
+
+    class Linen(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = nn.Dense(5, name="dense0", **f64)(x)
+            up = lambda m, a: nn.Dense(4, use_bias=False, name="dense1", **f64)(
+                jnp.tanh(a)
+            )
+            down = lambda m, a: nn.Dense(4, name="dense2", **f64)(jax.nn.sigmoid(a))
+            return nn.cond(jnp.mean(x) > 0, up, down, self, a)
+
+    variables = {  # built by hand: nn.cond's branches cannot init different layers
+        "params": {
+            "dense0": params["dense0"],
+            "dense1": {"kernel": params["dense1"]["kernel"]},
+            "dense2": params["dense2"],
+        }
+    }
+    got = obd(Linen().apply, variables, x, y)["params"]
+    assert_trees_close(got["dense0"], want["dense0"])
+    assert_trees_close(got["dense1"]["kernel"], want["dense1"]["kernel"])
+    assert_trees_close(got["dense2"], want["dense2"])
+
+    class Nnx(nnx.Module):
+        def __init__(self, rngs):
+            self.l0 = nnx.Linear(3, 5, rngs=rngs, **f64)
+            self.l1 = nnx.Linear(5, 4, use_bias=False, rngs=rngs, **f64)
+            self.l2 = nnx.Linear(5, 4, rngs=rngs, **f64)
+
+        def __call__(self, x):
+            a = self.l0(x)
+            return nnx.cond(
+                jnp.mean(x) > 0,
+                lambda m, a: m.l1(jnp.tanh(a)),
+                lambda m, a: m.l2(jax.nn.sigmoid(a)),
+                self,
+                a,
+            )
+
+    model = Nnx(nnx.Rngs(0))
+    for layer, name in (
+        (model.l0, "dense0"),
+        (model.l1, "dense1"),
+        (model.l2, "dense2"),
+    ):
+        for k, v in params[name].items():
+            if getattr(layer, k) is not None:  # dense1 has no bias here
+                getattr(layer, k)[...] = v
+    graphdef, state = nnx.split(model)
+    got = nnx.merge(
+        graphdef, obd(lambda st, x: nnx.merge(graphdef, st)(x), state, x, y)
+    )
+    np.testing.assert_allclose(got.l0.kernel[...], want["dense0"]["kernel"], RTOL)
+    np.testing.assert_allclose(got.l1.kernel[...], want["dense1"]["kernel"], RTOL)
+    assert not np.any(np.asarray(got.l2.kernel[...]))
+
+    class Eqx(eqx.Module):  # per-sample layers, vmapped over the batch
+        l0: eqx.nn.Linear
+        l1: eqx.nn.Linear
+        l2: eqx.nn.Linear
+
+        def __call__(self, x):
+            a = jax.vmap(self.l0)(x)
+            return lax.cond(
+                jnp.mean(x) > 0,
+                lambda a: jax.vmap(self.l1)(jnp.tanh(a)),
+                lambda a: jax.vmap(self.l2)(jax.nn.sigmoid(a)),
+                a,
+            )
+
+    ks = jax.random.split(key, 3)
+    m = Eqx(
+        eqx.nn.Linear(3, 5, key=ks[0], dtype=jnp.float64),
+        eqx.nn.Linear(5, 4, use_bias=False, key=ks[1], dtype=jnp.float64),
+        eqx.nn.Linear(5, 4, key=ks[2], dtype=jnp.float64),
+    )
+    m = eqx.tree_at(
+        lambda m: (m.l0.weight, m.l0.bias, m.l1.weight, m.l2.weight, m.l2.bias),
+        m,
+        (
+            params["dense0"]["kernel"].T,
+            params["dense0"]["bias"],
+            params["dense1"]["kernel"].T,
+            params["dense2"]["kernel"].T,
+            params["dense2"]["bias"],
+        ),
+    )
+    got = obd(lambda m, x: m(x), m, x, y)
+    np.testing.assert_allclose(got.l0.weight.T, want["dense0"]["kernel"], RTOL)
+    np.testing.assert_allclose(got.l1.weight.T, want["dense1"]["kernel"], RTOL)
+    assert not np.any(np.asarray(got.l2.weight))
 
 
 def _rnn(loop, reverse=False):

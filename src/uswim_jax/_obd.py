@@ -23,12 +23,15 @@ interpreter):
   (max-pool), ``reduce_window_sum``, ...): the plain VJP;
 - **calls** (``jit``/``pjit``, ``closed_call``, ``custom_jvp_call``,
   ``custom_vjp_call``, ``remat``): recurse into the inner jaxpr;
-- **loops** with a static trip count (``scan``, so ``lax.scan``, a
-  ``fori_loop`` with static bounds, Flax's ``nn.RNN``) are unrolled first
-  (:func:`unroll_loops`), so their iterations are plain primitives;
+- **control flow** is rewritten first (:func:`unroll_control_flow`): a loop
+  with a static trip count (``scan``, so ``lax.scan``, a ``fori_loop`` with
+  static bounds, Flax's ``nn.RNN``) is unrolled, so its iterations are plain
+  primitives; a ``cond`` (``lax.cond``, ``lax.switch``) runs every branch and
+  selects the taken branch's outputs (``select_n`` on its index), so the
+  second-order cotangents reach the taken branch alone;
 - ``stop_gradient`` passes nothing. Anything else that lies on a path from the
   params to the outputs raises ``NotImplementedError`` naming the primitive
-  (other control flow: ``while``, ``cond``).
+  (a ``while`` loop whose trip count is known only at run time among them).
 
 Where a value fans out to several consumers whose paths re-merge through a
 non-elementwise primitive (a residual add), the contributions are summed and the
@@ -172,10 +175,12 @@ STRUCTURAL_PRIMITIVES = frozenset(
 #: Primitives through which no second-order information flows.
 BLOCKING_PRIMITIVES = frozenset({"stop_gradient"})
 
-#: Loops with a static trip count, unrolled before the passes: each iteration
-#: becomes its own copy of the body, so the rules see plain primitives and the
-#: carry's ``h`` flows back through the iterations like any other value.
-UNROLLED_PRIMITIVES = frozenset({"scan"})
+#: Control flow rewritten before the passes (:func:`unroll_control_flow`): a
+#: loop with a static trip count becomes one copy of its body per iteration,
+#: so the rules see plain primitives and the carry's ``h`` flows back through
+#: the iterations like any other value; a ``cond`` becomes its branches and a
+#: ``select_n`` of their outputs.
+UNROLLED_PRIMITIVES = frozenset({"scan", "cond"})
 
 SUPPORTED_PRIMITIVES = (
     CALL_PRIMITIVES
@@ -353,7 +358,7 @@ def forward(
 
 # ------------------------------------------------------------------ unrolling
 
-#: Calls inlined when their body holds such a loop (custom derivatives are not:
+#: Calls inlined when their body holds such control flow (custom derivatives are not:
 #: their rule is theirs).
 _INLINED_CALLS = CALL_PRIMITIVES - {
     "custom_jvp_call",
@@ -362,28 +367,35 @@ _INLINED_CALLS = CALL_PRIMITIVES - {
 }
 
 
-def _holds_loop(jaxpr: Any) -> bool:
-    """Whether ``jaxpr`` or a call inside it that would be inlined runs a loop of
-    :data:`UNROLLED_PRIMITIVES`."""
+def _holds_control_flow(jaxpr: Any) -> bool:
+    """Whether ``jaxpr`` or a call inside it that would be inlined holds a
+    primitive of :data:`UNROLLED_PRIMITIVES`."""
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name in UNROLLED_PRIMITIVES:
             return True
-        if name in _INLINED_CALLS and _holds_loop(_inner(eqn)[0]):
+        if name in _INLINED_CALLS and _holds_control_flow(_inner(eqn)[0]):
             return True
     return False
 
 
-def unroll_loops(closed: jcore.ClosedJaxpr) -> jcore.ClosedJaxpr:
+def unroll_control_flow(closed: jcore.ClosedJaxpr) -> jcore.ClosedJaxpr:
     """``closed`` with every ``scan`` (``lax.scan``, a ``fori_loop`` with static
-    bounds, Flax's ``nn.RNN``) unrolled into ``length`` copies of its body, and
-    the calls around one inlined; ``closed`` itself when it holds none.
+    bounds, Flax's ``nn.RNN``) unrolled into ``length`` copies of its body,
+    every ``cond`` (``lax.cond``, ``lax.switch``) replaced by all of its
+    branches and a ``select_n`` of their outputs on its index, and the calls
+    around them inlined; ``closed`` itself when it holds neither.
 
-    The unrolled program computes the same values with the same primitives, so
+    The rewritten program computes the same values with the same primitives, so
     the one-pass diagonal of a model written with a scan equals that of the
-    same model written with a Python loop. Tracing grows with the trip count.
+    same model written with a Python loop, and that of a model with a ``cond``
+    equals that of the same model with the taken branch written in its place.
+    Tracing grows with the trip count, and every branch runs. A branch that is
+    not taken still carries a zero cotangent back: where its values are
+    infinite or NaN (``log`` of a negative input, say) the zero times them is
+    NaN, as in ``jax.grad`` of a ``jnp.where``.
     """
-    if not _holds_loop(closed.jaxpr):
+    if not _holds_control_flow(closed.jaxpr):
         return closed
     return jax.make_jaxpr(
         lambda *args: _eval_unrolled(closed.jaxpr, closed.consts, args)
@@ -399,9 +411,11 @@ def _eval_unrolled(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> li
     for eqn in jaxpr.eqns:
         invals = [_read(env, v) for v in eqn.invars]
         name = eqn.primitive.name
-        if name in UNROLLED_PRIMITIVES:
+        if name == "scan":
             outs = _scan_unrolled(eqn, invals)
-        elif name in _INLINED_CALLS and _holds_loop(_inner(eqn)[0]):
+        elif name == "cond":
+            outs = _cond_selected(eqn, invals)
+        elif name in _INLINED_CALLS and _holds_control_flow(_inner(eqn)[0]):
             outs = _eval_unrolled(*_inner(eqn), invals)
         else:
             outs = _bind(eqn, invals)
@@ -429,6 +443,16 @@ def _scan_unrolled(eqn: Any, invals: Sequence[Any]) -> list:
         for j, v in enumerate(body.jaxpr.outvars[nk:])
     ]
     return [*carry, *stacked]
+
+
+def _cond_selected(eqn: Any, invals: Sequence[Any]) -> list:
+    """One ``cond`` as every branch run on its operands and the outputs of the
+    one its index picks selected (``select_n``)."""
+    index, ops = invals[0], invals[1:]
+    outs = [_eval_unrolled(b.jaxpr, b.consts, ops) for b in eqn.params["branches"]]
+    if len(outs) == 1:
+        return outs[0]
+    return [jax.lax.select_n(index, *[o[j] for o in outs]) for j in range(len(outs[0]))]
 
 
 # --------------------------------------------------------------------------- plan
@@ -814,9 +838,9 @@ def backward(
             raise NotImplementedError(
                 f"obd_diagonal: no second-order rule for primitive '{name}' "
                 f"(supported: bilinear, elementwise, structural and call "
-                f"primitives, and scan, which is unrolled; other control flow "
-                f"such as while/cond is not supported: unroll it or move it off "
-                f"the path from params to logits, or take a diagonal by autodiff, "
+                f"primitives, scan, which is unrolled, and cond; a while loop "
+                f"is not supported: unroll it or move it off the path from "
+                f"params to logits, or take a diagonal by autodiff, "
                 f"ggn_diagonal or hutchinson_diagonal)"
             )
     return [h.get(v) if _is_var(v) else None for v in jaxpr.invars]

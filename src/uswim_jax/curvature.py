@@ -278,8 +278,9 @@ def obd_diagonal(
         params or inputs, labels of the wrong dtype, shape or range, logits not
         of shape ``(B, C)``), or params with no crossbar leaf.
       NotImplementedError: naming a primitive on the path from params to logits
-        that has no rule (control flow such as ``while`` or ``cond``; a
-        ``scan`` is unrolled). ``OBD_SUPPORTED_PRIMITIVES`` lists those
+        that has no rule (a ``while`` loop whose trip count is known only at
+        run time; a ``scan`` is unrolled, a ``cond`` runs every branch and
+        selects the taken one's outputs). ``OBD_SUPPORTED_PRIMITIVES`` lists those
         handled; control flow that does not touch the params (input
         preprocessing) is fine.
 
@@ -298,7 +299,7 @@ def obd_diagonal(
     def flat_fn(*args: Any) -> Any:
         return apply_fn(treedef.unflatten(args[:n]), x_def.unflatten(args[n:]))
 
-    closed = _obd.unroll_loops(jax.make_jaxpr(flat_fn)(*leaves, *x_leaves))
+    closed = _obd.unroll_control_flow(jax.make_jaxpr(flat_fn)(*leaves, *x_leaves))
     if len(closed.jaxpr.outvars) != 1:
         raise ValueError(
             "apply_fn must return a single logits array, got "
