@@ -200,24 +200,8 @@ def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
         # sizes only: the rule's paths (no timing), kept out of conv_path_log
         tb = trial_batched(apply_fn, params, xb, conv_path="rule")
         tb.record = False
-        known[shape_key] = _peak_bytes(_apply_jaxpr(tb, one, xb))
+        known[shape_key] = _peak_bytes(tb.apply_jaxpr(one, xb))
     return known[shape_key]
-
-
-def _apply_jaxpr(tb: Any, stacked: Any, x: Any) -> Any:
-    """The jaxpr of ``tb.apply`` alone, what ``tb.prepare(stacked)`` returns
-    among its inputs."""
-    trials = []
-
-    def prepare(p):
-        out = dict(tb.prepare(p))
-        trials.append(out.pop("num_trials"))
-        return out
-
-    prepared = jax.eval_shape(prepare, stacked)
-    return jax.make_jaxpr(lambda p, x: tb.apply({**p, "num_trials": trials[0]}, x))(
-        prepared, x
-    ).jaxpr
 
 
 def _param_bytes(params: Any) -> int:

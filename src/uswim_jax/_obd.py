@@ -180,11 +180,11 @@ BLOCKING_PRIMITIVES = frozenset({"stop_gradient"})
 #: so the rules see plain primitives and the carry's ``h`` flows back through
 #: the iterations like any other value; a ``cond`` becomes its branches and a
 #: ``select_n`` of their outputs.
-UNROLLED_PRIMITIVES = frozenset({"scan", "cond"})
+REWRITTEN_PRIMITIVES = frozenset({"scan", "cond"})
 
 SUPPORTED_PRIMITIVES = (
     CALL_PRIMITIVES
-    | UNROLLED_PRIMITIVES
+    | REWRITTEN_PRIMITIVES
     | ELEMENTWISE_PRIMITIVES
     | BILINEAR_PRIMITIVES
     | STRUCTURAL_PRIMITIVES
@@ -369,10 +369,10 @@ _INLINED_CALLS = CALL_PRIMITIVES - {
 
 def _holds_control_flow(jaxpr: Any) -> bool:
     """Whether ``jaxpr`` or a call inside it that would be inlined holds a
-    primitive of :data:`UNROLLED_PRIMITIVES`."""
+    primitive of :data:`REWRITTEN_PRIMITIVES`."""
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name in UNROLLED_PRIMITIVES:
+        if name in REWRITTEN_PRIMITIVES:
             return True
         if name in _INLINED_CALLS and _holds_control_flow(_inner(eqn)[0]):
             return True

@@ -158,7 +158,7 @@ class _V:
 
 
 # A pytree (its arrays the leaves), so that what ``prepare`` returns can be a
-# jaxpr's input (``_chunking`` sizes ``apply`` on its own).
+# jaxpr's input (:meth:`TrialBatched.apply_jaxpr`).
 jax.tree_util.register_pytree_node(
     _V,
     lambda v: ((v.val, v.parts), (v.batched, v.perm, v.rows)),
@@ -371,6 +371,23 @@ class TrialBatched:
 
     def __call__(self, stacked: Any, x: Any) -> Any:
         return self.apply(self.prepare(stacked), x)
+
+    def apply_jaxpr(self, stacked: Any, x: Any) -> Any:
+        """The jaxpr of :meth:`apply` alone, what ``prepare(stacked)`` returns
+        among its inputs (arrays or ``jax.ShapeDtypeStruct``): the work per
+        image batch, which ``chunk_size="auto"`` sizes."""
+        trials = []
+
+        def prepare(p):
+            out = dict(self.prepare(p))
+            trials.append(out.pop("num_trials"))
+            return out
+
+        def apply(p, x):
+            return self.apply({**p, "num_trials": trials[0]}, x)
+
+        prepared = jax.eval_shape(prepare, stacked)
+        return jax.make_jaxpr(apply)(prepared, x).jaxpr
 
     def _vmap_apply(self, stacked: Any, x: Any, t: int | None) -> Any:
         """``"vmap"``: ``apply_fn`` under ``jax.vmap`` over the batched leaves
@@ -828,11 +845,10 @@ class TrialBatched:
         :func:`conv_path_log`."""
         rewritable = self._conv_rewritable(eqn)
         sig = _conv_signature(eqn, ins)
-        policy = self._active or "rule"
+        path = self._fixed_path
+        policy = "layers" if path is None else self._active or "rule"
         record = {"conv": _conv_description(eqn, ins), "policy": policy}
-        if policy in CONV_PATHS:
-            path = policy
-        elif policy == "layers":
+        if path is None:  # "layers": this layer shape's fastest path
             t = ins[1].val.shape[0]
             cands = [
                 c
@@ -845,9 +861,6 @@ class TrialBatched:
             if self.agree:
                 path = _agreed(path, CONV_PATHS)
             record.update(_logged_measurement(measured, path))
-        else:  # the rule
-            record["policy"] = "rule"
-            path = self._rule_path
         if path == "im2col" and not rewritable:
             path = "xla"
         record["path"] = path
@@ -873,11 +886,14 @@ class TrialBatched:
     @property
     def _fixed_path(self) -> str | None:
         """The path every convolution with a per-trial kernel takes under the
-        policy in effect when that does not depend on the layer (the rule, or
-        one of :data:`CONV_PATHS`); ``None`` under ``"layers"``."""
-        if self._active == "rule":
-            return self._rule_path
-        return self._active if self._active in CONV_PATHS else None
+        policy in effect (:attr:`_rule_path` under the rule, the path itself
+        under one of :data:`CONV_PATHS`); ``None`` under ``"layers"``, where
+        each layer shape takes its own. :meth:`_conv_path` and
+        :meth:`prepare` both read it."""
+        policy = self._active or "rule"
+        if policy == "layers":
+            return None
+        return policy if policy in CONV_PATHS else self._rule_path
 
     @classmethod
     def _conv_each_trial(cls, eqn, ins) -> _V:
@@ -1391,8 +1407,8 @@ def _time_call(run, *args) -> float:
 def _time_calls(calls: dict) -> dict:
     """``{name: (run, args)}`` -> the seconds of each ``run(*args)``'s fastest
     call, after one warm-up call of each: the calls take turns, round after
-    round (at least 3 rounds, up to 20 while they have spent under 0.2 s
-    each), so that a change of load on the machine meets every candidate."""
+    round (at least 3 rounds, and up to 20 while any of them has spent under
+    0.2 s), so that a change of load on the machine meets every candidate."""
     for run, args in calls.values():
         jax.block_until_ready(run(*args))
     best = dict.fromkeys(calls, math.inf)
