@@ -29,9 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 
 from uswim_jax._io import atomic_write_text, host_cpu
+from uswim_jax._jaxpr import forward_flops
 from uswim_jax.models import Model, build_model
 
 os.environ["USWIM_CONV_CACHE"] = ""  # measure afresh (see the docstring)
@@ -165,34 +165,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def forward_flops(jaxpr) -> int:
-    """2 x multiply-accumulates of every convolution and ``dot_general`` in
-    ``jaxpr``, nested jaxprs included (a ``scan`` body once per iteration): any
-    model is counted the same way, from
-    what it traces to (XLA's cost analysis cannot be used for this: it does not
-    count cuDNN convolutions on GPU)."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        out = eqn.outvars[0].aval.shape if eqn.outvars else ()
-        if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            spec = eqn.params["dimension_numbers"].rhs_spec
-            macs_per_out = rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
-            total += 2 * math.prod(out) * macs_per_out
-        elif name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2 * math.prod(out) * math.prod(lhs[i] for i in lc)
-        reps = eqn.params["length"] if name == "scan" else 1
-        for sub in jcore.jaxprs_in_params(eqn.params):
-            total += reps * forward_flops(getattr(sub, "jaxpr", sub))
-    return total
-
-
 def model_flops(apply_fn: Callable, params, x) -> int:
-    """:func:`forward_flops` of ``apply_fn(params, x)``: the FLOPs of one
-    forward pass over the images ``x``."""
+    """:func:`uswim_jax._jaxpr.forward_flops` of ``apply_fn(params, x)``: the
+    FLOPs of one forward pass over the images ``x`` (2 x the multiply-
+    accumulates of its convolutions and matmuls)."""
     return forward_flops(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
 
 

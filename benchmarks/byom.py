@@ -19,7 +19,8 @@ variant). In one process, side by side:
   over half an hour on two cores;
 - models beyond CNNs, in ``flax.linen``: an MLP (784-256-256-10), a two-block
   transformer (16 tokens of 49 features, width 64, 4 heads) and an RNN
-  (``nn.RNN``, 28 steps of 28 features, width 64).
+  (``nn.RNN``, 28 steps of 28 features, width 64); and the project's vision
+  transformer (28x28x1, patch 7, width 64, depth 6).
 
 Each case is ``uswim_jax.evaluate`` as a user calls it (its defaults
 ``chunk_size="auto"`` and ``eval_batch_size="auto"``, jitted once; the sizes
@@ -286,6 +287,12 @@ def main(argv=None) -> dict:
             _Transformer(), (16, 49), "tokens", (4, 40, 2) if q else (20, 500, 4)
         ),
         "RNN, 28 steps, flax.linen": linen_case(_Rnn(), (28, 28), "steps", lenet),
+        "ViT, project": (
+            project("vit"),
+            (28, 28, 1),
+            "NHWC",
+            (4, 40, 2) if q else (20, 500, 4),
+        ),
     }
     cases = only_cases(parser, cases, args.only)
     info = machine_info()
@@ -318,7 +325,8 @@ def main(argv=None) -> dict:
         def serial(keys=keys, one=one, params=params, x=x, y=y):
             return jnp.stack([one(k, params, x, y) for k in keys])
 
-        chunk, b = resolve_sizes(apply_fn, params, x, t)[:2]
+        flags = uj.crossbar_flags(params, crossbar)
+        chunk, b = resolve_sizes(apply_fn, params, x, t, batched=flags)[:2]
         runs[name] = {
             "evaluate": lambda ev=ev, params=params, x=x, y=y: ev(key, params, x, y),
             "serial": serial,

@@ -199,7 +199,8 @@ def main(argv=None) -> dict:
         params, apply_fn = build(jax.random.key(0))
         x = jnp.asarray(generated_images(n, shape)[0])
         y = jnp.argmax(jax.jit(apply_fn)(params, x), axis=-1)
-        chunk, b = resolve_sizes(apply_fn, params, x, t)[:2]
+        flags = uj.crossbar_flags(params, crossbar)
+        chunk, b = resolve_sizes(apply_fn, params, x, t, batched=flags)[:2]
         m = {
             "input_shape": list(shape),
             "num_trials": t,

@@ -619,20 +619,35 @@ CNN_CASES = ("LeNet", "ConvNet", "ResNet-18")
 
 
 def _beyond_cnns(cases: dict) -> list[str]:
-    """What trial batching gives the cases that are not CNNs (no target)."""
+    """What the defaults give the cases that are not CNNs (no target), and
+    how many trials they ran at once."""
     other = {n: c for n, c in cases.items() if not n.startswith(CNN_CASES)}
     if not other:
         return []
     each = ", ".join(
         f"{n.split(',')[0]} {c['x_serial']:.2f}x" for n, c in other.items()
     )
+    below = [n.split(",")[0] for n, c in other.items() if c["x_serial"] < 1]
+    verdict = (
+        "at least the loop's speed on each"
+        if not below
+        else "below the loop on " + ", ".join(below)
+    )
+    chunks = sorted({c["auto_chunk_size"] for c in other.values()})
+    at_once = (
+        "one trial at a time"
+        if chunks == [1]
+        else "trials at once: " + ", ".join(map(str, chunks))
+    )
     return [
-        f"- Beyond CNNs (no target): {each} their serial loops. A serial trial of "
-        "these is already large matmuls over all its images, so running "
-        "trials together does not pay on a CPU as it does for CNNs; the "
-        "im2col rewrite, "
-        "which turns small convolutions into large matmuls, is where LeNet's "
-        "speed-up comes from."
+        f"- Beyond CNNs (no target): {each} their serial loops ({verdict}), "
+        f"run {at_once}. Their matmuls are each trial's own (dense layers with "
+        "per-trial kernels, products of per-trial activations), which running "
+        "trials together neither shares nor widens, so on a CPU "
+        '`chunk_size="auto"` runs such a model one trial at a time '
+        "(`_chunking.AUTO_OWN_MAC_SHARE`). A trial of these is already large "
+        "matmuls over its images; the im2col rewrite, which turns small "
+        "convolutions into large matmuls, is where LeNet's speed-up comes from."
     ]
 
 

@@ -181,6 +181,9 @@ def test_auto_chunk_gives_the_same_trials(problem, monkeypatch):
     monkeypatch.setattr(
         _chunking, "_free_memory_bytes", lambda device: 2 * 7 * per_trial
     )
+    # the memory bound: an MLP's matmuls are all each trial's own, so on CPU
+    # "auto" would run it one trial at a time (own_mac_share); that rule off
+    monkeypatch.setattr(_chunking, "AUTO_OWN_MAC_SHARE", 1.0)
     chunk = montecarlo.auto_chunk_size(mlp_apply, params, x, 30)
     assert chunk == 6  # 7 fit, 6 is the largest divisor of 30 in (3.5, 7]
     got = evaluate(key, mlp_apply, params, x, y, DEVICE, None, 30)
@@ -332,6 +335,117 @@ def test_auto_image_batch_on_lenet_is_the_fastest_measured_setting(monkeypatch):
     b = _chunking.auto_eval_batch_size(model.apply_fn, params, x, "auto")
     assert b == 40
     assert u.montecarlo.auto_chunk_size(model.apply_fn, params, x, 100, b) == 4
+
+
+def _user_mlp(kind: str):
+    """A 32 -> 64 -> 4 MLP (layers ``l1``, ``l2``; 2,048 + 256 multiply-
+    accumulates per image) written as plain lax, flax.linen, flax.nnx or
+    equinox."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    if kind == "lax":
+        params = {
+            "l1": {"w": jax.random.normal(k1, (32, 64)) / 6},
+            "l2": {"w": jax.random.normal(k2, (64, 4)) / 8},
+        }
+        return (lambda p, x: jnp.tanh(x @ p["l1"]["w"]) @ p["l2"]["w"]), params
+    if kind == "linen":
+        from flax import linen as nn
+
+        class Mlp(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(4, name="l2")(jnp.tanh(nn.Dense(64, name="l1")(x)))
+
+        m = Mlp()
+        return m.apply, m.init(k1, jnp.zeros((1, 32)))
+    if kind == "nnx":
+        from flax import nnx
+
+        class Mlp(nnx.Module):
+            def __init__(self, rngs):
+                self.l1 = nnx.Linear(32, 64, rngs=rngs)
+                self.l2 = nnx.Linear(64, 4, rngs=rngs)
+
+            def __call__(self, x):
+                return self.l2(jnp.tanh(self.l1(x)))
+
+        graphdef, state = nnx.split(Mlp(nnx.Rngs(0)))
+        return (lambda s, x: nnx.merge(graphdef, s)(x)), state
+    import equinox as eqx
+
+    class Mlp(eqx.Module):
+        l1: eqx.nn.Linear
+        l2: eqx.nn.Linear
+
+        def __call__(self, x):  # one sample
+            return self.l2(jnp.tanh(self.l1(x)))
+
+    net = Mlp(eqx.nn.Linear(32, 64, key=k1), eqx.nn.Linear(64, 4, key=k2))
+    params, static = eqx.partition(net, eqx.is_array)
+    return (lambda p, x: jax.vmap(eqx.combine(p, static))(x)), params
+
+
+def _kernels_of(*layers):
+    """A crossbar predicate: the kernels (2-D leaves) of the named layers."""
+    return lambda path, leaf: (
+        np.ndim(leaf) >= 2 and any(name in path.split("/") for name in layers)
+    )
+
+
+@pytest.mark.parametrize("kind", ["lax", "linen", "nnx", "equinox"])
+def test_auto_runs_an_mlp_one_trial_at_a_time_on_cpu(kind):
+    """On CPU, ``chunk_size="auto"`` runs a model whose matmuls are each
+    trial's own (an MLP on the crossbar) one trial at a time, in every
+    framework; with its first layer off the crossbar, that layer (8/9 of the
+    multiply-accumulates) is shared by all the trials of a chunk, and the chunk
+    is the one the sizes give. ``"measure"`` still times that chunk beside one
+    trial at a time, and the default gives the trials of one-chunk runs."""
+    from uswim_jax import _chunking
+
+    assert jax.default_backend() == "cpu"
+    apply_fn, params = _user_mlp(kind)
+    x = jax.random.normal(jax.random.key(1), (48, 32))
+    y = jnp.argmax(apply_fn(params, x), -1)
+    own = u.crossbar_flags(params, _kernels_of("l1", "l2"))
+    assert _chunking.own_mac_share(apply_fn, params, x, 48, own) == 1.0
+    assert _chunking.auto_chunk_size(apply_fn, params, x, 12, None, own) == 1
+    sized = _chunking._sized_chunk(apply_fn, params, x, 12, 48, own, False)
+    assert sized > 1
+    cands = _chunking.size_candidates(apply_fn, params, x, 12, None, batched=own)
+    assert cands[:2] == [(1, None, None), (sized, None, None)]
+
+    head = u.crossbar_flags(params, _kernels_of("l2"))
+    share = _chunking.own_mac_share(apply_fn, params, x, 48, head)
+    assert share == pytest.approx(256 / (2048 + 256))
+    got = _chunking.auto_chunk_size(apply_fn, params, x, 12, None, head)
+    assert got == _chunking._sized_chunk(apply_fn, params, x, 12, 48, head, False)
+    assert got > 1
+
+    device = u.UniformVariation(0.3, 0.03, crossbar=_kernels_of("l1", "l2"))
+    key = jax.random.key(2)
+    ref = evaluate(key, apply_fn, params, x, y, device, None, 12, chunk_size=None)
+    got = evaluate(key, apply_fn, params, x, y, device, None, 12)
+    np.testing.assert_array_equal(got.accuracies, ref.accuracies)
+
+
+@pytest.mark.parametrize("kind", ["lax", "linen", "nnx", "equinox"])
+def test_auto_batches_the_trials_of_a_users_cnn(kind):
+    """A CNN's convolutions have per-trial kernels (rewritten for the trials of
+    a chunk together): the tiny user CNN's own share is its dense layers'
+    (72 x 16 + 16 x 4 of 3,600 + 2,592 + 1,216 multiply-accumulates per
+    image), the same in every framework, and ``"auto"`` batches its trials."""
+    from _user_models import build
+
+    from uswim_jax import _chunking
+
+    apply_fn, params, _, _ = build(kind, jax.random.key(0))
+    x = jnp.zeros((32, 12, 12, 1))
+    flags = u.crossbar_flags(params)
+    share = _chunking.own_mac_share(apply_fn, params, x, 32, flags)
+    assert share == pytest.approx(1216 / (3600 + 2592 + 1216))
+    got = _chunking.auto_chunk_size(apply_fn, params, x, 12, None, flags)
+    assert got == _chunking._sized_chunk(apply_fn, params, x, 12, 32, flags, False)
+    assert got > 1
 
 
 def test_auto_image_batch_is_a_multiple_of_the_vector_width():

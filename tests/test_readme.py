@@ -185,11 +185,19 @@ def test_byom_targets_name_the_cases_that_miss_them():
         "- ResNet-18 width 16, project: 39.9 % of the matmul rate (target 40 %: "
         "missed).",
     ]
-    # the other models have no target: a line with each one's x serial, none
-    # when there are only CNNs
-    cases = {"ConvNet, project": case(1.0, 0.7, 50.0), "RNN, 28 steps": case(9, 1.2, 9)}
+    # the other models have no target: a line with each one's x serial, those
+    # below their loops and the trials they ran at once; none when there are
+    # only CNNs
+    rnn = {**case(9, 1.2, 9), "auto_chunk_size": 1}
+    cases = {"ConvNet, project": case(1.0, 0.7, 50.0), "RNN, 28 steps": rnn}
     (line,) = readme._beyond_cnns(cases)
-    assert line.startswith("- Beyond CNNs (no target): RNN 1.20x their serial")
+    assert line.startswith(
+        "- Beyond CNNs (no target): RNN 1.20x their serial loops (at least the "
+        "loop's speed on each), run one trial at a time."
+    )
+    mlp = {**case(9, 0.9, 9), "auto_chunk_size": 4}
+    (line,) = readme._beyond_cnns({**cases, "MLP, linen": mlp})
+    assert "(below the loop on MLP), run trials at once: 1, 4." in line
     assert readme._beyond_cnns({"ConvNet, project": case(1.0, 0.7, 50.0)}) == []
 
 

@@ -21,6 +21,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 import uswim_jax as uj
+from uswim_jax import _chunking
 from uswim_jax._trialbatch import TrialBatched, trial_batched
 from uswim_jax.models import build_model
 from uswim_jax.montecarlo import evaluate, noisy_accuracy, trial_keys
@@ -668,3 +669,100 @@ def test_evaluate_project_models_slow(name):
     params = model.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
     _check_evaluate(params, model.apply_fn, x, num_trials=4, batch=4)
+
+
+# -------------------------------------------- multiply-accumulates by kind
+
+
+def _macs(apply_fn, params, flags, shape):
+    """``TrialBatched.macs`` of one trial over images of ``shape``, as
+    ``chunk_size="auto"`` reads them (``_chunking._one_trial``)."""
+    x = jnp.zeros(shape)
+    return _chunking._one_trial(apply_fn, params, x, shape[0], flags)[1]
+
+
+def _kinds_model(wrap):
+    """Five products, one of each way trial batching can meet one, each with
+    its own hand count per image (``x``: 6x6x2 NHWC): a convolution with a
+    per-trial kernel ``k`` (4x4 outputs of 4 features from 3x3x2 windows:
+    1152), a convolution with a shared kernel ``f`` on the images (864), a
+    convolution with a shared kernel ``g`` on the first's per-trial output
+    (4x4x2 from 4 features: 128), a dense layer with a per-trial kernel ``w``
+    on the images (72 -> 5: 360) and a product of two per-trial activations
+    (5x5 from 1: 25). ``wrap`` wraps the dense layer and the product."""
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def conv(a, k):
+        return lax.conv_general_dilated(a, k, (1, 1), "VALID", dimension_numbers=dn)
+
+    def head(h, w):
+        d = h.reshape(h.shape[0], -1) @ w
+        return jnp.einsum("nik,njk->nij", d[:, :, None], d[:, :, None]).sum((1, 2))
+
+    head = wrap(head)
+
+    def apply_fn(p, x):
+        c = conv(x, p["k"])
+        g = conv(c, p["g"])
+        f = conv(x, p["f"])
+        return jnp.stack([g.sum((1, 2, 3)), f.sum((1, 2, 3)) + head(x, p["w"])], -1)
+
+    params = {
+        "k": jnp.ones((3, 3, 2, 4)),
+        "f": jnp.ones((3, 3, 2, 3)),
+        "g": jnp.ones((1, 1, 4, 2)),
+        "w": jnp.ones((72, 5)),
+    }
+    flags = {"k": True, "f": False, "g": False, "w": True}
+    want = {"shared": 864, "per_trial_kernel_conv": 1152, "per_trial": 128 + 360 + 25}
+    return apply_fn, params, flags, want
+
+
+def _custom_jvp(f):
+    g = jax.custom_jvp(f)
+    g.defjvp(lambda primals, tangents: (f(*primals), f(*primals)))
+    return g
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda f: f, jax.jit, _custom_jvp, jax.checkpoint],
+    ids=["plain", "jit", "custom_jvp", "remat"],
+)
+def test_macs_are_counted_by_how_trial_batching_runs_them(wrap):
+    """``TrialBatched.macs`` (what ``chunk_size="auto"`` reads): each product
+    counted once, as the kind it runs as, also inside ``jit``, ``custom_jvp``
+    and ``checkpoint``; per image, so 3 images count 3 times one."""
+    apply_fn, params, flags, want = _kinds_model(wrap)
+    for n in (1, 3):
+        got = _macs(apply_fn, params, flags, (n, 6, 6, 2))
+        assert got == {k: n * v for k, v in want.items()}
+    # every leaf per trial: nothing is shared, and the shared-kernel
+    # convolutions now have per-trial kernels
+    got = _macs(apply_fn, params, jax.tree.map(lambda _: True, flags), (3, 6, 6, 2))
+    assert got == {
+        "shared": 0,
+        "per_trial_kernel_conv": 3 * (1152 + 864 + 128),
+        "per_trial": 3 * (360 + 25),
+    }
+
+
+def test_macs_of_a_loop_count_its_body_once_per_step():
+    """A ``scan`` whose carry reads a per-trial kernel runs under ``jax.vmap``'s
+    batching rule: its body's products count once per step, as each trial's
+    own; the same loop on shared values counts as shared (a per-trial dense
+    layer ``u`` after it, 5 -> 2, is each trial's own either way)."""
+
+    def apply_fn(p, x):
+        def step(h, _):
+            return jnp.tanh(h @ p["w"]), None
+
+        h, _ = lax.scan(step, x @ p["v"], None, length=4)
+        return h @ p["u"]
+
+    params = {"w": jnp.ones((5, 5)), "v": jnp.ones((3, 5)), "u": jnp.ones((5, 2))}
+    loop = 2 * (15 + 4 * 25)
+    got = _macs(apply_fn, params, {"w": True, "v": True, "u": True}, (2, 3))
+    assert got == {"shared": 0, "per_trial_kernel_conv": 0, "per_trial": loop + 20}
+    got = _macs(apply_fn, params, {"w": False, "v": False, "u": True}, (2, 3))
+    assert got == {"shared": loop, "per_trial_kernel_conv": 0, "per_trial": 20}

@@ -15,7 +15,7 @@ import numpy as np
 
 from uswim_jax import _measure_cache
 from uswim_jax._distributed import from_writer
-from uswim_jax._jaxpr import ApplyFn, _peak_bytes
+from uswim_jax._jaxpr import ApplyFn, _peak_bytes, nbytes_of
 from uswim_jax._tree import abstract
 from uswim_jax._trialbatch import (
     CONV_TIE,
@@ -29,7 +29,6 @@ from uswim_jax._trialbatch import (
     program_digest,
     trial_batched,
 )
-from uswim_jax._trialbatch import nbytes_of as _nbytes_of
 
 #: ``chunk_size="auto"``: the share of the free memory the trials may take.
 AUTO_MEMORY_FRACTION = 0.5
@@ -55,6 +54,18 @@ AUTO_BATCH_MULTIPLE = 8
 #: pass (a model whose single trial overflows the cache, e.g. ResNet-18, still
 #: gets matmuls wide enough to run at speed).
 AUTO_MIN_EVAL_BATCH = 16
+#: ``chunk_size="auto"`` on CPU: one trial at a time where more than this
+#: share of a trial's multiply-accumulates are its own (:func:`own_mac_share`).
+#: Measured by ``python -m benchmarks.byom`` on 2 CPU cores
+#: (``benchmarks/results/byom.json``, the ``"measure"`` candidates timed side
+#: by side, ms per trial): a two-block transformer (share 1) 8.2 one trial at
+#: a time against 21.6 five at a time, the project's vision transformer (share
+#: 0.99) 27.3 against 46.3 four at a time; an MLP and an RNN (share 1) within
+#: 4 % either way (3.25 against 3.14, 6.08 against 5.95). The CNNs, where
+#: running trials together pays, have shares of 0 (ResNet-18) and 0.03
+#: (ConvNet) to 0.33 (LeNet's dense head); any threshold between 0.33 and 0.99
+#: makes the same choices on these models.
+AUTO_OWN_MAC_SHARE = 0.5
 _FALLBACK_FREE_BYTES = 4 * 2**30
 _FALLBACK_CACHE_BYTES = 32 * 2**20
 
@@ -170,55 +181,104 @@ def choose_eval_batch_size(
     return -(-per_batch // multiple) * multiple
 
 
-# Per apply_fn (held weakly): {(param shapes, image shape, batch): bytes}.
-_TRIAL_BYTES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+# Per apply_fn (held weakly): {(param shapes, flags, image shape, batch): the
+# bytes and multiply-accumulates of one trial}.
+_ONE_TRIAL: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def _one_trial_bytes(apply_fn: ApplyFn, params: Any, x: Any, b: int) -> int:
-    """Peak activation bytes of one trial's trial-batched forward pass over
-    ``b`` images (im2col patches included): the values ``apply`` makes per
-    image batch; what ``prepare`` makes once per chunk (kernels in matrix form
-    or cut per trial) is budgeted with the params (:func:`auto_chunk_size`).
-    Cached per ``apply_fn`` by the shapes and dtypes, so repeated un-jitted
-    calls trace the model once."""
+def _one_trial(
+    apply_fn: ApplyFn, params: Any, x: Any, b: int, batched: Any = None
+) -> tuple[int, dict]:
+    """One trial of the trial-batched forward pass over ``b`` images, as
+    :func:`uswim_jax.evaluate` runs it (``batched`` flags the leaves that carry
+    per-trial noise; default all): ``(bytes, macs)``.
+
+    - ``bytes``: the peak bytes of the values ``apply`` makes per image batch
+      (im2col patches included); what ``prepare`` makes once per chunk
+      (kernels in matrix form or cut per trial) is budgeted with the params
+      (:func:`auto_chunk_size`).
+    - ``macs``: the multiply-accumulates of its convolutions and matmuls by
+      how trial batching runs them
+      (:data:`uswim_jax._trialbatch.MAC_KINDS`).
+
+    Cached per ``apply_fn`` by the shapes, dtypes and flags, so repeated
+    un-jitted calls trace the model once."""
+    leaves = jax.tree.leaves(params)
+    flags = (
+        [True] * len(leaves)
+        if batched is None
+        else [bool(f) for f in jax.tree.structure(params).flatten_up_to(batched)]
+    )
     shape_key = (
         jax.tree.structure(params),
-        tuple((np.shape(p), str(jnp.result_type(p))) for p in jax.tree.leaves(params)),
+        tuple((np.shape(p), str(jnp.result_type(p))) for p in leaves),
+        tuple(flags),
         (b, *np.shape(x)[1:]),
         str(jnp.result_type(x)),
     )
     try:
-        known = _TRIAL_BYTES.setdefault(apply_fn, {})
+        known = _ONE_TRIAL.setdefault(apply_fn, {})
     except TypeError:  # not weakly referenceable (e.g. a builtin): no cache
         known = {}
     if shape_key not in known:
         xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
-        one = jax.tree.map(
-            lambda p: jax.ShapeDtypeStruct((1, *np.shape(p)), jnp.result_type(p)),
-            params,
+        tree = jax.tree.structure(params)
+        one = tree.unflatten(
+            [
+                jax.ShapeDtypeStruct(
+                    ((1,) if f else ()) + np.shape(p), jnp.result_type(p)
+                )
+                for p, f in zip(leaves, flags, strict=True)
+            ]
         )
         # sizes only: the rule's paths (no timing), kept out of conv_path_log
-        tb = trial_batched(apply_fn, params, xb, conv_path="rule")
+        tb = trial_batched(apply_fn, params, xb, tree.unflatten(flags), "rule")
         tb.record = False
-        known[shape_key] = _peak_bytes(tb.apply_jaxpr(one, xb))
+        known[shape_key] = (_peak_bytes(tb.apply_jaxpr(one, xb)), dict(tb.macs))
     return known[shape_key]
+
+
+def _one_trial_bytes(
+    apply_fn: ApplyFn, params: Any, x: Any, b: int, batched: Any = None
+) -> int:
+    """The ``bytes`` of :func:`_one_trial`."""
+    return _one_trial(apply_fn, params, x, b, batched)[0]
+
+
+def own_mac_share(
+    apply_fn: ApplyFn, params: Any, x: Any, b: int, batched: Any = None
+) -> float:
+    """The share of one trial's multiply-accumulates over ``b`` images that are
+    that trial's own (``"per_trial"`` of
+    :data:`uswim_jax._trialbatch.MAC_KINDS`: dense layers with per-trial
+    kernels, products of per-trial activations), which running trials together
+    neither shares nor turns into larger matmuls; 0 for a model with no
+    convolution or matmul."""
+    macs = _one_trial(apply_fn, params, x, b, batched)[1]
+    total = sum(macs.values())
+    return macs["per_trial"] / total if total else 0.0
 
 
 def _param_bytes(params: Any) -> int:
     return sum(
-        _nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
+        nbytes_of(np.shape(p), jnp.result_type(p)) for p in jax.tree.leaves(params)
     )
 
 
 def auto_eval_batch_size(
-    apply_fn: ApplyFn, params: Any, x: Any, eval_batch_size: int | str | None
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    eval_batch_size: int | str | None,
+    batched: Any = None,
 ) -> int | None:
     """``eval_batch_size`` as :func:`uswim_jax.evaluate` runs it: an int or
     ``None`` (all images) as given; ``"auto"``: on CPU
     :func:`choose_eval_batch_size` (a multiple of :data:`AUTO_BATCH_MULTIPLE`)
     with this model's sizes (one trial's activations traced at 1 and 64
-    images, the difference per image, once per apply_fn and shapes; the cache
-    share of :data:`AUTO_CACHE_FRACTION`); on accelerators ``None``.
+    images, the difference per image, once per apply_fn, shapes and
+    ``batched`` flags, :func:`_one_trial`; the cache share of
+    :data:`AUTO_CACHE_FRACTION`); on accelerators ``None``.
 
     Raises:
         ValueError: ``eval_batch_size`` not ``"auto"``, ``None`` or a positive
@@ -231,9 +291,11 @@ def auto_eval_batch_size(
             return None
         n = int(np.shape(x)[0])
         big = min(n, 64)
-        a1 = _one_trial_bytes(apply_fn, params, x, 1)
+        a1 = _one_trial_bytes(apply_fn, params, x, 1, batched)
         per = max(
-            1, (_one_trial_bytes(apply_fn, params, x, big) - a1) // max(1, big - 1)
+            1,
+            (_one_trial_bytes(apply_fn, params, x, big, batched) - a1)
+            // max(1, big - 1),
         )
         return choose_eval_batch_size(
             n,
@@ -281,7 +343,8 @@ def resolve_sizes(
     (:func:`auto_eval_batch_size`), then, for ``chunk_size="auto"``, the chunk
     for that batch (:func:`auto_chunk_size`); for ``chunk_size="measure"``
     the timed choice of :func:`measure_sizes` (``batched`` flags the leaves
-    that carry per-trial noise; default all), the only one that may set
+    that carry per-trial noise, for all three; default all), the only one
+    that may set
     ``conv_path``; other values pass through (the image batch validated). With
     several processes every one runs process 0's sizes (each probed its own
     memory and cache, and all must compile the same program)."""
@@ -295,10 +358,12 @@ def resolve_sizes(
             batched=batched,
             shard=shard,
         )
-    eval_batch_size = auto_eval_batch_size(apply_fn, params, x, eval_batch_size)
+    eval_batch_size = auto_eval_batch_size(
+        apply_fn, params, x, eval_batch_size, batched
+    )
     if isinstance(chunk_size, str) and chunk_size == "auto":
         chunk_size = auto_chunk_size(
-            apply_fn, params, x, num_trials, eval_batch_size, shard=shard
+            apply_fn, params, x, num_trials, eval_batch_size, batched, shard=shard
         )
     if chunk_size is not None and not isinstance(chunk_size, int | np.integer):
         return Sizes(chunk_size, eval_batch_size)  # refused by the caller, by name
@@ -371,46 +436,67 @@ def auto_chunk_size(
     x: Any,
     num_trials: int,
     eval_batch_size: int | None = None,
+    batched: Any = None,
     *,
     shard: bool = False,
 ) -> int:
-    """``chunk_size="auto"``: :func:`choose_chunk_size` with sizes estimated for
-    this model and data on the first local device.
+    """``chunk_size="auto"``: how many trials to run at once on the first local
+    device, for this model and data (``batched`` flags the leaves that carry
+    per-trial noise; default all).
 
-    - One trial holds a noisy copy of the params, the noise and its random
-      bits and the prepared params (4 x the params' bytes), plus the activations
-      of one forward pass over ``eval_batch_size`` images
-      (:func:`forward_bytes`); twice that is budgeted per trial.
-    - The budget is :data:`AUTO_MEMORY_FRACTION` of the free memory:
-      ``MemAvailable`` from ``/proc/meminfo`` on CPU, ``bytes_limit -
-      bytes_in_use`` of the device's memory stats on GPU and TPU.
-    - On CPU only, a chunk's working set per image batch (activations plus
-      params of each trial) stays within :data:`AUTO_CACHE_FRACTION` of the
-      last-level cache; on accelerators only the memory bounds the chunk.
-    - The activations are those of the trial-batched forward pass that
-      :func:`evaluate` runs (:func:`uswim_jax._trialbatch.trial_batched`, one
-      trial), im2col patches included; any model gets several trials (its
-      convolutions with per-trial kernels are matmuls, not grouped
-      convolutions).
+    - On CPU, one trial at a time where more than :data:`AUTO_OWN_MAC_SHARE`
+      of one trial's multiply-accumulates are its own
+      (:func:`own_mac_share`: dense layers with per-trial kernels, products of
+      per-trial activations): running such trials together shares almost no
+      work, and the trial axis slows XLA's own matmuls and the steps between
+      them (measured on a transformer and a vision transformer; an MLP and an
+      RNN run as fast either way).
+    - Otherwise :func:`choose_chunk_size` with this model's sizes:
+
+      - one trial holds a noisy copy of the params, the noise and its random
+        bits and the prepared params (4 x the params' bytes), plus the
+        activations of one trial-batched forward pass over ``eval_batch_size``
+        images (:func:`_one_trial`, im2col patches included); twice that is
+        budgeted per trial;
+      - the budget is :data:`AUTO_MEMORY_FRACTION` of the free memory:
+        ``MemAvailable`` from ``/proc/meminfo`` on CPU, ``bytes_limit -
+        bytes_in_use`` of the device's memory stats on GPU and TPU;
+      - on CPU only, a chunk's working set per image batch (activations plus
+        params of each trial) stays within :data:`AUTO_CACHE_FRACTION` of the
+        last-level cache; on accelerators only the memory bounds the chunk.
 
     With ``shard=True`` the trials per device are what is chunked. The choice is
     made when traced (under ``jit``, once per compilation).
     """
     n = int(np.shape(x)[0])
     b = n if eval_batch_size is None else min(int(eval_batch_size), n)
-    # The activations of one trial as evaluate runs it: trial-batched, with
-    # the im2col patches of the rewritten convolutions.
-    activations = _one_trial_bytes(apply_fn, params, x, b)
+    if (
+        jax.local_devices()[0].platform == "cpu"
+        and own_mac_share(apply_fn, params, x, b, batched) > AUTO_OWN_MAC_SHARE
+    ):
+        return 1
+    return _sized_chunk(apply_fn, params, x, num_trials, b, batched, shard)
+
+
+def _sized_chunk(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: Any,
+    num_trials: int,
+    b: int,
+    batched: Any,
+    shard: bool,
+) -> int:
+    """:func:`choose_chunk_size` with this model's sizes over ``b`` images
+    (the second part of :func:`auto_chunk_size`)."""
+    activations = _one_trial_bytes(apply_fn, params, x, b, batched)
     param_bytes = _param_bytes(params)
     device = jax.local_devices()[0]
     cache = None
     if device.platform == "cpu":
         cache = int(AUTO_CACHE_FRACTION * _last_level_cache_bytes())
-    t = num_trials
-    if shard and jax.local_device_count() > 1:
-        t = -(-num_trials // jax.local_device_count())
     return choose_chunk_size(
-        t,
+        _trials_per_device(num_trials, shard),
         2 * (activations + 4 * param_bytes),
         int(AUTO_MEMORY_FRACTION * _free_memory_bytes(device)),
         block_bytes=max(1, activations + param_bytes),
@@ -442,6 +528,7 @@ def size_candidates(
     num_trials: int,
     eval_batch_size: int | str | None = "auto",
     *,
+    batched: Any = None,
     shard: bool = False,
 ) -> list[Sizes]:
     """What ``chunk_size="measure"`` times, as :class:`Sizes` (the image batch
@@ -452,9 +539,11 @@ def size_candidates(
       :func:`auto_eval_batch_size`; else the one given) and, for ``"auto"``,
       all images at once where one trial's forward pass over them fits the
       memory budget of :func:`auto_chunk_size`;
-    - chunks, for each image batch: :func:`auto_chunk_size`'s and 1 (a trial
-      at a time, fastest on some models whose single trial already runs as
-      large matmuls), under the current :func:`uswim_jax.conv_paths` policy;
+    - chunks, for each image batch: :func:`auto_chunk_size`'s, the chunk its
+      sizes alone give (where it chose one trial at a time for a model whose
+      matmuls are mostly each trial's own) and 1 (a trial at a time, fastest
+      on some models whose single trial already runs as large matmuls), under
+      the current :func:`uswim_jax.conv_paths` policy;
     - with all images at once, also one trial at a time under ``"vmap"``
       (nothing rewritten: the program of a loop over trials, fastest where
       XLA runs the model's own forward pass faster than the trial-batched
@@ -465,17 +554,25 @@ def size_candidates(
     def whole(b):
         return None if b is None or b >= n else int(b)
 
-    batches = [whole(auto_eval_batch_size(apply_fn, params, x, eval_batch_size))]
+    batches = [
+        whole(auto_eval_batch_size(apply_fn, params, x, eval_batch_size, batched))
+    ]
     if (
         isinstance(eval_batch_size, str)
         and batches[0] is not None
-        and 2 * (_one_trial_bytes(apply_fn, params, x, n) + 4 * _param_bytes(params))
+        and 2
+        * (_one_trial_bytes(apply_fn, params, x, n, batched) + 4 * _param_bytes(params))
         <= AUTO_MEMORY_FRACTION * _free_memory_bytes(jax.local_devices()[0])
     ):
         batches.append(None)
     out = []
     for b in batches:
-        for c in (auto_chunk_size(apply_fn, params, x, num_trials, b, shard=shard), 1):
+        m = n if b is None else b
+        for c in (
+            auto_chunk_size(apply_fn, params, x, num_trials, b, batched, shard=shard),
+            _sized_chunk(apply_fn, params, x, num_trials, m, batched, shard),
+            1,
+        ):
             if Sizes(c, b) not in out:
                 out.append(Sizes(c, b))
     if batches[-1] is None and conv_policy() != VMAP:
@@ -516,7 +613,7 @@ def measure_sizes(
     from uswim_jax.montecarlo import trials_correct  # montecarlo imports this
 
     cands = size_candidates(
-        apply_fn, params, x, num_trials, eval_batch_size, shard=shard
+        apply_fn, params, x, num_trials, eval_batch_size, batched=batched, shard=shard
     )
     labels = [_label(c) for c in cands]
     leaves, tree = jax.tree.flatten(params)

@@ -1,16 +1,67 @@
 """Jaxpr utilities of the Monte Carlo engine: splitting a model's params-only
-steps from the rest, and estimating the peak bytes a traced function creates.
-Imports jax and numpy only."""
+steps from the rest, and what a traced function costs (the bytes of its
+values, the peak bytes it creates, the multiply-accumulates of its
+convolutions and matmuls). Imports jax and numpy only."""
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from jax.extend import core as jcore
 
-from uswim_jax._trialbatch import var_bytes as _var_bytes
-
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def nbytes_of(shape: Sequence[int], dtype: Any) -> int:
+    """Bytes of an array of ``shape`` and ``dtype`` (a NumPy dtype or one of
+    JAX's extended dtypes, such as a PRNG key's, which know their size)."""
+    size = getattr(dtype, "itemsize", None)
+    return math.prod(shape) * (np.dtype(dtype).itemsize if size is None else size)
+
+
+def var_bytes(v: Any) -> int:
+    """Bytes of a jaxpr variable's value (0 for tokens and other non-arrays)."""
+    aval = getattr(v, "aval", None)
+    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+        return 0
+    return nbytes_of(aval.shape, aval.dtype)
+
+
+def eqn_macs(eqn: Any) -> int:
+    """Multiply-accumulates of one equation: a ``conv_general_dilated`` (its
+    outputs times the kernel's input features and positions), a ``dot_general``
+    (its outputs times the contracted size), and those of the jaxprs inside any
+    other equation: a ``scan`` body once per iteration, the largest branch of a
+    ``cond``, a ``while`` body once (its trip count is not known when traced)."""
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        spec = eqn.params["dimension_numbers"].rhs_spec
+        per_out = rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
+        return math.prod(eqn.outvars[0].aval.shape) * per_out
+    if name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in lc)
+    inner = [jaxpr_macs(j) for j in jcore.jaxprs_in_params(eqn.params)]
+    if name == "cond":
+        return max(inner, default=0)
+    return (eqn.params["length"] if name == "scan" else 1) * sum(inner)
+
+
+def jaxpr_macs(jaxpr: Any) -> int:
+    """:func:`eqn_macs` summed over a jaxpr (open or closed)."""
+    return sum(eqn_macs(e) for e in getattr(jaxpr, "jaxpr", jaxpr).eqns)
+
+
+def forward_flops(jaxpr: Any) -> int:
+    """2 x the multiply-accumulates of every convolution and ``dot_general`` of
+    ``jaxpr`` (:func:`jaxpr_macs`): any model counted the same way, from what it
+    traces to (XLA's cost analysis cannot be used for this: it does not count
+    cuDNN convolutions on GPU)."""
+    return 2 * jaxpr_macs(jaxpr)
 
 
 def split_params_only(
@@ -45,7 +96,7 @@ def split_params_only(
             ins
             and all(v in known for v in ins)
             and not eqn.effects
-            and sum(map(_var_bytes, eqn.outvars)) <= max(map(_var_bytes, ins))
+            and sum(map(var_bytes, eqn.outvars)) <= max(map(var_bytes, ins))
         ):
             pre.append(eqn)
             known.update(eqn.outvars)
@@ -113,14 +164,14 @@ def _peak_bytes(jaxpr: Any) -> int:
             ),
             default=0,
         )
-        out = sum(map(_var_bytes, eqn.outvars))
+        out = sum(map(var_bytes, eqn.outvars))
         peak = max(peak, live + inner + out)
         live += out
         dead = {v for v in eqn.invars if not isinstance(v, jcore.Literal)}
         live -= sum(
-            _var_bytes(v) for v in dead if last_use.get(v) == i and v not in outer
+            var_bytes(v) for v in dead if last_use.get(v) == i and v not in outer
         )
-        live -= sum(_var_bytes(v) for v in eqn.outvars if v not in last_use)
+        live -= sum(var_bytes(v) for v in eqn.outvars if v not in last_use)
     return peak
 
 

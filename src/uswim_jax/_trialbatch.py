@@ -78,6 +78,7 @@ from jax.extend import core as jcore
 
 from uswim_jax import _measure_cache
 from uswim_jax._distributed import from_writer
+from uswim_jax._jaxpr import eqn_macs, var_bytes
 from uswim_jax._obd import CALL_PRIMITIVES, ELEMENTWISE_PRIMITIVES, _bind, _inner
 from uswim_jax._tree import abstract
 
@@ -104,21 +105,6 @@ _REDUCE_WINDOW = frozenset(
     {"reduce_window_max", "reduce_window_min", "reduce_window_sum"}
 )
 _REDUCE = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod"})
-
-
-def nbytes_of(shape: Sequence[int], dtype: Any) -> int:
-    """Bytes of an array of ``shape`` and ``dtype`` (a NumPy dtype or one of
-    JAX's extended dtypes, such as a PRNG key's, which know their size)."""
-    size = getattr(dtype, "itemsize", None)
-    return math.prod(shape) * (np.dtype(dtype).itemsize if size is None else size)
-
-
-def var_bytes(v: Any) -> int:
-    """Bytes of a jaxpr variable's value (0 for tokens and other non-arrays)."""
-    aval = getattr(v, "aval", None)
-    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
-        return 0
-    return nbytes_of(aval.shape, aval.dtype)
 
 
 class _V:
@@ -300,6 +286,11 @@ class TrialBatched:
         #: ``dot_general`` key -> its laid-out operand's (side, perm, rows); see
         #: :meth:`_discover_layouts`
         self._dots: dict | None = None
+        #: The multiply-accumulates of one image batch by :data:`MAC_KINDS`,
+        #: counted while :meth:`apply_jaxpr` last traced ``apply`` (``None``
+        #: before).
+        self.macs: dict | None = None
+        self._counting: dict | None = None
 
     # -- public --------------------------------------------------------------
 
@@ -375,7 +366,8 @@ class TrialBatched:
     def apply_jaxpr(self, stacked: Any, x: Any) -> Any:
         """The jaxpr of :meth:`apply` alone, what ``prepare(stacked)`` returns
         among its inputs (arrays or ``jax.ShapeDtypeStruct``): the work per
-        image batch, which ``chunk_size="auto"`` sizes."""
+        image batch, which ``chunk_size="auto"`` sizes. Its convolutions' and
+        matmuls' multiply-accumulates by kind go to :attr:`macs`."""
         trials = []
 
         def prepare(p):
@@ -387,7 +379,12 @@ class TrialBatched:
             return self.apply({**p, "num_trials": trials[0]}, x)
 
         prepared = jax.eval_shape(prepare, stacked)
-        return jax.make_jaxpr(apply)(prepared, x).jaxpr
+        self._counting = dict.fromkeys(MAC_KINDS, 0)
+        try:
+            jaxpr = jax.make_jaxpr(apply)(prepared, x).jaxpr
+        finally:
+            self.macs, self._counting = self._counting, None
+        return jaxpr
 
     def _vmap_apply(self, stacked: Any, x: Any, t: int | None) -> Any:
         """``"vmap"``: ``apply_fn`` under ``jax.vmap`` over the batched leaves
@@ -486,6 +483,8 @@ class TrialBatched:
         return [_V(o, True) for o in outs]
 
     def _step(self, eqn, ins, key, cache) -> list:
+        if self._counting is not None:
+            self._count_macs(eqn, ins)
         if not any(a.batched for a in ins):
             return [_V(o) for o in _bind(eqn, [a.val for a in ins])]
         name = eqn.primitive.name
@@ -524,6 +523,18 @@ class TrialBatched:
         if name in _REDUCE and len(ins) == 1 and ins[0].perm is not None:
             return [self._reduce(eqn, ins[0])]
         return self._fallback(eqn, ins)
+
+    def _count_macs(self, eqn, ins) -> None:
+        macs = eqn_macs(eqn)
+        if not macs:
+            return
+        if not any(a.batched for a in ins):
+            kind = "shared"
+        elif eqn.primitive.name == "conv_general_dilated" and ins[1].batched:
+            kind = "per_trial_kernel_conv"
+        else:
+            kind = "per_trial"
+        self._counting[kind] += macs
 
     def _conv_step(self, eqn, ins, key, cache) -> list:
         lhs, rhs = ins
@@ -1145,6 +1156,16 @@ CPU_CONV_PATCH_ROWS = 128
 #: convolution with the trials folded into its feature groups, or into its
 #: output features for a shared input). Earlier ones win measured ties.
 CONV_PATHS = ("im2col", "per_trial", "xla")
+
+#: How trial batching runs the multiply-accumulates of a convolution or
+#: ``dot_general`` (:attr:`TrialBatched.macs`): ``"shared"``, reading no
+#: per-trial value, once for all the trials of an image batch;
+#: ``"per_trial_kernel_conv"``, a convolution with a per-trial kernel, along
+#: one of :data:`CONV_PATHS` (as matmuls against the stacked kernels, or one
+#: convolution per trial reading the shared layout); ``"per_trial"``, any other
+#: reading a per-trial value (a dense layer with a per-trial kernel, a product
+#: of two per-trial activations), each trial its own, as in a loop over trials.
+MAC_KINDS = ("shared", "per_trial_kernel_conv", "per_trial")
 
 #: The policy under which no operation is rewritten: the whole forward pass
 #: runs under ``jax.vmap`` over the trials (XLA's batching rules), which for one

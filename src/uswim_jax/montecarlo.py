@@ -26,6 +26,7 @@ from uswim_jax._chunking import choose_chunk_size as choose_chunk_size
 from uswim_jax._chunking import choose_eval_batch_size as choose_eval_batch_size
 from uswim_jax._chunking import measure_sizes as measure_sizes
 from uswim_jax._chunking import measured_sizes_log as measured_sizes_log
+from uswim_jax._chunking import own_mac_share as own_mac_share
 from uswim_jax._chunking import resolve_sizes as resolve_sizes
 from uswim_jax._jaxpr import _peak_bytes as _peak_bytes
 from uswim_jax._jaxpr import forward_bytes as forward_bytes
@@ -397,7 +398,9 @@ def evaluate(
         chunk_size: trials evaluated at once (``lax.map`` batch size); bounds
             memory. ``None``: all at once. ``"auto"`` (default): chosen from the
             model's and data's sizes, the free memory and, on CPU, the cache
-            (:func:`auto_chunk_size`, :func:`choose_chunk_size`).
+            (:func:`auto_chunk_size`, :func:`choose_chunk_size`); on CPU one
+            trial at a time for a model whose matmuls are mostly each trial's
+            own (an MLP, a transformer, an RNN: :func:`own_mac_share`).
             ``"measure"``: this and, with ``eval_batch_size="auto"``, the
             image batch timed among a few candidates (the rule's sizes, one
             trial at a time, all images at once, a loop over trials'
