@@ -32,18 +32,32 @@ DEVICE = u.UniformVariation(0.5, 0.05)
 
 
 def _scripted_timing(monkeypatch, per_trial_s, cands):
-    """``_time_call`` replaced by one that returns, for the ``i``-th candidate
-    timed (of ``cands``, in order), ``per_trial_s[i]`` seconds per trial
-    (times its chunk), and records each call's leading params axis (the
-    chunk, where every leaf is batched)."""
+    """The timing of ``measure_sizes`` replaced by one that gives the ``i``-th
+    candidate (of ``cands``, in order) ``per_trial_s[i]`` seconds per trial
+    (times its chunk), and records each candidate's leading params axis (the
+    chunk, where every leaf is batched), in the order they came: the
+    candidates timed in turns (``_time_calls``) or, where their params do not
+    fit the memory at once, one at a time (``_time_call``)."""
     calls = []
 
-    def fake(compiled, ps, *rest):
-        calls.append(max(np.shape(p)[0] for p in ps if np.ndim(p)))
+    def chunk(ps):
+        return max(np.shape(p)[0] for p in ps if np.ndim(p))
+
+    def one(compiled, ps, *rest):
+        calls.append(chunk(ps))
         i = len(calls) - 1
         return per_trial_s[i] * cands[i].chunk_size
 
-    monkeypatch.setattr(_chunking, "_time_call", fake)
+    def turns(programs):
+        out = {}
+        for label, (_, (ps, *_)) in programs.items():
+            calls.append(chunk(ps))
+            i = len(calls) - 1
+            out[label] = per_trial_s[i] * cands[i].chunk_size
+        return out
+
+    monkeypatch.setattr(_chunking, "_time_call", one)
+    monkeypatch.setattr(_chunking, "_time_calls", turns)
     return calls
 
 
@@ -248,3 +262,30 @@ def test_measure_candidates_follow_the_given_batch_and_the_memory(problem, monke
     with pytest.raises(ValueError, match='"measure"'):
         evaluate(jax.random.key(0), mlp_apply, params, x, y, DEVICE, None, 3,
                  chunk_size="fastest")  # fmt: skip
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_candidates_take_turns_where_their_params_fit(problem, monkeypatch, fits):
+    """The candidates are timed in turns (every one's filled params held at
+    once) where they fit the memory budget, else one at a time; each is timed
+    once either way, and the same scripted times choose the same sizes."""
+    _small_cache(monkeypatch)
+    if not fits:  # the candidates' params together would not fit
+        monkeypatch.setattr(_chunking, "_fits_at_once", lambda nbytes: False)
+    params, x, _ = problem
+    cands = _chunking.size_candidates(mlp_apply, params, x, 12)
+    assert len(cands) >= 2
+    times = [3.0] * len(cands)
+    times[1] = 1.0
+    calls = _scripted_timing(monkeypatch, times, cands)
+    ways = []
+    for name in ("_time_call", "_time_calls"):
+        fake = getattr(_chunking, name)
+        monkeypatch.setattr(
+            _chunking,
+            name,
+            lambda *a, fake=fake, name=name: ways.append(name) or fake(*a),
+        )
+    assert _chunking.measure_sizes(mlp_apply, params, x, 12) == cands[1]
+    assert calls == [c.chunk_size for c in cands]
+    assert ways == (["_time_calls"] if fits else ["_time_call"] * len(cands))

@@ -24,6 +24,7 @@ from uswim_jax._trialbatch import (
     _device_kind,
     _fill,
     _time_call,
+    _time_calls,
     conv_paths,
     conv_policy,
     program_digest,
@@ -580,6 +581,12 @@ def size_candidates(
     return out
 
 
+def _fits_at_once(nbytes: int) -> bool:
+    """Whether ``nbytes`` more (every ``"measure"`` candidate's filled params)
+    fit :data:`AUTO_MEMORY_FRACTION` of the first local device's free memory."""
+    return nbytes <= AUTO_MEMORY_FRACTION * _free_memory_bytes(jax.local_devices()[0])
+
+
 def measure_sizes(
     apply_fn: ApplyFn,
     params: Any,
@@ -598,11 +605,16 @@ def measure_sizes(
     ``x``'s images in its image batches
     (:func:`uswim_jax.montecarlo.trials_correct`; params and images
     filled with 0.5: the timing does not depend on the values; compiled ahead
-    of time, one warm-up call, the fastest of at least 3 calls), per trial; a
-    candidate within :data:`uswim_jax._trialbatch.CONV_TIE` of the fastest
-    wins when it comes earlier (the rule's sizes first). What it costs is one
-    compilation and a few chunks per candidate, the first time per model,
-    shapes and machine: the choice is kept in memory and in the file of
+    of time, one warm-up call, the fastest of at least 3 calls), per trial.
+    The candidates take turns, round after round
+    (:func:`uswim_jax._trialbatch._time_calls`), so that a change of load
+    meets all of them, where all their filled params fit
+    :data:`AUTO_MEMORY_FRACTION` of the free memory at once (the images are
+    shared); else each is timed in its own block, one candidate's params held
+    at a time. A candidate within :data:`uswim_jax._trialbatch.CONV_TIE` of
+    the fastest wins when it comes earlier (the rule's sizes first). What it
+    costs is one compilation and a few chunks per candidate, the first time
+    per model, shapes and machine: the choice is kept in memory and in the file of
     :mod:`uswim_jax._measure_cache` (``$USWIM_CONV_CACHE``), which later
     processes read. With several processes each times its own, and all run
     process 0's choice (logged with ``"chosen_by"``, and ``"own_choice"``
@@ -643,7 +655,7 @@ def measure_sizes(
     if sig not in _MEASURED_SIZES:
         t0 = time.perf_counter()
         y_struct = jax.ShapeDtypeStruct((n,), jnp.int32)
-        ms = {}
+        programs = {}
         for (c, b, path), label in zip(cands, labels, strict=True):
             stacked = [
                 jax.ShapeDtypeStruct((c, *s.shape), s.dtype, weak_type=s.weak_type)
@@ -662,10 +674,26 @@ def measure_sizes(
                     b,
                 )
 
-            args = _fill([*stacked, x_struct, y_struct])
             with conv_paths(path) if path else contextlib.nullcontext():
-                compiled = _compiled(run, stacked, x_struct, y_struct)
-            ms[label] = 1e3 * _time_call(compiled, args[:-2], *args[-2:]) / c
+                programs[label] = (_compiled(run, stacked, x_struct, y_struct), stacked)
+        xs, ys = _fill([x_struct, y_struct])
+        held = sum(
+            nbytes_of(a.shape, a.dtype) for _, st in programs.values() for a in st
+        )
+        if _fits_at_once(held):
+            # every candidate's params filled at once: timed in turns
+            secs = _time_calls(
+                {lb: (run, (_fill(st), xs, ys)) for lb, (run, st) in programs.items()}
+            )
+        else:  # one candidate's params at a time
+            secs = {
+                lb: _time_call(run, _fill(st), xs, ys)
+                for lb, (run, st) in programs.items()
+            }
+        ms = {
+            lb: 1e3 * secs[lb] / c.chunk_size
+            for lb, c in zip(labels, cands, strict=True)
+        }
         fastest = min(ms.values())
         path = next(lb for lb in labels if ms[lb] <= fastest * (1 + CONV_TIE))
         _MEASURED_SIZES[sig] = {
