@@ -618,16 +618,30 @@ def _byom_targets(cases: dict) -> list[str]:
 CNN_CASES = ("LeNet", "ConvNet", "ResNet-18")
 
 
+def _together_over_alone(case: dict) -> float | None:
+    """A case run one trial at a time: the time per trial of the
+    ``"measure"`` candidate that runs several trials at once over the same
+    image batch, over the one-at-a-time candidate's (``None`` when either
+    was not timed)."""
+    b = case.get("auto_eval_batch_size") or "all"
+    ms = case["measure"]["ms_per_trial"]
+    alone = ms.get(f"1 x {b}")
+    together = [
+        v for k, v in ms.items() if k.endswith(f" x {b}") and not k.startswith("1 ")
+    ]
+    return together[0] / alone if alone and together else None
+
+
 def _beyond_cnns(cases: dict) -> list[str]:
-    """What the defaults give the cases that are not CNNs (no target), and
-    how many trials they ran at once."""
+    """What the defaults give the cases that are not CNNs (no target), how
+    many trials they ran at once, and what running them together instead
+    measured."""
     other = {n: c for n, c in cases.items() if not n.startswith(CNN_CASES)}
     if not other:
         return []
-    each = ", ".join(
-        f"{n.split(',')[0]} {c['x_serial']:.2f}x" for n, c in other.items()
-    )
-    below = [n.split(",")[0] for n, c in other.items() if c["x_serial"] < 1]
+    short = {n: n.split(",")[0] for n in other}
+    each = ", ".join(f"{short[n]} {c['x_serial']:.2f}x" for n, c in other.items())
+    below = [short[n] for n, c in other.items() if c["x_serial"] < 1]
     verdict = (
         "at least the loop's speed on each"
         if not below
@@ -639,15 +653,29 @@ def _beyond_cnns(cases: dict) -> list[str]:
         if chunks == [1]
         else "trials at once: " + ", ".join(map(str, chunks))
     )
+    ratios = {
+        short[n]: r
+        for n, c in other.items()
+        if c["auto_chunk_size"] == 1 and (r := _together_over_alone(c)) is not None
+    }
+    measured = (
+        " Several trials at once over the same images (timed among the "
+        '"measure" candidates) took '
+        + ", ".join(f"{r:.2f}x ({n})" for n, r in ratios.items())
+        + " the time per trial of one at a time."
+        if ratios
+        else ""
+    )
     return [
         f"- Beyond CNNs (no target): {each} their serial loops ({verdict}), "
         f"run {at_once}. Their matmuls are each trial's own (dense layers with "
-        "per-trial kernels, products of per-trial activations), which running "
-        "trials together neither shares nor widens, so on a CPU "
+        "per-trial kernels, products of per-trial activations): running trials "
+        "together shares none of them and only adds a batch axis, so on a CPU "
         '`chunk_size="auto"` runs such a model one trial at a time '
-        "(`_chunking.AUTO_OWN_MAC_SHARE`). A trial of these is already large "
-        "matmuls over its images; the im2col rewrite, which turns small "
-        "convolutions into large matmuls, is where LeNet's speed-up comes from."
+        f"(`_chunking.AUTO_OWN_MAC_SHARE`).{measured} A trial of these is "
+        "already large matmuls over its images; the im2col rewrite, which turns "
+        "small convolutions into large matmuls, is where LeNet's speed-up comes "
+        "from."
     ]
 
 

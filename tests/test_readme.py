@@ -188,16 +188,19 @@ def test_byom_targets_name_the_cases_that_miss_them():
     # the other models have no target: a line with each one's x serial, those
     # below their loops and the trials they ran at once; none when there are
     # only CNNs
-    rnn = {**case(9, 1.2, 9), "auto_chunk_size": 1}
+    rnn = {**case(9, 1.2, 9), "auto_chunk_size": 1, "auto_eval_batch_size": 40}
+    rnn["measure"] = {"ms_per_trial": {"1 x 40": 2.0, "4 x 40": 3.0, "1 x all": 1.0}}
     cases = {"ConvNet, project": case(1.0, 0.7, 50.0), "RNN, 28 steps": rnn}
     (line,) = readme._beyond_cnns(cases)
     assert line.startswith(
         "- Beyond CNNs (no target): RNN 1.20x their serial loops (at least the "
         "loop's speed on each), run one trial at a time."
     )
-    mlp = {**case(9, 0.9, 9), "auto_chunk_size": 4}
+    assert "took 1.50x (RNN) the time per trial of one at a time." in line
+    mlp = {**case(9, 0.9, 9), "auto_chunk_size": 4, "measure": {"ms_per_trial": {}}}
     (line,) = readme._beyond_cnns({**cases, "MLP, linen": mlp})
     assert "(below the loop on MLP), run trials at once: 1, 4." in line
+    assert "took 1.50x (RNN) the" in line and "(MLP) the" not in line
     assert readme._beyond_cnns({"ConvNet, project": case(1.0, 0.7, 50.0)}) == []
 
 
