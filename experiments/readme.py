@@ -670,7 +670,8 @@ def _beyond_cnns(cases: dict) -> list[str]:
         f"- Beyond CNNs (no target): {each} their serial loops ({verdict}), "
         f"run {at_once}. Their matmuls are each trial's own (dense layers with "
         "per-trial kernels, products of per-trial activations): running trials "
-        "together shares none of them and only adds a batch axis, so on a CPU "
+        "together shares none of them (it only sets each trial's matmuls beside "
+        "the others'), so on a CPU "
         '`chunk_size="auto"` runs such a model one trial at a time '
         f"(`_chunking.AUTO_OWN_MAC_SHARE`).{measured} A trial of these is "
         "already large matmuls over its images; the im2col rewrite, which turns "

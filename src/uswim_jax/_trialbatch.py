@@ -1164,7 +1164,9 @@ CONV_PATHS = ("im2col", "per_trial", "xla")
 #: one of :data:`CONV_PATHS` (as matmuls against the stacked kernels, or one
 #: convolution per trial reading the shared layout); ``"per_trial"``, any other
 #: reading a per-trial value (a dense layer with a per-trial kernel, a product
-#: of two per-trial activations), each trial its own, as in a loop over trials.
+#: of two per-trial activations), each trial its own, as in a loop over trials
+#: (set beside the other trials' in one matmul where the other operand is
+#: shared, as a batch axis otherwise: nothing is computed once for several).
 MAC_KINDS = ("shared", "per_trial_kernel_conv", "per_trial")
 
 #: The policy under which no operation is rewritten: the whole forward pass
