@@ -59,13 +59,14 @@ AUTO_MIN_EVAL_BATCH = 16
 #: share of a trial's multiply-accumulates are its own (:func:`own_mac_share`).
 #: Measured by ``python -m benchmarks.byom`` on 2 CPU cores
 #: (``benchmarks/results/byom.json``, the ``"measure"`` candidates timed side
-#: by side, ms per trial): a two-block transformer (share 1) 8.2 one trial at
-#: a time against 21.6 five at a time, the project's vision transformer (share
-#: 0.99) 27.3 against 46.3 four at a time; an MLP and an RNN (share 1) within
-#: 4 % either way (3.25 against 3.14, 6.08 against 5.95). The CNNs, where
-#: running trials together pays, have shares of 0 (ResNet-18) and 0.03
-#: (ConvNet) to 0.33 (LeNet's dense head); any threshold between 0.33 and 0.99
-#: makes the same choices on these models.
+#: by side, ms per trial): a two-block transformer (share 1) 7.5 one trial at
+#: a time against 11.2 five at a time, the project's vision transformer (share
+#: 0.99) 24.0 against 35.2 four at a time; an MLP and an RNN (share 1) lose
+#: up to 12 % one at a time there (3.21 against 2.82, 5.63 against 5.03; in
+#: byom's ``evaluate`` rows, one at a time, 0.83x and 1.09x their serial
+#: loops). The CNNs, where running trials together pays, have shares of 0
+#: (ResNet-18) and 0.03 (ConvNet) to 0.33 (LeNet's dense head); any threshold
+#: between 0.33 and 0.99 makes the same choices on these models.
 AUTO_OWN_MAC_SHARE = 0.5
 _FALLBACK_FREE_BYTES = 4 * 2**30
 _FALLBACK_CACHE_BYTES = 32 * 2**20
@@ -252,8 +253,8 @@ def own_mac_share(
     """The share of one trial's multiply-accumulates over ``b`` images that are
     that trial's own (``"per_trial"`` of
     :data:`uswim_jax._trialbatch.MAC_KINDS`: dense layers with per-trial
-    kernels, products of per-trial activations), which running trials together
-    neither shares nor turns into larger matmuls; 0 for a model with no
+    kernels, products of per-trial activations), of which running trials
+    together computes nothing once for several; 0 for a model with no
     convolution or matmul."""
     macs = _one_trial(apply_fn, params, x, b, batched)[1]
     total = sum(macs.values())
@@ -345,10 +346,10 @@ def resolve_sizes(
     for that batch (:func:`auto_chunk_size`); for ``chunk_size="measure"``
     the timed choice of :func:`measure_sizes` (``batched`` flags the leaves
     that carry per-trial noise, for all three; default all), the only one
-    that may set
-    ``conv_path``; other values pass through (the image batch validated). With
-    several processes every one runs process 0's sizes (each probed its own
-    memory and cache, and all must compile the same program)."""
+    that may set ``conv_path``; other values pass through (the image batch
+    validated). With several processes every one runs process 0's sizes (each
+    probed its own memory and cache, and all must compile the same
+    program)."""
     if isinstance(chunk_size, str) and chunk_size == "measure":
         return measure_sizes(
             apply_fn,
@@ -449,9 +450,9 @@ def auto_chunk_size(
       of one trial's multiply-accumulates are its own
       (:func:`own_mac_share`: dense layers with per-trial kernels, products of
       per-trial activations): running such trials together shares almost no
-      work, and the trial axis slows XLA's own matmuls and the steps between
-      them (measured on a transformer and a vision transformer; an MLP and an
-      RNN run as fast either way).
+      work, and on a transformer and a vision transformer the trial axis slows
+      XLA's matmuls and the steps between them by about 1.5x (an MLP and an RNN
+      lose up to 12 % one at a time: :data:`AUTO_OWN_MAC_SHARE`).
     - Otherwise :func:`choose_chunk_size` with this model's sizes:
 
       - one trial holds a noisy copy of the params, the noise and its random
