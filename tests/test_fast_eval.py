@@ -149,3 +149,33 @@ def test_auto_chunk_batches_trials():
     params = model.init(jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1))
     assert auto_chunk_size(model.apply_fn, params, x, 20, 8) > 1
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape, low, high",
+    [
+        # conv 28x28x6 from 9 + 14x14x16 from 54; dense 784-120-84-10
+        ("lenet", {}, (28, 28, 1), 105000 / 316680, 105000 / 316680),
+        ("convnet", {}, (32, 32, 3), 0.0, 0.04),
+        ("resnet18", {"width": 8}, (32, 32, 3), 0.0, 0.001),
+        ("vit", {}, (28, 28, 1), 0.98, 1.0),
+    ],
+)
+def test_own_mac_shares_of_the_project_models(name, kw, shape, low, high):
+    """The shares ``chunk_size="auto"`` reads (``own_mac_share``) on the
+    project's models, with the crossbar their device models use: LeNet's dense
+    head exactly, the CNNs' (their convolutions have per-trial kernels) well
+    under ``AUTO_OWN_MAC_SHARE`` and the vision transformer's (patch embedding
+    the only convolution) above it: the choices ``AUTO_OWN_MAC_SHARE``'s
+    comment says any threshold in (0.33, 0.98) makes."""
+    from uswim_jax import _chunking
+
+    model = build_model(name, **kw)
+    params = model.init(jax.random.key(0))
+    x = jnp.zeros((4, *shape))
+    flags = u.crossbar_flags(params)
+    share = _chunking.own_mac_share(model.apply_fn, params, x, 4, flags)
+    assert low - 1e-12 <= share <= high + 1e-12
+    one = share > _chunking.AUTO_OWN_MAC_SHARE
+    assert (auto_chunk_size(model.apply_fn, params, x, 20, 4, flags) == 1) == one
+    assert one == (name == "vit")
