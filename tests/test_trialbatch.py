@@ -675,8 +675,8 @@ def test_evaluate_project_models_slow(name):
 
 
 def _macs(apply_fn, params, flags, shape):
-    """``TrialBatched.macs`` of one trial over images of ``shape``, as
-    ``chunk_size="auto"`` reads them (``_chunking._one_trial``)."""
+    """The multiply-accumulates by kind of one trial over images of
+    ``shape``, as ``chunk_size="auto"`` reads them (``_chunking._one_trial``)."""
     x = jnp.zeros(shape)
     return _chunking._one_trial(apply_fn, params, x, shape[0], flags)[1]
 
@@ -730,9 +730,10 @@ def _custom_jvp(f):
     ids=["plain", "jit", "custom_jvp", "remat"],
 )
 def test_macs_are_counted_by_how_trial_batching_runs_them(wrap):
-    """``TrialBatched.macs`` (what ``chunk_size="auto"`` reads): each product
-    counted once, as the kind it runs as, also inside ``jit``, ``custom_jvp``
-    and ``checkpoint``; per image, so 3 images count 3 times one."""
+    """The multiply-accumulates by kind (``TrialBatched.apply_jaxpr``, what
+    ``chunk_size="auto"`` reads): each product counted once, as the kind it
+    runs as, also inside ``jit``, ``custom_jvp`` and ``checkpoint``; per
+    image, so 3 images count 3 times one."""
     apply_fn, params, flags, want = _kinds_model(wrap)
     for n in (1, 3):
         got = _macs(apply_fn, params, flags, (n, 6, 6, 2))

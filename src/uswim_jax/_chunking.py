@@ -205,39 +205,45 @@ def _one_trial(
 
     Cached per ``apply_fn`` by the shapes, dtypes and flags, so repeated
     un-jitted calls trace the model once."""
-    leaves = jax.tree.leaves(params)
-    flags = (
-        [True] * len(leaves)
-        if batched is None
-        else [bool(f) for f in jax.tree.structure(params).flatten_up_to(batched)]
-    )
+    tree = jax.tree.structure(params)
+    structs = [abstract(p) for p in jax.tree.leaves(params)]
+    flags = _flags(params, batched)
+    xb = abstract(x, (b, *np.shape(x)[1:]))
     shape_key = (
-        jax.tree.structure(params),
-        tuple((np.shape(p), str(jnp.result_type(p))) for p in leaves),
+        tree,
+        tuple((s.shape, str(s.dtype), s.weak_type) for s in structs),
         tuple(flags),
-        (b, *np.shape(x)[1:]),
-        str(jnp.result_type(x)),
+        (xb.shape, str(xb.dtype)),
     )
     try:
         known = _ONE_TRIAL.setdefault(apply_fn, {})
     except TypeError:  # not weakly referenceable (e.g. a builtin): no cache
         known = {}
     if shape_key not in known:
-        xb = jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), jnp.result_type(x))
-        tree = jax.tree.structure(params)
-        one = tree.unflatten(
-            [
-                jax.ShapeDtypeStruct(
-                    ((1,) if f else ()) + np.shape(p), jnp.result_type(p)
-                )
-                for p, f in zip(leaves, flags, strict=True)
-            ]
-        )
+        one = tree.unflatten(_stacked_structs(structs, flags, 1))
         # sizes only: the rule's paths (no timing), kept out of conv_path_log
         tb = trial_batched(apply_fn, params, xb, tree.unflatten(flags), "rule")
         tb.record = False
-        known[shape_key] = (_peak_bytes(tb.apply_jaxpr(one, xb)), dict(tb.macs))
+        jaxpr, macs = tb.apply_jaxpr(one, xb)
+        known[shape_key] = (_peak_bytes(jaxpr), macs)
     return known[shape_key]
+
+
+def _flags(params: Any, batched: Any) -> list[bool]:
+    """``batched`` (a pytree of bools like ``params``; ``None``: every leaf)
+    as one bool per leaf of ``params``."""
+    if batched is None:
+        return [True] * jax.tree.structure(params).num_leaves
+    return [bool(f) for f in jax.tree.structure(params).flatten_up_to(batched)]
+
+
+def _stacked_structs(structs: list, flags: list, t: int) -> list:
+    """``structs`` (one trial's leaves) for ``t`` trials: a leading trial axis
+    on the flagged ones, the others (shared by every trial) as they are."""
+    return [
+        jax.ShapeDtypeStruct((t, *s.shape), s.dtype, weak_type=s.weak_type) if f else s
+        for s, f in zip(structs, flags, strict=True)
+    ]
 
 
 def _one_trial_bytes(
@@ -630,7 +636,7 @@ def measure_sizes(
     )
     labels = [_label(c) for c in cands]
     leaves, tree = jax.tree.flatten(params)
-    flags = [True] * len(leaves) if batched is None else jax.tree.leaves(batched)
+    flags = _flags(params, batched)
     structs = [abstract(p) for p in leaves]
     x_struct, n = abstract(x), int(np.shape(x)[0])
     program = jax.make_jaxpr(apply_fn)(jax.tree.unflatten(tree, structs), x_struct)
@@ -658,12 +664,7 @@ def measure_sizes(
         y_struct = jax.ShapeDtypeStruct((n,), jnp.int32)
         programs = {}
         for (c, b, path), label in zip(cands, labels, strict=True):
-            stacked = [
-                jax.ShapeDtypeStruct((c, *s.shape), s.dtype, weak_type=s.weak_type)
-                if f
-                else s
-                for s, f in zip(structs, flags, strict=True)
-            ]
+            stacked = _stacked_structs(structs, flags, c)
 
             def run(ps, xs, ys, b=b):
                 return trials_correct(

@@ -286,10 +286,8 @@ class TrialBatched:
         #: ``dot_general`` key -> its laid-out operand's (side, perm, rows); see
         #: :meth:`_discover_layouts`
         self._dots: dict | None = None
-        #: The multiply-accumulates of one image batch by :data:`MAC_KINDS`,
-        #: counted while :meth:`apply_jaxpr` last traced ``apply`` (``None``
-        #: before).
-        self.macs: dict | None = None
+        #: While :meth:`apply_jaxpr` traces ``apply``: the multiply-accumulates
+        #: counted so far by :data:`MAC_KINDS` (``None`` otherwise).
         self._counting: dict | None = None
 
     # -- public --------------------------------------------------------------
@@ -363,11 +361,12 @@ class TrialBatched:
     def __call__(self, stacked: Any, x: Any) -> Any:
         return self.apply(self.prepare(stacked), x)
 
-    def apply_jaxpr(self, stacked: Any, x: Any) -> Any:
+    def apply_jaxpr(self, stacked: Any, x: Any) -> tuple[Any, dict]:
         """The jaxpr of :meth:`apply` alone, what ``prepare(stacked)`` returns
         among its inputs (arrays or ``jax.ShapeDtypeStruct``): the work per
-        image batch, which ``chunk_size="auto"`` sizes. Its convolutions' and
-        matmuls' multiply-accumulates by kind go to :attr:`macs`."""
+        image batch, which ``chunk_size="auto"`` sizes; and its convolutions'
+        and matmuls' multiply-accumulates by :data:`MAC_KINDS`, counted as
+        the steps are traced."""
         trials = []
 
         def prepare(p):
@@ -379,12 +378,12 @@ class TrialBatched:
             return self.apply({**p, "num_trials": trials[0]}, x)
 
         prepared = jax.eval_shape(prepare, stacked)
-        self._counting = dict.fromkeys(MAC_KINDS, 0)
+        macs = self._counting = dict.fromkeys(MAC_KINDS, 0)
         try:
             jaxpr = jax.make_jaxpr(apply)(prepared, x).jaxpr
         finally:
-            self.macs, self._counting = self._counting, None
-        return jaxpr
+            self._counting = None
+        return jaxpr, macs
 
     def _vmap_apply(self, stacked: Any, x: Any, t: int | None) -> Any:
         """``"vmap"``: ``apply_fn`` under ``jax.vmap`` over the batched leaves
@@ -1158,7 +1157,7 @@ CPU_CONV_PATCH_ROWS = 128
 CONV_PATHS = ("im2col", "per_trial", "xla")
 
 #: How trial batching runs the multiply-accumulates of a convolution or
-#: ``dot_general`` (:attr:`TrialBatched.macs`): ``"shared"``, reading no
+#: ``dot_general`` (:meth:`TrialBatched.apply_jaxpr`): ``"shared"``, reading no
 #: per-trial value, once for all the trials of an image batch;
 #: ``"per_trial_kernel_conv"``, a convolution with a per-trial kernel, along
 #: one of :data:`CONV_PATHS` (as matmuls against the stacked kernels, or one
